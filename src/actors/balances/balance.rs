@@ -1,0 +1,484 @@
+//! BalanceActor `balance:<user_id>`: the one writer of a user's money while it lives.
+//!
+//! It admits calls against open reservations, settles them into the charge journal, takes
+//! top-ups, and runs the status machine. Its state is a cache of
+//! `committed balance + the user's journal entries not yet committed`; the ledger writer
+//! tells it after each commit what PostgreSQL now holds ([`BalanceMsg::Durable`]), so the
+//! cache re-anchors on the database with every flush.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::actors::Fault;
+use crate::billing::{AccountStatus, Decimal};
+use crate::db::ledger::BalanceAfter;
+use crate::db::users::StoredBalance;
+use crate::journal::{Committed, EntryKind, Journal, NewEntry, PendingEntry, UsageRecord};
+use crate::snapshot::SnapshotHandle;
+
+pub struct BalanceActor;
+
+/// A user's money as read from PostgreSQL plus the journal, under the commit lock.
+#[derive(Debug, Clone)]
+pub struct LoadedBalance {
+    pub stored: StoredBalance,
+    pub pending: Vec<PendingEntry>,
+}
+
+pub struct BalanceArgs {
+    pub user_id: Uuid,
+    pub loaded: LoadedBalance,
+    pub journal: Arc<Journal>,
+    pub snapshot: SnapshotHandle,
+    pub journal_max: usize,
+}
+
+pub struct BalanceState {
+    user_id: Uuid,
+    tenant_id: Uuid,
+    durable_balance: Decimal,
+    durable_status: AccountStatus,
+    durable_version: i64,
+    /// This user's journal entries not yet known to be committed, oldest first.
+    unflushed: VecDeque<PendingEntry>,
+    balance: Decimal,
+    status: AccountStatus,
+    reservations: HashMap<Uuid, Decimal>,
+    reserved: Decimal,
+    journal: Arc<Journal>,
+    snapshot: SnapshotHandle,
+    journal_max: usize,
+}
+
+/// Why a call was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The account is `pending` or `overdue` (402).
+    NotActive(AccountStatus),
+    /// Balance minus open reservations is not positive (402).
+    InsufficientFunds,
+    /// The charge journal is over its limit: the database is not keeping up (503).
+    JournalFull,
+}
+
+/// The result of a settle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Charged {
+        balance: Decimal,
+        status: AccountStatus,
+    },
+    /// The journal already holds this request's charge; nothing changed.
+    Duplicate,
+}
+
+/// The reply to a top-up: the state after it and a receiver that fires once it is
+/// committed (`None` when the top-up was a duplicate of one still pending).
+#[derive(Debug)]
+pub struct TopUpReply {
+    pub applied: bool,
+    pub balance: Decimal,
+    pub status: AccountStatus,
+    pub committed: Option<oneshot::Receiver<Committed>>,
+}
+
+/// A read-only view for the API and operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceView {
+    pub user_id: Uuid,
+    pub balance: Decimal,
+    pub status: AccountStatus,
+    pub reserved: Decimal,
+    pub open_reservations: usize,
+    /// Entries applied here but not yet committed to PostgreSQL.
+    pub not_durable: usize,
+}
+
+/// One charge to settle.
+#[derive(Debug)]
+pub struct ChargeRequest {
+    pub request_id: Uuid,
+    pub amount: Decimal,
+    pub usage: UsageRecord,
+}
+
+pub enum BalanceMsg {
+    /// Reserves `amount` for a call. Admitted when the account is active and balance minus
+    /// open reservations is positive. Replies `Ok(())` or the refusal.
+    Reserve {
+        request_id: Uuid,
+        amount: Decimal,
+        reply: RpcReplyPort<Result<(), Refusal>>,
+    },
+    /// Drops a reservation whose call was not billed. No reply.
+    Release { request_id: Uuid },
+    /// Charges a finished call: drops its reservation, journals the charge, moves the
+    /// balance and status. Replies how it went.
+    Settle {
+        charge: Box<ChargeRequest>,
+        reply: RpcReplyPort<Settled>,
+    },
+    /// Credits a top-up. Replies with the new state and a commit receiver.
+    TopUp {
+        request_id: String,
+        amount: Decimal,
+        note: Option<String>,
+        reply: RpcReplyPort<TopUpReply>,
+    },
+    /// PostgreSQL's state after a ledger commit that included this user. No reply.
+    Durable(BalanceAfter),
+    /// Replies with the current view.
+    Get { reply: RpcReplyPort<BalanceView> },
+    /// Injected fault.
+    Fault(Fault),
+}
+
+pub type BalanceRef = ActorRef<BalanceMsg>;
+
+impl BalanceState {
+    fn new(args: BalanceArgs) -> Self {
+        let stored = args.loaded.stored;
+        let mut s = Self {
+            user_id: args.user_id,
+            tenant_id: stored.tenant_id,
+            durable_balance: stored.balance,
+            durable_status: stored.status,
+            durable_version: stored.version,
+            unflushed: args.loaded.pending.into(),
+            balance: stored.balance,
+            status: stored.status,
+            reservations: HashMap::new(),
+            reserved: Decimal::ZERO,
+            journal: args.journal,
+            snapshot: args.snapshot,
+            journal_max: args.journal_max,
+        };
+        s.rebuild();
+        s
+    }
+
+    /// balance = committed + uncommitted deltas; status = the newest entry's decision.
+    fn rebuild(&mut self) {
+        self.balance =
+            self.durable_balance + self.unflushed.iter().map(|e| e.delta).sum::<Decimal>();
+        self.status = self
+            .unflushed
+            .back()
+            .map(|e| e.status_after)
+            .unwrap_or(self.durable_status);
+    }
+
+    fn reserve(&mut self, request_id: Uuid, amount: Decimal) -> Result<(), Refusal> {
+        if self.status != AccountStatus::Active {
+            return Err(Refusal::NotActive(self.status));
+        }
+        if self.balance - self.reserved <= Decimal::ZERO {
+            return Err(Refusal::InsufficientFunds);
+        }
+        if self.journal.depth() >= self.journal_max {
+            return Err(Refusal::JournalFull);
+        }
+        if let Some(old) = self.reservations.insert(request_id, amount) {
+            self.reserved -= old;
+        }
+        self.reserved += amount;
+        Ok(())
+    }
+
+    fn release(&mut self, request_id: Uuid) {
+        if let Some(amount) = self.reservations.remove(&request_id) {
+            self.reserved -= amount;
+        }
+    }
+
+    /// Journals an entry and, only if the journal took it, applies it here.
+    fn apply(
+        &mut self,
+        request_id: String,
+        delta: Decimal,
+        status_after: AccountStatus,
+        kind: EntryKind,
+        ack: Option<oneshot::Sender<Committed>>,
+    ) -> bool {
+        let entry = NewEntry {
+            request_id,
+            user_id: self.user_id,
+            delta,
+            status_after,
+            kind,
+            ack,
+        };
+        match self.journal.append(entry) {
+            Ok(seq) => {
+                self.unflushed.push_back(PendingEntry {
+                    seq,
+                    delta,
+                    status_after,
+                });
+                self.balance += delta;
+                self.status = status_after;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn settle(&mut self, charge: ChargeRequest) -> Settled {
+        self.release(charge.request_id);
+        let balance = self.balance - charge.amount;
+        let status = self.status.after_charge(balance);
+        let applied = self.apply(
+            charge.request_id.to_string(),
+            -charge.amount,
+            status,
+            EntryKind::Charge(Box::new(charge.usage)),
+            None,
+        );
+        if applied {
+            Settled::Charged {
+                balance: self.balance,
+                status: self.status,
+            }
+        } else {
+            Settled::Duplicate
+        }
+    }
+
+    fn top_up(&mut self, request_id: String, amount: Decimal, note: Option<String>) -> TopUpReply {
+        let threshold = self.snapshot.load().overdue_threshold(self.tenant_id);
+        let balance = self.balance + amount;
+        let status = self.status.after_credit(balance, threshold);
+        let (tx, rx) = oneshot::channel();
+        let applied = self.apply(
+            request_id,
+            amount,
+            status,
+            EntryKind::TopUp { note },
+            Some(tx),
+        );
+        TopUpReply {
+            applied,
+            balance: self.balance,
+            status: self.status,
+            committed: applied.then_some(rx),
+        }
+    }
+
+    fn durable(&mut self, after: BalanceAfter) {
+        if after.version <= self.durable_version {
+            return;
+        }
+        self.durable_balance = after.balance;
+        self.durable_status = after.status;
+        self.durable_version = after.version;
+        while self
+            .unflushed
+            .front()
+            .is_some_and(|e| e.seq <= after.up_to_seq)
+        {
+            self.unflushed.pop_front();
+        }
+        self.rebuild();
+    }
+
+    fn view(&self) -> BalanceView {
+        BalanceView {
+            user_id: self.user_id,
+            balance: self.balance,
+            status: self.status,
+            reserved: self.reserved,
+            open_reservations: self.reservations.len(),
+            not_durable: self.unflushed.len(),
+        }
+    }
+}
+
+impl Actor for BalanceActor {
+    type Msg = BalanceMsg;
+    type State = BalanceState;
+    type Arguments = BalanceArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: BalanceRef,
+        args: BalanceArgs,
+    ) -> Result<BalanceState, ActorProcessingErr> {
+        Ok(BalanceState::new(args))
+    }
+
+    async fn handle(
+        &self,
+        _myself: BalanceRef,
+        msg: BalanceMsg,
+        state: &mut BalanceState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            BalanceMsg::Reserve {
+                request_id,
+                amount,
+                reply,
+            } => {
+                let _ = reply.send(state.reserve(request_id, amount));
+            }
+            BalanceMsg::Release { request_id } => state.release(request_id),
+            BalanceMsg::Settle { charge, reply } => {
+                let _ = reply.send(state.settle(*charge));
+            }
+            BalanceMsg::TopUp {
+                request_id,
+                amount,
+                note,
+                reply,
+            } => {
+                let _ = reply.send(state.top_up(request_id, amount, note));
+            }
+            BalanceMsg::Durable(after) => state.durable(after),
+            BalanceMsg::Get { reply } => {
+                let _ = reply.send(state.view());
+            }
+            BalanceMsg::Fault(Fault::Panic) => {
+                panic!("injected fault: balance:{} panics", state.user_id)
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::billing::Usage;
+    use crate::snapshot::Snapshot;
+    use std::collections::HashSet;
+
+    fn state(balance: i64, status: AccountStatus) -> BalanceState {
+        BalanceState::new(BalanceArgs {
+            user_id: Uuid::new_v4(),
+            loaded: LoadedBalance {
+                stored: StoredBalance {
+                    tenant_id: Uuid::new_v4(),
+                    balance: Decimal::from(balance),
+                    status,
+                    version: 1,
+                },
+                pending: vec![],
+            },
+            journal: Arc::new(Journal::new()),
+            snapshot: Snapshot::default().handle(),
+            journal_max: 1000,
+        })
+    }
+
+    fn charge(amount: i64) -> ChargeRequest {
+        ChargeRequest {
+            request_id: Uuid::new_v4(),
+            amount: Decimal::from(amount),
+            usage: UsageRecord {
+                tenant_id: Uuid::new_v4(),
+                virtual_key_id: Uuid::new_v4(),
+                provider: "mock".into(),
+                model: "m".into(),
+                usage: Usage::default(),
+                input_rate: Decimal::ZERO,
+                output_rate: Decimal::ZERO,
+                markup_percent: Decimal::ZERO,
+                platform_cost: Decimal::ZERO,
+                usage_source: "upstream",
+            },
+        }
+    }
+
+    #[test]
+    fn admission_needs_active_status_and_unreserved_funds() {
+        let mut s = state(10, AccountStatus::Pending);
+        assert_eq!(
+            s.reserve(Uuid::new_v4(), Decimal::ONE),
+            Err(Refusal::NotActive(AccountStatus::Pending))
+        );
+        let mut s = state(10, AccountStatus::Active);
+        assert!(s.reserve(Uuid::new_v4(), Decimal::from(6)).is_ok());
+        assert!(s.reserve(Uuid::new_v4(), Decimal::from(6)).is_ok());
+        assert_eq!(
+            s.reserve(Uuid::new_v4(), Decimal::ONE),
+            Err(Refusal::InsufficientFunds)
+        );
+    }
+
+    #[test]
+    fn settling_charges_once_and_turns_overdue_at_zero() {
+        let mut s = state(10, AccountStatus::Active);
+        let c = charge(4);
+        let id = c.request_id;
+        s.reserve(id, Decimal::from(5)).expect("reserve");
+        let again = ChargeRequest {
+            request_id: id,
+            ..charge(4)
+        };
+        assert!(matches!(s.settle(c), Settled::Charged { .. }));
+        assert_eq!(s.reserved, Decimal::ZERO);
+        assert_eq!(s.settle(again), Settled::Duplicate);
+        assert_eq!(s.balance, Decimal::from(6));
+        assert!(matches!(
+            s.settle(charge(6)),
+            Settled::Charged {
+                status: AccountStatus::Overdue,
+                ..
+            }
+        ));
+        assert_eq!(s.journal.pending_sum(s.user_id), Decimal::from(-10));
+    }
+
+    #[test]
+    fn durable_reanchors_on_the_database() {
+        let mut s = state(10, AccountStatus::Active);
+        s.settle(charge(3));
+        s.settle(charge(2));
+        let seqs: Vec<u64> = s.unflushed.iter().map(|e| e.seq).collect();
+        // The first charge committed; the database also saw an outside +100 credit.
+        let batch = s.journal.take_batch(1);
+        s.journal
+            .complete(batch[0].seq, &HashSet::from([batch[0].seq]));
+        s.durable(BalanceAfter {
+            user_id: s.user_id,
+            balance: Decimal::from(107),
+            status: AccountStatus::Active,
+            version: 2,
+            up_to_seq: seqs[0],
+        });
+        assert_eq!(s.balance, Decimal::from(105));
+        // A stale report changes nothing.
+        s.durable(BalanceAfter {
+            user_id: s.user_id,
+            balance: Decimal::from(1),
+            status: AccountStatus::Overdue,
+            version: 2,
+            up_to_seq: seqs[1],
+        });
+        assert_eq!(s.balance, Decimal::from(105));
+        assert_eq!(s.status, AccountStatus::Active);
+    }
+
+    #[test]
+    fn top_ups_follow_the_threshold_rule() {
+        let mut s = state(0, AccountStatus::Pending);
+        let r = s.top_up("t1".into(), Decimal::from(5), None);
+        assert!(r.applied && r.committed.is_some());
+        assert_eq!(
+            (r.balance, r.status),
+            (Decimal::from(5), AccountStatus::Active)
+        );
+        s.settle(charge(7));
+        assert_eq!(s.status, AccountStatus::Overdue);
+        let r = s.top_up("t2".into(), Decimal::from(1), None);
+        assert_eq!(r.status, AccountStatus::Overdue, "balance -1 is not >= 0");
+        let r = s.top_up("t3".into(), Decimal::from(2), None);
+        assert_eq!((r.balance, r.status), (Decimal::ONE, AccountStatus::Active));
+        let dup = s.top_up("t3".into(), Decimal::from(2), None);
+        assert!(!dup.applied && dup.committed.is_none());
+        assert_eq!(dup.balance, Decimal::ONE);
+    }
+}

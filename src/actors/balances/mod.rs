@@ -1,0 +1,364 @@
+//! BalanceSupervisor `balances`: spawns a [`BalanceActor`] per user in use and restarts
+//! one that fails, rebuilding its state from PostgreSQL plus the journal.
+//!
+//! The load task takes the journal's commit lock (read half) before reading the database
+//! and the supervisor releases it only after the new actor is in the directory. A ledger
+//! commit therefore lands either wholly before the read (the database has it, the journal
+//! no longer does) or after the registration (the actor is there to be told).
+
+mod balance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use sqlx::PgPool;
+use tokio::sync::OwnedRwLockReadGuard;
+use uuid::Uuid;
+
+pub use balance::{
+    BalanceActor, BalanceArgs, BalanceMsg, BalanceRef, BalanceView, ChargeRequest, LoadedBalance,
+    Refusal, Settled, TopUpReply,
+};
+
+use super::root::Live;
+use super::{ChildBook, Fault, ResolveError};
+use crate::billing::Decimal;
+use crate::db;
+use crate::journal::Journal;
+use crate::snapshot::SnapshotHandle;
+
+pub type BalanceDirectory = Arc<DashMap<Uuid, BalanceRef>>;
+
+pub struct BalanceSupervisor;
+
+#[derive(Clone)]
+pub struct BalancesArgs {
+    pub pool: PgPool,
+    pub directory: BalanceDirectory,
+    pub journal: Arc<Journal>,
+    pub snapshot: SnapshotHandle,
+    pub journal_max: usize,
+}
+
+pub struct BalancesState {
+    args: BalancesArgs,
+    book: ChildBook<Uuid, BalanceRef>,
+}
+
+pub enum BalancesMsg {
+    /// Replies with the live actor of `user_id`, spawning it (after loading the user's
+    /// money) if needed; `NotFound` when the user does not exist.
+    Resolve {
+        user_id: Uuid,
+        reply: RpcReplyPort<Result<BalanceRef, ResolveError>>,
+    },
+    /// A load finished; `guard` keeps ledger commits out until the actor is registered.
+    Loaded {
+        user_id: Uuid,
+        result: Result<Option<LoadedBalance>, String>,
+        guard: OwnedRwLockReadGuard<()>,
+    },
+}
+
+pub type BalancesRef = ActorRef<BalancesMsg>;
+
+impl BalanceSupervisor {
+    pub async fn spawn(
+        args: BalancesArgs,
+        supervisor: ractor::ActorCell,
+    ) -> Result<BalancesRef, ractor::SpawnErr> {
+        let (r, _) = Actor::spawn_linked(None, BalanceSupervisor, args, supervisor).await?;
+        Ok(r)
+    }
+}
+
+/// Reads a user's committed money and pending journal entries, consistently.
+pub async fn load_balance(
+    pool: &PgPool,
+    journal: &Journal,
+    user_id: Uuid,
+) -> (
+    Result<Option<LoadedBalance>, String>,
+    OwnedRwLockReadGuard<()>,
+) {
+    let guard = journal.commit_lock.clone().read_owned().await;
+    let result = db::users::stored_balance(pool, user_id)
+        .await
+        .map(|stored| {
+            stored.map(|stored| LoadedBalance {
+                stored,
+                pending: journal.pending_for(user_id),
+            })
+        })
+        .map_err(|e| e.to_string());
+    (result, guard)
+}
+
+fn start_load(myself: &BalancesRef, args: &BalancesArgs, user_id: Uuid) {
+    let (myself, pool, journal) = (myself.clone(), args.pool.clone(), args.journal.clone());
+    tokio::spawn(async move {
+        let (result, guard) = load_balance(&pool, &journal, user_id).await;
+        let _ = myself.cast(BalancesMsg::Loaded {
+            user_id,
+            result,
+            guard,
+        });
+    });
+}
+
+impl Actor for BalanceSupervisor {
+    type Msg = BalancesMsg;
+    type State = BalancesState;
+    type Arguments = BalancesArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: BalancesRef,
+        args: BalancesArgs,
+    ) -> Result<BalancesState, ActorProcessingErr> {
+        args.directory.clear();
+        Ok(BalancesState {
+            args,
+            book: ChildBook::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: BalancesRef,
+        msg: BalancesMsg,
+        state: &mut BalancesState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            BalancesMsg::Resolve { user_id, reply } => {
+                if let Some(r) = state.args.directory.get(&user_id) {
+                    let _ = reply.send(Ok(r.clone()));
+                } else if state.book.wait(user_id, reply) {
+                    start_load(&myself, &state.args, user_id);
+                }
+            }
+            BalancesMsg::Loaded {
+                user_id,
+                result,
+                guard,
+            } => {
+                let answer = match result {
+                    Ok(Some(loaded)) => {
+                        let args = BalanceArgs {
+                            user_id,
+                            loaded,
+                            journal: state.args.journal.clone(),
+                            snapshot: state.args.snapshot.clone(),
+                            journal_max: state.args.journal_max,
+                        };
+                        match Actor::spawn_linked(None, BalanceActor, args, myself.get_cell()).await
+                        {
+                            Ok((child, _)) => {
+                                let name = format!("balance:{user_id}");
+                                state.book.started(user_id, child.get_id(), name);
+                                state.args.directory.insert(user_id, child.clone());
+                                Ok(child)
+                            }
+                            Err(e) => Err(ResolveError::Unavailable(e.to_string())),
+                        }
+                    }
+                    Ok(None) => Err(ResolveError::NotFound),
+                    Err(e) => {
+                        tracing::warn!(error = %e, %user_id, "loading a balance failed");
+                        Err(ResolveError::Unavailable(e))
+                    }
+                };
+                drop(guard);
+                state.book.answer(&user_id, answer);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: BalancesRef,
+        event: SupervisionEvent,
+        state: &mut BalancesState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let reason = err.to_string();
+                if let Some(user_id) = state.book.exited(cell.get_id(), Some(reason.clone())) {
+                    state
+                        .args
+                        .directory
+                        .remove_if(&user_id, |_, r| r.get_id() == cell.get_id());
+                    tracing::warn!(actor = %format!("balance:{user_id}"), %reason,
+                        "balance actor failed; restarting");
+                    if state.book.mark_loading(user_id) {
+                        start_load(&myself, &state.args, user_id);
+                    }
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                if let Some(user_id) = state.book.exited(cell.get_id(), None) {
+                    state
+                        .args
+                        .directory
+                        .remove_if(&user_id, |_, r| r.get_id() == cell.get_id());
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Why a balance operation could not be done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BalanceError {
+    UnknownUser,
+    Refused(Refusal),
+    Unavailable(String),
+}
+
+/// The request path's handle on the balance actors.
+#[derive(Clone)]
+pub struct Balances {
+    pub supervisor: Live<BalancesMsg>,
+    pub directory: BalanceDirectory,
+    pub timeout: Duration,
+}
+
+impl Balances {
+    fn ms(&self) -> u64 {
+        self.timeout.as_millis() as u64
+    }
+
+    async fn resolve(&self, user_id: Uuid) -> Result<BalanceRef, BalanceError> {
+        if let Some(r) = self.directory.get(&user_id) {
+            return Ok(r.clone());
+        }
+        let supervisor = self.supervisor.get();
+        match ractor::call_t!(
+            supervisor,
+            |reply| BalancesMsg::Resolve { user_id, reply },
+            self.ms()
+        ) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(ResolveError::NotFound)) => Err(BalanceError::UnknownUser),
+            Ok(Err(ResolveError::Unavailable(e))) => Err(BalanceError::Unavailable(e)),
+            Err(e) => Err(BalanceError::Unavailable(format!(
+                "balances supervisor: {e}"
+            ))),
+        }
+    }
+
+    /// Calls the user's actor, resolving it again (the supervisor restarts it) when the
+    /// actor died under the call. `make` builds the message for each attempt.
+    async fn call<T: Send + 'static>(
+        &self,
+        user_id: Uuid,
+        attempts: u32,
+        mut make: impl FnMut(RpcReplyPort<T>) -> BalanceMsg,
+    ) -> Result<T, BalanceError> {
+        let mut last = String::new();
+        for attempt in 0..attempts {
+            let actor = self.resolve(user_id).await?;
+            match actor.call(&mut make, Some(self.timeout)).await {
+                Ok(ractor::rpc::CallResult::Success(v)) => return Ok(v),
+                Ok(ractor::rpc::CallResult::Timeout) => {
+                    return Err(BalanceError::Unavailable("balance actor timed out".into()));
+                }
+                Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
+                    self.directory
+                        .remove_if(&user_id, |_, r| r.get_id() == actor.get_id());
+                    last = format!("balance:{user_id} died");
+                    let backoff = Duration::from_millis(2u64 << attempt.min(8));
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+        Err(BalanceError::Unavailable(last))
+    }
+
+    /// Reserves `amount` for a call.
+    pub async fn reserve(
+        &self,
+        user_id: Uuid,
+        request_id: Uuid,
+        amount: Decimal,
+    ) -> Result<(), BalanceError> {
+        let result = self
+            .call(user_id, 3, |reply| BalanceMsg::Reserve {
+                request_id,
+                amount,
+                reply,
+            })
+            .await;
+        match result {
+            Ok(r) => r.map_err(BalanceError::Refused),
+            Err(e) => {
+                // A timed-out reserve may still be applied later: undo it in mailbox order.
+                self.release(user_id, request_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops a reservation (best effort: a dead actor took its reservations with it).
+    pub fn release(&self, user_id: Uuid, request_id: Uuid) {
+        if let Some(r) = self.directory.get(&user_id) {
+            let _ = r.cast(BalanceMsg::Release { request_id });
+        }
+    }
+
+    /// Settles a charge. A charge must not be lost, so this retries across actor restarts
+    /// for longer than other calls; the journal makes a repeated settle a no-op.
+    pub async fn settle(
+        &self,
+        user_id: Uuid,
+        charge: ChargeRequest,
+    ) -> Result<Settled, BalanceError> {
+        let charge = Arc::new(charge);
+        self.call(user_id, 12, |reply| BalanceMsg::Settle {
+            charge: Box::new(ChargeRequest {
+                request_id: charge.request_id,
+                amount: charge.amount,
+                usage: charge.usage.clone(),
+            }),
+            reply,
+        })
+        .await
+    }
+
+    /// Credits a top-up (idempotent by `request_id`).
+    pub async fn top_up(
+        &self,
+        user_id: Uuid,
+        request_id: String,
+        amount: Decimal,
+        note: Option<String>,
+    ) -> Result<TopUpReply, BalanceError> {
+        // A top-up is applied at most once per attempt; a retried attempt carries the same
+        // request id, which the journal and the ledger refuse twice.
+        self.call(user_id, 3, |reply| BalanceMsg::TopUp {
+            request_id: request_id.clone(),
+            amount,
+            note: note.clone(),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn get(&self, user_id: Uuid) -> Result<BalanceView, BalanceError> {
+        self.call(user_id, 3, |reply| BalanceMsg::Get { reply })
+            .await
+    }
+
+    /// Sends `fault` to the user's live actor (spawning it first if needed).
+    pub async fn inject(&self, user_id: Uuid, fault: Fault) -> Result<(), BalanceError> {
+        let actor = self.resolve(user_id).await?;
+        actor
+            .cast(BalanceMsg::Fault(fault))
+            .map_err(|e| BalanceError::Unavailable(e.to_string()))
+    }
+}

@@ -1,0 +1,237 @@
+//! KeyActor `key:<key_id>`: one per virtual key in use. It serialises everything that
+//! decides whether the key may make a call right now: active flag, model allow-list, rpm
+//! (a governor GCRA limiter of its own, so each key has its own quota) and tpm (a 60 s
+//! window of estimated-then-corrected tokens).
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use uuid::Uuid;
+
+use super::window::TokenWindow;
+use crate::actors::Fault;
+use crate::db::keys::KeyRecord;
+
+pub struct KeyActor;
+
+pub struct KeyArgs {
+    pub record: KeyRecord,
+}
+
+pub struct KeyState {
+    record: KeyRecord,
+    rpm: Option<DefaultDirectRateLimiter>,
+    tpm: Option<TokenWindow>,
+    clock: DefaultClock,
+}
+
+/// Who the key belongs to, handed to the request once admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    pub key_id: Uuid,
+    pub user_id: Uuid,
+    pub tenant_id: Uuid,
+}
+
+/// Why a key may not make this call. Domain outcomes, never actor failures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// Deactivated (401).
+    Inactive,
+    /// The model is not on the key's allow-list (403).
+    ModelNotAllowed,
+    /// Requests per minute exhausted (429).
+    Rpm { retry_after: Duration },
+    /// Tokens per minute exhausted (429); `None` when the request alone exceeds the limit.
+    Tpm { retry_after: Option<Duration> },
+}
+
+pub enum KeyMsg {
+    /// Checks and takes one request (and `estimated_tokens` of the tpm window) for
+    /// `model`. Replies with the key's owner, or why not.
+    Admit {
+        model: String,
+        estimated_tokens: u64,
+        reply: RpcReplyPort<Result<Admission, Denied>>,
+    },
+    /// Replaces an admitted estimate with the tokens the call actually used. No reply.
+    Record {
+        estimated_tokens: u64,
+        actual_tokens: u64,
+    },
+    /// Replies with what the key is and may do.
+    Describe { reply: RpcReplyPort<KeyView> },
+    /// Injected fault.
+    Fault(Fault),
+}
+
+/// A read-only view of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyView {
+    pub key_id: Uuid,
+    pub user_id: Uuid,
+    pub is_active: bool,
+    pub allowed_models: Vec<String>,
+}
+
+pub type KeyRef = ActorRef<KeyMsg>;
+
+fn rpm_limiter(rpm: Option<u32>) -> Option<DefaultDirectRateLimiter> {
+    rpm.and_then(NonZeroU32::new)
+        .map(|n| RateLimiter::direct(Quota::per_minute(n)))
+}
+
+impl KeyState {
+    fn new(record: KeyRecord) -> Self {
+        Self {
+            rpm: rpm_limiter(record.rpm),
+            tpm: record.tpm.map(TokenWindow::new),
+            record,
+            clock: DefaultClock::default(),
+        }
+    }
+
+    fn admit(&mut self, model: &str, estimated_tokens: u64) -> Result<Admission, Denied> {
+        let r = &self.record;
+        if !r.is_active {
+            return Err(Denied::Inactive);
+        }
+        if !r.allowed_models.is_empty() && !r.allowed_models.iter().any(|m| m == model) {
+            return Err(Denied::ModelNotAllowed);
+        }
+        // Check tpm before taking an rpm cell, so a refused request costs no rpm.
+        let now = Instant::now();
+        if let Some(w) = &self.tpm
+            && let Err(retry_after) = w.check(now, estimated_tokens)
+        {
+            return Err(Denied::Tpm { retry_after });
+        }
+        if let Some(limiter) = &self.rpm
+            && let Err(not_until) = limiter.check()
+        {
+            return Err(Denied::Rpm {
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            });
+        }
+        if let Some(w) = &mut self.tpm {
+            w.take(now, estimated_tokens);
+        }
+        Ok(Admission {
+            key_id: r.id,
+            user_id: r.user_id,
+            tenant_id: r.tenant_id,
+        })
+    }
+}
+
+impl Actor for KeyActor {
+    type Msg = KeyMsg;
+    type State = KeyState;
+    type Arguments = KeyArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<KeyMsg>,
+        args: KeyArgs,
+    ) -> Result<KeyState, ActorProcessingErr> {
+        Ok(KeyState::new(args.record))
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<KeyMsg>,
+        msg: KeyMsg,
+        state: &mut KeyState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            KeyMsg::Admit {
+                model,
+                estimated_tokens,
+                reply,
+            } => {
+                let _ = reply.send(state.admit(&model, estimated_tokens));
+            }
+            KeyMsg::Record {
+                estimated_tokens,
+                actual_tokens,
+            } => {
+                if let Some(w) = &mut state.tpm {
+                    w.correct(Instant::now(), estimated_tokens, actual_tokens);
+                }
+            }
+            KeyMsg::Describe { reply } => {
+                let r = &state.record;
+                let _ = reply.send(KeyView {
+                    key_id: r.id,
+                    user_id: r.user_id,
+                    is_active: r.is_active,
+                    allowed_models: r.allowed_models.clone(),
+                });
+            }
+            KeyMsg::Fault(Fault::Panic) => {
+                panic!("injected fault: key:{} panics", state.record.id)
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::KeyHash;
+
+    fn record(rpm: Option<u32>, tpm: Option<u64>, models: &[&str]) -> KeyRecord {
+        KeyRecord {
+            id: Uuid::new_v4(),
+            hash: KeyHash::of("vk_x"),
+            user_id: Uuid::new_v4(),
+            tenant_id: Uuid::new_v4(),
+            name: "k".into(),
+            rpm,
+            tpm,
+            allowed_models: models.iter().map(|s| s.to_string()).collect(),
+            is_active: true,
+        }
+    }
+
+    #[test]
+    fn rpm_allows_exactly_the_quota_in_a_burst() {
+        let mut s = KeyState::new(record(Some(30), None, &[]));
+        let served = (0..100).filter(|_| s.admit("m", 10).is_ok()).count();
+        assert_eq!(served, 30);
+        match s.admit("m", 10) {
+            Err(Denied::Rpm { retry_after }) => {
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(2))
+            }
+            other => panic!("expected rpm denial, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn allow_list_and_active_flag_are_enforced() {
+        let mut s = KeyState::new(record(None, None, &["a"]));
+        assert!(s.admit("a", 1).is_ok());
+        assert_eq!(s.admit("b", 1), Err(Denied::ModelNotAllowed));
+        s.record.is_active = false;
+        assert_eq!(s.admit("a", 1), Err(Denied::Inactive));
+    }
+
+    #[test]
+    fn tpm_refusals_do_not_spend_rpm() {
+        let mut s = KeyState::new(record(Some(2), Some(100), &[]));
+        assert!(s.admit("m", 100).is_ok());
+        assert!(matches!(s.admit("m", 1), Err(Denied::Tpm { .. })));
+        assert!(matches!(
+            s.admit("m", 1000),
+            Err(Denied::Tpm { retry_after: None })
+        ));
+        // One rpm cell is left despite the two tpm refusals.
+        s.tpm = None;
+        assert!(s.admit("m", 1).is_ok());
+        assert!(matches!(s.admit("m", 1), Err(Denied::Rpm { .. })));
+    }
+}

@@ -1,0 +1,237 @@
+//! LedgerWriter `ledger`: drains the charge journal into PostgreSQL in batches.
+//!
+//! A batch is written after `flush_every` of quiet or at once when a previous batch just
+//! finished and entries are waiting, so batches grow with load by themselves. The write
+//! runs in a task; the actor only schedules and books results. After each commit every
+//! user in the batch is told PostgreSQL's new balance ([`BalanceMsg::Durable`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use sqlx::PgPool;
+
+use super::Fault;
+use super::balances::{BalanceDirectory, BalanceMsg};
+use crate::db;
+use crate::journal::{EntryData, Journal};
+
+pub struct LedgerWriter;
+
+#[derive(Clone)]
+pub struct LedgerArgs {
+    pub pool: PgPool,
+    pub journal: Arc<Journal>,
+    pub balances: BalanceDirectory,
+    pub flush_every: Duration,
+    pub batch_rows: usize,
+}
+
+/// What operators see of the ledger.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LedgerStats {
+    pub journal_depth: usize,
+    pub batches: u64,
+    pub rows: u64,
+    pub usage_rows: u64,
+    pub duplicates: u64,
+    pub failures: u64,
+    pub last_flush_at: Option<DateTime<Utc>>,
+    pub last_flush_ms: Option<f64>,
+    pub last_error: Option<String>,
+}
+
+pub struct LedgerState {
+    args: LedgerArgs,
+    flushing: bool,
+    scheduled: bool,
+    consecutive_failures: u32,
+    stats: LedgerStats,
+    drain_waiters: Vec<RpcReplyPort<()>>,
+}
+
+#[derive(Debug)]
+pub struct FlushReport {
+    rows: usize,
+    inserted: usize,
+    usage_rows: usize,
+    elapsed: Duration,
+}
+
+pub enum LedgerMsg {
+    /// The journal went from empty to non-empty. No reply.
+    Kick,
+    /// Time to write a batch. No reply.
+    Flush,
+    /// A batch write finished. No reply.
+    Done(Result<FlushReport, String>),
+    /// Replies once the journal is empty (used at shutdown).
+    Drain(RpcReplyPort<()>),
+    /// Replies with statistics.
+    Stats(RpcReplyPort<LedgerStats>),
+    /// Injected fault.
+    Fault(Fault),
+}
+
+pub type LedgerRef = ActorRef<LedgerMsg>;
+
+impl LedgerWriter {
+    pub async fn spawn(
+        args: LedgerArgs,
+        supervisor: ractor::ActorCell,
+    ) -> Result<LedgerRef, ractor::SpawnErr> {
+        let (r, _) = Actor::spawn_linked(None, LedgerWriter, args, supervisor).await?;
+        Ok(r)
+    }
+}
+
+async fn write(args: LedgerArgs, batch: Vec<Arc<EntryData>>) -> Result<FlushReport, String> {
+    let started = Instant::now();
+    let (tx, outcome) = db::ledger::prepare_batch(&args.pool, &batch)
+        .await
+        .map_err(|e| e.to_string())?;
+    let up_to = batch.iter().map(|e| e.seq).max().unwrap_or(0);
+    {
+        let _commit = args.journal.commit_lock.write().await;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        args.journal.complete(up_to, &outcome.inserted);
+    }
+    for after in outcome.balances {
+        if let Some(actor) = args.balances.get(&after.user_id) {
+            let _ = actor.cast(BalanceMsg::Durable(after));
+        }
+    }
+    Ok(FlushReport {
+        rows: batch.len(),
+        inserted: outcome.inserted.len(),
+        usage_rows: outcome.usage_rows,
+        elapsed: started.elapsed(),
+    })
+}
+
+impl LedgerState {
+    fn start_flush(&mut self, myself: &LedgerRef) {
+        if self.flushing {
+            return;
+        }
+        let batch = self.args.journal.take_batch(self.args.batch_rows);
+        if batch.is_empty() {
+            for w in self.drain_waiters.drain(..) {
+                let _ = w.send(());
+            }
+            return;
+        }
+        self.flushing = true;
+        let (args, myself) = (self.args.clone(), myself.clone());
+        tokio::spawn(async move {
+            let result = write(args, batch).await;
+            let _ = myself.cast(LedgerMsg::Done(result));
+        });
+    }
+
+    fn schedule(&mut self, myself: &LedgerRef, after: Duration) {
+        if !self.scheduled {
+            self.scheduled = true;
+            myself.send_after(after, || LedgerMsg::Flush);
+        }
+    }
+}
+
+impl Actor for LedgerWriter {
+    type Msg = LedgerMsg;
+    type State = LedgerState;
+    type Arguments = LedgerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: LedgerRef,
+        args: LedgerArgs,
+    ) -> Result<LedgerState, ActorProcessingErr> {
+        // Forward the journal's "no longer empty" signal as messages while this actor lives.
+        let (journal, me) = (args.journal.clone(), myself.clone());
+        tokio::spawn(async move {
+            loop {
+                journal.wait_for_wake().await;
+                if me.cast(LedgerMsg::Kick).is_err() {
+                    break;
+                }
+            }
+        });
+        // Entries left by a previous incarnation are written at once.
+        let _ = myself.cast(LedgerMsg::Kick);
+        Ok(LedgerState {
+            args,
+            flushing: false,
+            scheduled: false,
+            consecutive_failures: 0,
+            stats: LedgerStats::default(),
+            drain_waiters: Vec::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: LedgerRef,
+        msg: LedgerMsg,
+        state: &mut LedgerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            LedgerMsg::Kick => {
+                if !state.flushing {
+                    if state.args.journal.depth() >= state.args.batch_rows {
+                        state.start_flush(&myself);
+                    } else {
+                        let every = state.args.flush_every;
+                        state.schedule(&myself, every);
+                    }
+                }
+            }
+            LedgerMsg::Flush => {
+                state.scheduled = false;
+                state.start_flush(&myself);
+            }
+            LedgerMsg::Done(result) => {
+                state.flushing = false;
+                match result {
+                    Ok(report) => {
+                        state.consecutive_failures = 0;
+                        let s = &mut state.stats;
+                        s.batches += 1;
+                        s.rows += report.rows as u64;
+                        s.usage_rows += report.usage_rows as u64;
+                        s.duplicates += (report.rows - report.inserted) as u64;
+                        s.last_flush_at = Some(Utc::now());
+                        s.last_flush_ms = Some(report.elapsed.as_secs_f64() * 1000.0);
+                        // Entries that arrived during the write go out at once.
+                        state.start_flush(&myself);
+                    }
+                    Err(e) => {
+                        state.consecutive_failures += 1;
+                        state.stats.failures += 1;
+                        tracing::error!(error = %e, failures = state.consecutive_failures,
+                            "ledger flush failed; the batch stays in the journal and is retried");
+                        state.stats.last_error = Some(e);
+                        let backoff = 10u64 << state.consecutive_failures.min(7);
+                        state.schedule(&myself, Duration::from_millis(backoff));
+                    }
+                }
+            }
+            LedgerMsg::Drain(reply) => {
+                if state.args.journal.depth() == 0 && !state.flushing {
+                    let _ = reply.send(());
+                } else {
+                    state.drain_waiters.push(reply);
+                    state.start_flush(&myself);
+                }
+            }
+            LedgerMsg::Stats(reply) => {
+                let mut stats = state.stats.clone();
+                stats.journal_depth = state.args.journal.depth();
+                let _ = reply.send(stats);
+            }
+            LedgerMsg::Fault(Fault::Panic) => panic!("injected fault: ledger panics"),
+        }
+        Ok(())
+    }
+}

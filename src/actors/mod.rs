@@ -1,0 +1,143 @@
+//! The supervision tree (DESIGN.md section 1):
+//!
+//! ```text
+//! neuropia                 root: owns the long-lived children, drains them on shutdown
+//! ├── config               ConfigActor: the routing snapshot
+//! ├── keys                 KeySupervisor
+//! │   └── key:<key_id>     KeyActor: active flag, allow-list, rpm (governor), tpm window
+//! ├── balances             BalanceSupervisor
+//! │   └── balance:<user>   BalanceActor: balance, status machine, reservations
+//! └── ledger               LedgerWriter: drains the charge journal into PostgreSQL
+//! ```
+//!
+//! Names are Neuropia's own directory, not ractor's process-global registry: several
+//! gateways can then live in one process (the tests run many), and a supervisor's
+//! bookkeeping ([`ChildBook`]) carries what an operator wants to see per child (restarts,
+//! last failure, uptime).
+
+pub mod balances;
+pub mod config;
+pub mod keys;
+pub mod ledger;
+pub mod root;
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::Instant;
+
+use ractor::{ActorId, RpcReplyPort};
+
+/// Faults an operator or a test can inject into an actor (with `NEUROPIA_FAULTS=1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Panic while handling this message: the actor dies and its supervisor restarts it.
+    Panic,
+}
+
+/// Why a supervisor could not hand out a child.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("not found")]
+    NotFound,
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What a supervisor remembers about one child, alive or being restarted.
+#[derive(Debug, Clone)]
+pub struct ChildMeta {
+    pub name: String,
+    pub started_at: Instant,
+    pub restarts: u32,
+    pub last_failure: Option<String>,
+}
+
+/// A supervisor's bookkeeping for children keyed by `K` (a key hash, a user id): which
+/// actor is which child, who waits for a child being loaded, how often each restarted.
+pub struct ChildBook<K, R> {
+    by_actor: HashMap<ActorId, K>,
+    meta: HashMap<K, ChildMeta>,
+    waiters: HashMap<K, Vec<RpcReplyPort<Result<R, ResolveError>>>>,
+}
+
+impl<K: Eq + Hash + Clone, R: Clone> Default for ChildBook<K, R> {
+    fn default() -> Self {
+        Self {
+            by_actor: HashMap::new(),
+            meta: HashMap::new(),
+            waiters: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
+    /// Queues `reply` for child `k`; true when nobody was loading it yet (the caller starts
+    /// the load).
+    pub fn wait(&mut self, k: K, reply: RpcReplyPort<Result<R, ResolveError>>) -> bool {
+        let list = self.waiters.entry(k).or_default();
+        list.push(reply);
+        list.len() == 1
+    }
+
+    /// True while a load for `k` is under way.
+    pub fn loading(&self, k: &K) -> bool {
+        self.waiters.contains_key(k)
+    }
+
+    /// Marks `k` as loading with nobody waiting (an eager restart).
+    pub fn mark_loading(&mut self, k: K) -> bool {
+        let first = !self.waiters.contains_key(&k);
+        self.waiters.entry(k).or_default();
+        first
+    }
+
+    /// Answers everyone waiting for `k`.
+    pub fn answer(&mut self, k: &K, result: Result<R, ResolveError>) {
+        for port in self.waiters.remove(k).unwrap_or_default() {
+            let _ = port.send(result.clone());
+        }
+    }
+
+    /// Records a started child.
+    pub fn started(&mut self, k: K, id: ActorId, name: String) {
+        self.by_actor.insert(id, k.clone());
+        let meta = self.meta.entry(k).or_insert_with(|| ChildMeta {
+            name: name.clone(),
+            started_at: Instant::now(),
+            restarts: 0,
+            last_failure: None,
+        });
+        meta.name = name;
+        meta.started_at = Instant::now();
+    }
+
+    /// Forgets the actor `id`; returns its key. With `failure`, the child's restart count
+    /// goes up and the reason is kept; without, its record is dropped (a clean stop).
+    pub fn exited(&mut self, id: ActorId, failure: Option<String>) -> Option<K> {
+        let k = self.by_actor.remove(&id)?;
+        match failure {
+            Some(reason) => {
+                if let Some(meta) = self.meta.get_mut(&k) {
+                    meta.restarts += 1;
+                    meta.last_failure = Some(reason);
+                }
+            }
+            None => {
+                self.meta.remove(&k);
+            }
+        }
+        Some(k)
+    }
+
+    pub fn meta(&self, k: &K) -> Option<&ChildMeta> {
+        self.meta.get(k)
+    }
+
+    pub fn children(&self) -> impl Iterator<Item = (&K, &ChildMeta)> {
+        self.meta.iter()
+    }
+
+    pub fn total_restarts(&self) -> u64 {
+        self.meta.values().map(|m| u64::from(m.restarts)).sum()
+    }
+}

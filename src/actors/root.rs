@@ -1,0 +1,246 @@
+//! The root supervisor `neuropia`: spawns `config`, `keys`, `balances` and `ledger`,
+//! restarts whichever fails (ractor's default would stop the root instead), and drains the
+//! ledger on shutdown.
+//!
+//! The request path reaches the supervisors through [`Live`] handles, which the root
+//! repoints when it restarts a child, so nobody holds a reference to a dead supervisor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::balances::{BalanceSupervisor, BalancesArgs, BalancesMsg};
+use super::config::{ConfigActor, ConfigArgs, ConfigMsg};
+use super::keys::{KeySupervisor, KeysArgs, KeysMsg};
+use super::ledger::{LedgerArgs, LedgerMsg, LedgerWriter};
+
+/// A reference to an actor that its supervisor may replace.
+pub struct Live<M: ractor::Message>(Arc<ArcSwap<ActorRef<M>>>);
+
+impl<M: ractor::Message> Clone for Live<M> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<M: ractor::Message> Live<M> {
+    fn new(r: ActorRef<M>) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(r)))
+    }
+
+    pub fn get(&self) -> ActorRef<M> {
+        (**self.0.load()).clone()
+    }
+
+    fn set(&self, r: ActorRef<M>) {
+        self.0.store(Arc::new(r));
+    }
+}
+
+/// Handles on the root's children.
+#[derive(Clone)]
+pub struct Tree {
+    pub config: Live<ConfigMsg>,
+    pub keys: Live<KeysMsg>,
+    pub balances: Live<BalancesMsg>,
+    pub ledger: Live<LedgerMsg>,
+}
+
+#[derive(Clone)]
+pub struct RootArgs {
+    pub config: ConfigArgs,
+    pub keys: KeysArgs,
+    pub balances: BalancesArgs,
+    pub ledger: LedgerArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Child {
+    Config,
+    Keys,
+    Balances,
+    Ledger,
+}
+
+impl Child {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Keys => "keys",
+            Self::Balances => "balances",
+            Self::Ledger => "ledger",
+        }
+    }
+}
+
+/// Restart count and last failure of one of the root's children.
+#[derive(Debug, Clone)]
+pub struct ChildRecord {
+    pub restarts: u32,
+    pub started_at: Instant,
+    pub last_failure: Option<String>,
+}
+
+pub struct RootState {
+    args: RootArgs,
+    tree: Tree,
+    by_actor: HashMap<ActorId, Child>,
+    records: HashMap<Child, ChildRecord>,
+}
+
+pub enum RootMsg {
+    /// Replies with handles on the children.
+    Tree(RpcReplyPort<Tree>),
+    /// Writes everything left in the journal, then replies. Used at shutdown.
+    Drain(RpcReplyPort<()>),
+}
+
+pub type RootRef = ActorRef<RootMsg>;
+
+pub struct Root;
+
+impl Root {
+    /// Spawns the whole tree; returns the root and handles on its children.
+    pub async fn start(args: RootArgs) -> Result<(RootRef, Tree), String> {
+        let (root, _) = Actor::spawn(None, Root, args)
+            .await
+            .map_err(|e| format!("starting the actor tree: {e}"))?;
+        let tree = ractor::call_t!(root, RootMsg::Tree, 5_000)
+            .map_err(|e| format!("starting the actor tree: {e}"))?;
+        Ok((root, tree))
+    }
+}
+
+async fn spawn_child(
+    which: Child,
+    args: &RootArgs,
+    me: ractor::ActorCell,
+) -> Result<ractor::ActorCell, ractor::SpawnErr> {
+    Ok(match which {
+        Child::Config => ConfigActor::spawn(args.config.clone(), me)
+            .await?
+            .get_cell(),
+        Child::Keys => KeySupervisor::spawn(args.keys.clone(), me)
+            .await?
+            .get_cell(),
+        Child::Balances => BalanceSupervisor::spawn(args.balances.clone(), me)
+            .await?
+            .get_cell(),
+        Child::Ledger => LedgerWriter::spawn(args.ledger.clone(), me)
+            .await?
+            .get_cell(),
+    })
+}
+
+impl Actor for Root {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: RootRef,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
+        let me = myself.get_cell();
+        let config = ConfigActor::spawn(args.config.clone(), me.clone()).await?;
+        let keys = KeySupervisor::spawn(args.keys.clone(), me.clone()).await?;
+        let balances = BalanceSupervisor::spawn(args.balances.clone(), me.clone()).await?;
+        let ledger = LedgerWriter::spawn(args.ledger.clone(), me).await?;
+        let mut by_actor = HashMap::new();
+        by_actor.insert(config.get_id(), Child::Config);
+        by_actor.insert(keys.get_id(), Child::Keys);
+        by_actor.insert(balances.get_id(), Child::Balances);
+        by_actor.insert(ledger.get_id(), Child::Ledger);
+        let now = Instant::now();
+        let records = [Child::Config, Child::Keys, Child::Balances, Child::Ledger]
+            .into_iter()
+            .map(|c| {
+                (
+                    c,
+                    ChildRecord {
+                        restarts: 0,
+                        started_at: now,
+                        last_failure: None,
+                    },
+                )
+            })
+            .collect();
+        Ok(RootState {
+            args,
+            tree: Tree {
+                config: Live::new(config),
+                keys: Live::new(keys),
+                balances: Live::new(balances),
+                ledger: Live::new(ledger),
+            },
+            by_actor,
+            records,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: RootRef,
+        msg: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RootMsg::Tree(reply) => {
+                let _ = reply.send(state.tree.clone());
+            }
+            RootMsg::Drain(reply) => {
+                let ledger = state.tree.ledger.get();
+                // Answer from a task: draining waits on the database.
+                tokio::spawn(async move {
+                    let _ = ledger
+                        .call(LedgerMsg::Drain, Some(Duration::from_secs(30)))
+                        .await;
+                    let _ = reply.send(());
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: RootRef,
+        event: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
+            _ => return Ok(()),
+        };
+        let Some(which) = state.by_actor.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        tracing::warn!(actor = which.name(), failure = ?failure, "child exited; restarting");
+        match spawn_child(which, &state.args, myself.get_cell()).await {
+            Ok(new) => {
+                state.by_actor.insert(new.get_id(), which);
+                match which {
+                    Child::Config => state.tree.config.set(new.into()),
+                    Child::Keys => state.tree.keys.set(new.into()),
+                    Child::Balances => state.tree.balances.set(new.into()),
+                    Child::Ledger => state.tree.ledger.set(new.into()),
+                }
+                if let Some(rec) = state.records.get_mut(&which) {
+                    rec.restarts += 1;
+                    rec.started_at = Instant::now();
+                    rec.last_failure = failure;
+                }
+            }
+            Err(e) => {
+                // Without this child the gateway cannot work: fail the root loudly.
+                return Err(format!("restarting {} failed: {e}", which.name()).into());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,240 @@
+//! Assembling the gateway: config -> pool (created, migrated) -> Redis -> snapshot ->
+//! actor tree -> [`AppState`]; and [`serve`], which runs the HTTP server on a listener it
+//! is given until a shutdown future resolves, then drains the charge journal.
+
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::actors::balances::{Balances, BalancesArgs};
+use crate::actors::config::ConfigArgs;
+use crate::actors::keys::{Keys, KeysArgs};
+use crate::actors::ledger::LedgerArgs;
+use crate::actors::root::{Root, RootArgs, RootMsg, RootRef, Tree};
+use crate::auth::{self, Jwt, Role};
+use crate::config::Config;
+use crate::db;
+use crate::journal::Journal;
+use crate::snapshot::SnapshotHandle;
+use crate::upstream::Upstreams;
+
+/// Handles shared by every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+pub struct AppInner {
+    pub config: Arc<Config>,
+    pub pool: PgPool,
+    pub redis: Option<ConnectionManager>,
+    pub jwt: Jwt,
+    pub snapshot: SnapshotHandle,
+    pub journal: Arc<Journal>,
+    pub keys: Keys,
+    pub balances: Balances,
+    pub tree: Tree,
+    pub root: RootRef,
+    pub upstreams: Upstreams,
+}
+
+impl Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Asks the configuration actor to rebuild the routing snapshot and waits for it.
+    pub async fn reload_config(&self) -> Result<(), String> {
+        let config = self.tree.config.get();
+        ractor::call_t!(config, crate::actors::config::ConfigMsg::Reload, 10_000)
+            .map_err(|e| format!("config actor: {e}"))?
+    }
+}
+
+/// Connects to everything and starts the actor tree.
+pub async fn build(config: Config) -> Result<AppState, String> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let pool = db::connect_and_migrate(config.database_url.expose(), config.db_pool)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    let redis = connect_redis(&config).await;
+
+    let jwt_secret = match &config.jwt_secret {
+        Some(s) => s.expose().as_bytes().to_vec(),
+        None => {
+            tracing::warn!(
+                "JWT_SECRET is not set: using a random secret; tokens die with this process"
+            );
+            auth::random_hex32()?.into_bytes()
+        }
+    };
+    let jwt = Jwt::new(&jwt_secret, config.jwt_ttl_secs);
+
+    let snapshot = db::config::load_snapshot(&pool)
+        .await
+        .map_err(|e| format!("loading configuration: {e}"))?
+        .handle();
+    let journal = Arc::new(Journal::new());
+    let key_directory = Arc::default();
+    let balance_directory: crate::actors::balances::BalanceDirectory = Arc::default();
+
+    let (root, tree) = Root::start(RootArgs {
+        config: ConfigArgs {
+            pool: pool.clone(),
+            snapshot: snapshot.clone(),
+        },
+        keys: KeysArgs {
+            pool: pool.clone(),
+            directory: Arc::clone(&key_directory),
+        },
+        balances: BalancesArgs {
+            pool: pool.clone(),
+            directory: balance_directory.clone(),
+            journal: journal.clone(),
+            snapshot: snapshot.clone(),
+            journal_max: config.journal_max,
+        },
+        ledger: LedgerArgs {
+            pool: pool.clone(),
+            journal: journal.clone(),
+            balances: balance_directory.clone(),
+            flush_every: Duration::from_millis(config.ledger_flush_ms),
+            batch_rows: config.ledger_batch_rows,
+        },
+    })
+    .await?;
+
+    let timeout = config.actor_timeout();
+    let state = AppState(Arc::new(AppInner {
+        upstreams: Upstreams::new(&config)?,
+        keys: Keys {
+            supervisor: tree.keys.clone(),
+            directory: key_directory,
+            timeout,
+        },
+        balances: Balances {
+            supervisor: tree.balances.clone(),
+            directory: balance_directory,
+            timeout,
+        },
+        config,
+        pool,
+        redis,
+        jwt,
+        snapshot,
+        journal,
+        tree,
+        root,
+    }));
+    bootstrap_admin(&state).await?;
+    Ok(state)
+}
+
+async fn connect_redis(config: &Config) -> Option<ConnectionManager> {
+    if config.redis_url.is_empty() {
+        return None;
+    }
+    let client = match redis::Client::open(config.redis_url.expose()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "REDIS_URL is invalid; running without Redis");
+            return None;
+        }
+    };
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        ConnectionManager::new_with_config(client, cfg),
+    )
+    .await
+    {
+        Ok(Ok(m)) => Some(m),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Redis unreachable; running without it");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("Redis did not answer; running without it");
+            None
+        }
+    }
+}
+
+/// Creates the platform admin named by `NEUROPIA_ADMIN_EMAIL` if it does not exist.
+async fn bootstrap_admin(state: &AppState) -> Result<(), String> {
+    let (Some(email), Some(password)) = (&state.config.admin_email, &state.config.admin_password)
+    else {
+        return Ok(());
+    };
+    if db::users::email_exists(&state.pool, email)
+        .await
+        .map_err(|e| format!("bootstrap admin: {e}"))?
+    {
+        return Ok(());
+    }
+    let password = password.expose().to_owned();
+    let hashed = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(|e| e.to_string())??;
+    let created = db::users::create_user(
+        &state.pool,
+        db::users::NewUser {
+            email,
+            hashed_password: &hashed,
+            username: "admin",
+            tenant_id: db::users::DEFAULT_TENANT,
+            role: Role::PlatformAdmin,
+        },
+    )
+    .await;
+    match created {
+        Ok(id) => {
+            tracing::info!(user_id = %id, "bootstrapped the platform admin");
+            Ok(())
+        }
+        // Another instance created it at the same moment.
+        Err(db::users::CreateUserError::EmailTaken) => Ok(()),
+        Err(e) => Err(format!("bootstrap admin: {e}")),
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then stops taking requests, waits
+/// for the ones in flight, writes every journaled charge and stops the actor tree.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = crate::http::router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    state.shutdown().await;
+    Ok(())
+}
+
+impl AppState {
+    /// Drains the journal into PostgreSQL and stops the actor tree.
+    pub async fn shutdown(&self) {
+        let drained = ractor::call_t!(self.root, RootMsg::Drain, 35_000);
+        if drained.is_err() {
+            tracing::error!(
+                depth = self.journal.depth(),
+                "could not drain the charge journal before stopping"
+            );
+        }
+        self.root
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .await
+            .ok();
+    }
+}

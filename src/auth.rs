@@ -1,0 +1,212 @@
+//! Identities: platform logins (argon2id passwords, HS256 JWTs) and virtual keys (SHA-256).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    PlatformAdmin,
+    TenantAdmin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PlatformAdmin => "platform_admin",
+            Self::TenantAdmin => "tenant_admin",
+            Self::User => "user",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "platform_admin" => Ok(Self::PlatformAdmin),
+            "tenant_admin" => Ok(Self::TenantAdmin),
+            "user" => Ok(Self::User),
+            other => Err(format!("unknown role {other:?}")),
+        }
+    }
+}
+
+/// SHA-256 of a virtual key's plaintext: the only form in which keys are stored, cached
+/// or logged. `Debug` shows a short prefix only.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl KeyHash {
+    pub fn of(plaintext: &str) -> Self {
+        Self(Sha256::digest(plaintext.as_bytes()).into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(HEX[usize::from(b >> 4)] as char);
+            s.push(HEX[usize::from(b & 15)] as char);
+        }
+        s
+    }
+
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+            let s = std::str::from_utf8(chunk).ok()?;
+            out[i] = u8::from_str_radix(s, 16).ok()?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({}..)", &self.to_hex()[..12])
+    }
+}
+
+/// Hashes a password with argon2id (default parameters, random salt). CPU-heavy: call it
+/// from `spawn_blocking`.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| format!("hashing failed: {e}"))
+}
+
+/// Checks a password against a stored PHC string. CPU-heavy, like [`hash_password`].
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// The claims of a platform JWT.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub sub: Uuid,
+    pub role: Role,
+    pub tenant_id: Uuid,
+    pub exp: u64,
+    pub iat: u64,
+}
+
+/// Signs and checks platform JWTs (HS256).
+pub struct Jwt {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    ttl_secs: u64,
+}
+
+impl Jwt {
+    pub fn new(secret: &[u8], ttl_secs: u64) -> Self {
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            ttl_secs,
+        }
+    }
+
+    pub fn issue(&self, sub: Uuid, role: Role, tenant_id: Uuid) -> Result<(String, u64), String> {
+        let now = now_secs();
+        let claims = Claims {
+            sub,
+            role,
+            tenant_id,
+            exp: now + self.ttl_secs,
+            iat: now,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map(|t| (t, claims.exp))
+            .map_err(|e| format!("signing failed: {e}"))
+    }
+
+    pub fn verify(&self, token: &str) -> Option<Claims> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .ok()
+            .map(|d| d.claims)
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// 32 random bytes as hex, for generated secrets.
+pub fn random_hex32() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(KeyHash(bytes).to_hex())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_hash_is_sha256_hex() {
+        // The FIPS 180-2 test vector for "abc".
+        let h = KeyHash::of("abc");
+        assert_eq!(
+            h.to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(KeyHash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(KeyHash::from_hex("zz"), None);
+        assert!(!format!("{h:?}").contains(&h.to_hex()));
+    }
+
+    #[test]
+    fn passwords_round_trip() {
+        let phc = hash_password("correct horse battery").expect("hash");
+        assert!(phc.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse battery", &phc));
+        assert!(!verify_password("wrong", &phc));
+        assert!(!verify_password("x", "not a phc string"));
+    }
+
+    #[test]
+    fn jwt_round_trips_and_rejects_tampering() {
+        let jwt = Jwt::new(b"0123456789abcdef0123", 60);
+        let (u, t) = (Uuid::new_v4(), Uuid::new_v4());
+        let (token, _) = jwt.issue(u, Role::User, t).expect("token");
+        let claims = jwt.verify(&token).expect("valid");
+        assert_eq!(
+            (claims.sub, claims.role, claims.tenant_id),
+            (u, Role::User, t)
+        );
+        let other = Jwt::new(b"another-secret-of-length", 60);
+        assert!(other.verify(&token).is_none());
+        assert!(jwt.verify("garbage").is_none());
+        let expired = Jwt::new(b"0123456789abcdef0123", 0);
+        let (old, _) = expired.issue(u, Role::User, t).expect("token");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(jwt.verify(&old).is_none());
+    }
+}

@@ -1,0 +1,225 @@
+//! Command line and environment: one typed [`Config`], validated at start.
+//!
+//! Every setting is a flag and an environment variable (`.env.example` lists them all).
+//! Secrets are held in [`Secret`], whose `Debug` and `Display` never show the value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// `neuropia`: serve (the default), migrate, or run the loopback mock upstream.
+#[derive(Debug, Parser)]
+#[command(
+    name = "neuropia",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default when no subcommand is given).
+    Serve(Box<Config>),
+    /// Create the database if missing and apply migrations, then exit.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+        database_url: Secret,
+    },
+    /// Serve an OpenAI-compatible mock upstream (deterministic answers, real token
+    /// counts) for demos and benchmarks.
+    MockUpstream {
+        #[arg(long, env = "NEUROPIA_MOCK_BIND", default_value = "127.0.0.1:9001")]
+        bind: SocketAddr,
+    },
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/neuropia";
+
+/// Everything `neuropia serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// PostgreSQL URL; the database is created if missing and migrated at start.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: Secret,
+
+    /// Maximum PostgreSQL connections in the pool.
+    #[arg(long, env = "NEUROPIA_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+
+    /// Redis URL (a cache, never the only copy of anything). Empty disables Redis.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: Secret,
+
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "NEUROPIA_BIND", default_value = "127.0.0.1:3001")]
+    pub bind: SocketAddr,
+
+    /// HS256 secret for platform JWTs. When unset a random one is generated at start
+    /// (tokens then die with the process); set it in any real deployment.
+    #[arg(long, env = "JWT_SECRET")]
+    pub jwt_secret: Option<Secret>,
+
+    /// Lifetime of a platform JWT, in seconds.
+    #[arg(long, env = "NEUROPIA_JWT_TTL_SECS", default_value_t = 12 * 3600)]
+    pub jwt_ttl_secs: u64,
+
+    /// Bootstrap a platform admin with this email at start if it does not exist.
+    #[arg(long, env = "NEUROPIA_ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+
+    /// Password of the bootstrapped platform admin.
+    #[arg(long, env = "NEUROPIA_ADMIN_PASSWORD")]
+    pub admin_password: Option<Secret>,
+
+    /// Platform key for DashScope (Alibaba Cloud Bailian), compatible mode.
+    #[arg(long, env = "DASHSCOPE_API_KEY")]
+    pub dashscope_api_key: Option<Secret>,
+
+    /// Platform key for OpenAI.
+    #[arg(long, env = "OPENAI_API_KEY")]
+    pub openai_api_key: Option<Secret>,
+
+    /// Enable fault injection (`POST /api/admin/faults`). Never in production.
+    #[arg(long, env = "NEUROPIA_FAULTS", default_value_t = false)]
+    pub faults: bool,
+
+    /// Seed a demo tenant, user, model and key on the built-in mock provider and print
+    /// a ready `curl`.
+    #[arg(long, env = "NEUROPIA_DEMO", default_value_t = false)]
+    pub demo: bool,
+
+    /// Largest accepted request body, in bytes (larger bodies get 413).
+    #[arg(long, env = "NEUROPIA_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long an HTTP handler waits for an actor's reply before answering 503.
+    #[arg(long, env = "NEUROPIA_ACTOR_TIMEOUT_MS", default_value_t = 2_000)]
+    pub actor_timeout_ms: u64,
+
+    /// Default per-target upstream timeout (a plan's `request_timeout` overrides it).
+    #[arg(long, env = "NEUROPIA_UPSTREAM_TIMEOUT_MS", default_value_t = 60_000)]
+    pub upstream_timeout_ms: u64,
+
+    /// Output tokens reserved for a request that sets no `max_tokens`.
+    #[arg(long, env = "NEUROPIA_DEFAULT_MAX_TOKENS", default_value_t = 4_096)]
+    pub default_max_tokens: u32,
+
+    /// The ledger flushes the charge journal at least this often, in milliseconds.
+    #[arg(long, env = "NEUROPIA_LEDGER_FLUSH_MS", default_value_t = 5)]
+    pub ledger_flush_ms: u64,
+
+    /// Most journal entries written in one ledger transaction.
+    #[arg(long, env = "NEUROPIA_LEDGER_BATCH_ROWS", default_value_t = 500)]
+    pub ledger_batch_rows: usize,
+
+    /// Journal depth above which new paid requests are refused with 503 (the database
+    /// is not keeping up and charges must not pile up in memory without bound).
+    #[arg(long, env = "NEUROPIA_JOURNAL_MAX", default_value_t = 200_000)]
+    pub journal_max: usize,
+}
+
+impl Config {
+    /// Checks what clap cannot: ranges and combinations.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.db_pool == 0 {
+            return Err("NEUROPIA_DB_POOL must be at least 1".into());
+        }
+        if self.admin_email.is_some() != self.admin_password.is_some() {
+            return Err(
+                "NEUROPIA_ADMIN_EMAIL and NEUROPIA_ADMIN_PASSWORD must be set together".into(),
+            );
+        }
+        if self.ledger_batch_rows == 0 || self.ledger_flush_ms == 0 {
+            return Err("ledger batch rows and flush interval must be positive".into());
+        }
+        if self.actor_timeout_ms == 0 || self.upstream_timeout_ms == 0 {
+            return Err("timeouts must be positive".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("NEUROPIA_MAX_BODY_BYTES must be at least 1024".into());
+        }
+        if let Some(secret) = &self.jwt_secret
+            && secret.expose().len() < 16
+        {
+            return Err("JWT_SECRET must be at least 16 bytes".into());
+        }
+        Ok(())
+    }
+
+    pub fn actor_timeout(&self) -> Duration {
+        Duration::from_millis(self.actor_timeout_ms)
+    }
+
+    /// A configuration with every default, for tests and embedding.
+    pub fn defaults() -> Self {
+        Cli::parse_from(["neuropia"]).serve
+    }
+}
+
+/// A string that must never be printed: passwords, API keys, secrets, URLs with passwords.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("sk-live-123");
+        assert_eq!(format!("{s:?} {s}"), "Secret(***) ***");
+        assert_eq!(s.expose(), "sk-live-123");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::defaults();
+        assert_eq!(c.bind.port(), 3001);
+        assert!(c.validate().is_ok());
+        let mut bad = c.clone();
+        bad.admin_email = Some("a@b.c".into());
+        assert!(bad.validate().is_err());
+    }
+}

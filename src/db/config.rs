@@ -1,0 +1,195 @@
+//! Configuration tables: provider rates, model plans, tenants. Read whole into a
+//! [`Snapshot`]; written by the admin API.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::billing::{Decimal, Rate};
+use crate::snapshot::{ModelRoute, Snapshot, TenantSettings};
+use crate::upstream::plan::Plan;
+
+/// Reads every table the snapshot is made of. A stored plan that no longer parses is
+/// skipped with an error in the log rather than taking the whole gateway down.
+pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
+    let mut snap = Snapshot::default();
+
+    let rows = sqlx::query(
+        "SELECT provider, model, input_rate, output_rate, currency FROM data.provider_rate",
+    )
+    .fetch_all(pool)
+    .await?;
+    for r in rows {
+        let provider: String = r.try_get("provider")?;
+        let model: String = r.try_get("model")?;
+        let rate = Rate {
+            input_rate: r.try_get("input_rate")?,
+            output_rate: r.try_get("output_rate")?,
+            currency: r.try_get("currency")?,
+        };
+        snap.rates
+            .entry(provider)
+            .or_insert_with(HashMap::new)
+            .insert(model, rate);
+    }
+
+    let rows =
+        sqlx::query("SELECT model, provider, config FROM data.model_configs WHERE is_active")
+            .fetch_all(pool)
+            .await?;
+    for r in rows {
+        let model: String = r.try_get("model")?;
+        let provider: String = r.try_get("provider")?;
+        let config: serde_json::Value = r.try_get("config")?;
+        match Plan::from_json(&config) {
+            Ok(plan) => {
+                snap.models.insert(
+                    model.clone(),
+                    Arc::new(ModelRoute {
+                        model,
+                        provider,
+                        plan,
+                    }),
+                );
+            }
+            Err(e) => tracing::error!(%model, error = %e, "stored model plan is invalid; skipped"),
+        }
+    }
+
+    let rows = sqlx::query("SELECT tenant_id, markup_percent, overdue_threshold FROM data.tenant")
+        .fetch_all(pool)
+        .await?;
+    for r in rows {
+        snap.tenants.insert(
+            r.try_get("tenant_id")?,
+            TenantSettings {
+                markup_percent: r.try_get("markup_percent")?,
+                overdue_threshold: r.try_get("overdue_threshold")?,
+            },
+        );
+    }
+
+    let rows = sqlx::query(
+        "SELECT user_id, markup_percent FROM data.user_profile WHERE markup_percent IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    for r in rows {
+        snap.user_markups
+            .insert(r.try_get("user_id")?, r.try_get("markup_percent")?);
+    }
+    Ok(snap)
+}
+
+pub async fn upsert_rate(
+    pool: &PgPool,
+    provider: &str,
+    model: &str,
+    rate: &Rate,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO data.provider_rate (provider, model, input_rate, output_rate, currency)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (provider, model) DO UPDATE SET
+             input_rate = EXCLUDED.input_rate, output_rate = EXCLUDED.output_rate,
+             currency = EXCLUDED.currency, updated_at = now()",
+    )
+    .bind(provider)
+    .bind(model)
+    .bind(rate.input_rate)
+    .bind(rate.output_rate)
+    .bind(&rate.currency)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Stores the plan for a public model name (the plan's JSON keeps any platform key it has;
+/// it is never returned unredacted).
+pub async fn upsert_model_config(
+    pool: &PgPool,
+    model: &str,
+    plan: &Plan,
+) -> Result<(), sqlx::Error> {
+    let provider = plan
+        .targets
+        .first()
+        .map(|t| t.provider.as_str())
+        .unwrap_or("");
+    let config = serde_json::to_value(plan).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    sqlx::query(
+        "INSERT INTO data.model_configs (model, provider, config) VALUES ($1, $2, $3)
+         ON CONFLICT (model) DO UPDATE SET provider = EXCLUDED.provider,
+             config = EXCLUDED.config, is_active = true, updated_at = now()",
+    )
+    .bind(model)
+    .bind(provider)
+    .bind(config)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Tenant {
+    pub tenant_id: Uuid,
+    pub name: String,
+    #[serde(serialize_with = "crate::billing::ser_money")]
+    pub markup_percent: Decimal,
+    #[serde(serialize_with = "crate::billing::ser_money")]
+    pub overdue_threshold: Decimal,
+}
+
+/// Changes a tenant's settings; `None` leaves a field as it is. Returns `None` when the
+/// tenant does not exist.
+pub async fn update_tenant(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    name: Option<&str>,
+    markup_percent: Option<Decimal>,
+    overdue_threshold: Option<Decimal>,
+) -> Result<Option<Tenant>, sqlx::Error> {
+    let row = sqlx::query(
+        "UPDATE data.tenant SET
+             name = coalesce($2, name),
+             markup_percent = coalesce($3, markup_percent),
+             overdue_threshold = coalesce($4, overdue_threshold),
+             updated_at = now()
+         WHERE tenant_id = $1
+         RETURNING tenant_id, name, markup_percent, overdue_threshold",
+    )
+    .bind(tenant_id)
+    .bind(name)
+    .bind(markup_percent)
+    .bind(overdue_threshold)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        Ok(Tenant {
+            tenant_id: r.try_get("tenant_id")?,
+            name: r.try_get("name")?,
+            markup_percent: r.try_get("markup_percent")?,
+            overdue_threshold: r.try_get("overdue_threshold")?,
+        })
+    })
+    .transpose()
+}
+
+/// Finds a tenant by name or creates it (used by the demo seed).
+pub async fn ensure_tenant(
+    pool: &PgPool,
+    name: &str,
+    markup_percent: Decimal,
+) -> Result<Uuid, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO data.tenant (name, markup_percent) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+         RETURNING tenant_id",
+    )
+    .bind(name)
+    .bind(markup_percent)
+    .fetch_one(pool)
+    .await
+}

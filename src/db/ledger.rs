@@ -1,0 +1,262 @@
+//! Writing a journal batch: ledger rows, usage rows and balance deltas in one transaction.
+//!
+//! Every row is keyed by `request_id` with `ON CONFLICT DO NOTHING`, and balances move by
+//! the sum of the rows actually inserted, so writing a batch twice (after a crash between
+//! commit and acknowledgement) changes nothing the second time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::billing::{AccountStatus, Decimal};
+use crate::journal::{EntryData, EntryKind};
+
+/// A user's committed balance after a batch.
+#[derive(Debug, Clone)]
+pub struct BalanceAfter {
+    pub user_id: Uuid,
+    pub balance: Decimal,
+    pub status: AccountStatus,
+    pub version: i64,
+    /// The highest journal sequence of this user's entries in the batch.
+    pub up_to_seq: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Sequences of the entries whose rows were inserted (the rest were duplicates).
+    pub inserted: HashSet<u64>,
+    pub balances: Vec<BalanceAfter>,
+    pub usage_rows: usize,
+}
+
+fn tokens(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// Writes `batch` inside a new transaction and returns it uncommitted: the caller commits
+/// it under the journal's commit lock.
+pub async fn prepare_batch(
+    pool: &PgPool,
+    batch: &[Arc<EntryData>],
+) -> Result<(Transaction<'static, Postgres>, BatchOutcome), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut outcome = BatchOutcome::default();
+
+    let n = batch.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut users = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut amounts = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut notes: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(n);
+    for e in batch {
+        ids.push(e.request_id.as_str());
+        users.push(e.user_id);
+        kinds.push(e.kind.as_str());
+        amounts.push(e.delta);
+        statuses.push(e.status_after.as_str());
+        notes.push(match &e.kind {
+            EntryKind::TopUp { note } => note.clone(),
+            EntryKind::Charge(_) => None,
+        });
+        times.push(e.created_at);
+    }
+    let inserted_ids: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO data.balance_ledger
+             (request_id, user_id, kind, amount, status_after, note, created_at)
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::numeric[], $5::text[],
+                              $6::text[], $7::timestamptz[])
+         ON CONFLICT (request_id) DO NOTHING
+         RETURNING request_id",
+    )
+    .bind(&ids)
+    .bind(&users)
+    .bind(&kinds)
+    .bind(&amounts)
+    .bind(&statuses)
+    .bind(&notes)
+    .bind(&times)
+    .fetch_all(&mut *tx)
+    .await?;
+    let inserted_ids: HashSet<String> = inserted_ids.into_iter().collect();
+    let inserted: Vec<&Arc<EntryData>> = batch
+        .iter()
+        .filter(|e| inserted_ids.contains(&e.request_id))
+        .collect();
+    outcome.inserted = inserted.iter().map(|e| e.seq).collect();
+
+    insert_usage(&mut tx, &inserted, &mut outcome).await?;
+
+    // Per user: the sum of inserted deltas and the status of the newest inserted entry.
+    // Entries arrive in journal order, so the last one seen is the newest.
+    let mut per_user: BTreeMap<Uuid, (Decimal, AccountStatus)> = BTreeMap::new();
+    for e in &inserted {
+        let slot = per_user
+            .entry(e.user_id)
+            .or_insert((Decimal::ZERO, e.status_after));
+        slot.0 += e.delta;
+        slot.1 = e.status_after;
+    }
+    let mut up_to: HashMap<Uuid, u64> = HashMap::new();
+    for e in batch {
+        let s = up_to.entry(e.user_id).or_insert(0);
+        *s = (*s).max(e.seq);
+    }
+
+    let (u_ids, deltas, u_status): (Vec<Uuid>, Vec<Decimal>, Vec<&str>) = per_user
+        .iter()
+        .map(|(u, (d, s))| (*u, *d, s.as_str()))
+        .fold((vec![], vec![], vec![]), |mut acc, (u, d, s)| {
+            acc.0.push(u);
+            acc.1.push(d);
+            acc.2.push(s);
+            acc
+        });
+    let rows = sqlx::query(
+        "UPDATE data.user_profile p SET
+             balance = p.balance + d.delta,
+             status = d.status,
+             balance_version = p.balance_version + 1,
+             updated_at = now()
+         FROM UNNEST($1::uuid[], $2::numeric[], $3::text[]) AS d(user_id, delta, status)
+         WHERE p.user_id = d.user_id
+         RETURNING p.user_id, p.balance, p.status, p.balance_version",
+    )
+    .bind(&u_ids)
+    .bind(&deltas)
+    .bind(&u_status)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    for r in &rows {
+        let after = balance_after(r, &up_to)?;
+        seen.insert(after.user_id);
+        outcome.balances.push(after);
+    }
+
+    // Users whose entries were all duplicates: their actors applied something the database
+    // already had, so they get the committed balance to resynchronise.
+    let unchanged: Vec<Uuid> = up_to
+        .keys()
+        .filter(|u| !seen.contains(u))
+        .copied()
+        .collect();
+    if !unchanged.is_empty() {
+        let rows = sqlx::query(
+            "SELECT user_id, balance, status, balance_version FROM data.user_profile
+             WHERE user_id = ANY($1)",
+        )
+        .bind(&unchanged)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &rows {
+            outcome.balances.push(balance_after(r, &up_to)?);
+        }
+    }
+    Ok((tx, outcome))
+}
+
+fn balance_after(
+    r: &sqlx::postgres::PgRow,
+    up_to: &HashMap<Uuid, u64>,
+) -> Result<BalanceAfter, sqlx::Error> {
+    let user_id: Uuid = r.try_get("user_id")?;
+    let status: String = r.try_get("status")?;
+    Ok(BalanceAfter {
+        user_id,
+        balance: r.try_get("balance")?,
+        status: status
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        version: r.try_get("balance_version")?,
+        up_to_seq: up_to.get(&user_id).copied().unwrap_or(0),
+    })
+}
+
+async fn insert_usage(
+    tx: &mut Transaction<'static, Postgres>,
+    inserted: &[&Arc<EntryData>],
+    outcome: &mut BatchOutcome,
+) -> Result<(), sqlx::Error> {
+    let charges: Vec<(&Arc<EntryData>, &crate::journal::UsageRecord)> = inserted
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EntryKind::Charge(u) => Some((*e, u.as_ref())),
+            EntryKind::TopUp { .. } => None,
+        })
+        .collect();
+    if charges.is_empty() {
+        return Ok(());
+    }
+    let n = charges.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut users = Vec::with_capacity(n);
+    let mut tenants = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut providers = Vec::with_capacity(n);
+    let mut models = Vec::with_capacity(n);
+    let mut ins = Vec::with_capacity(n);
+    let mut outs = Vec::with_capacity(n);
+    let mut totals = Vec::with_capacity(n);
+    let mut in_rates = Vec::with_capacity(n);
+    let mut out_rates = Vec::with_capacity(n);
+    let mut markups = Vec::with_capacity(n);
+    let mut platform = Vec::with_capacity(n);
+    let mut costs = Vec::with_capacity(n);
+    let mut sources = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    for (e, u) in &charges {
+        ids.push(e.request_id.as_str());
+        users.push(e.user_id);
+        tenants.push(u.tenant_id);
+        keys.push(u.virtual_key_id);
+        providers.push(u.provider.as_str());
+        models.push(u.model.as_str());
+        ins.push(tokens(u.usage.input_tokens));
+        outs.push(tokens(u.usage.output_tokens));
+        totals.push(i32::try_from(u.usage.total()).unwrap_or(i32::MAX));
+        in_rates.push(u.input_rate);
+        out_rates.push(u.output_rate);
+        markups.push(u.markup_percent);
+        platform.push(u.platform_cost);
+        costs.push(-e.delta);
+        sources.push(u.usage_source);
+        times.push(e.created_at);
+    }
+    let done = sqlx::query(
+        "INSERT INTO data.usage_log
+             (request_id, user_id, tenant_id, virtual_key_id, provider, model, input_tokens,
+              output_tokens, tokens, input_rate, output_rate, markup_percent, platform_cost, cost,
+              usage_source, created_at)
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                              $6::text[], $7::int4[], $8::int4[], $9::int4[], $10::numeric[],
+                              $11::numeric[], $12::numeric[], $13::numeric[], $14::numeric[],
+                              $15::text[], $16::timestamptz[])
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&users)
+    .bind(&tenants)
+    .bind(&keys)
+    .bind(&providers)
+    .bind(&models)
+    .bind(&ins)
+    .bind(&outs)
+    .bind(&totals)
+    .bind(&in_rates)
+    .bind(&out_rates)
+    .bind(&markups)
+    .bind(&platform)
+    .bind(&costs)
+    .bind(&sources)
+    .bind(&times)
+    .execute(&mut **tx)
+    .await?;
+    outcome.usage_rows = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! PostgreSQL access: small async functions, one file per aggregate. SQL is never built
+//! with `format!`; constraint violations are mapped to typed errors by the callers.
+
+pub mod config;
+pub mod keys;
+pub mod ledger;
+pub mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+/// Creates the database if it is missing.
+pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
+    if !Postgres::database_exists(url).await? {
+        match Postgres::create_database(url).await {
+            Ok(()) => tracing::info!("created database"),
+            // Another process created it in between.
+            Err(e) if is_code(&e, "42P04") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Connects a pool (creating the database if needed) and applies the migrations.
+pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    ensure_database(url).await?;
+    let options = PgConnectOptions::from_str(url)?.application_name("neuropia");
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}
+
+/// True when `err` is a database error with SQLSTATE `code`.
+pub fn is_code(err: &sqlx::Error, code: &str) -> bool {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|c| c == code)
+}
+
+/// True when `err` is a unique violation.
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    is_code(err, "23505")
+}

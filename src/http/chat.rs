@@ -1,0 +1,348 @@
+//! `POST /v1/chat/completions` (alias `/api/chat/completions`) and `GET /v1/models`.
+//!
+//! The paid path: key actor admits -> balance actor reserves -> the plan runs upstream ->
+//! balance actor settles the exact charge into the journal -> the answer goes back.
+//! From the reservation on, the work runs in its own task: a client that hangs up does not
+//! cancel a call the upstream is already answering, and that call is still billed.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{VirtualKey, body_bytes, parse_json};
+use crate::actors::balances::{BalanceError, ChargeRequest, Refusal};
+use crate::actors::keys::{AdmitError, Denied, KeyMsg};
+use crate::app::AppState;
+use crate::billing::{AccountStatus, Decimal, Usage};
+use crate::journal::UsageRecord;
+use crate::snapshot::Snapshot;
+use crate::tokens;
+use crate::upstream::UpstreamError;
+
+/// The parts of a chat request the gateway itself needs.
+struct ChatRequest<'a> {
+    model: &'a str,
+    prompt_tokens: u32,
+    max_tokens: Option<u32>,
+}
+
+fn check(body: &Map<String, Value>) -> Result<ChatRequest<'_>, ApiError> {
+    let model = match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() && m.len() <= 128 => m.as_str(),
+        Some(_) => return Err(ApiError::bad_request("model must be a non-empty string")),
+        None => return Err(ApiError::bad_request("missing required field: model")),
+    };
+    let messages = match body.get("messages") {
+        Some(Value::Array(list)) if !list.is_empty() => list,
+        Some(Value::Array(_)) => return Err(ApiError::bad_request("messages must not be empty")),
+        Some(_) => return Err(ApiError::bad_request("messages must be an array")),
+        None => return Err(ApiError::bad_request("missing required field: messages")),
+    };
+    for m in messages {
+        let ok = m.get("role").is_some_and(Value::is_string);
+        if !ok {
+            return Err(ApiError::bad_request("every message needs a string role"));
+        }
+    }
+    if body.get("stream").and_then(Value::as_bool) == Some(true) {
+        return Err(ApiError::BadRequest {
+            message: "stream: true is not supported by this gateway yet".into(),
+            code: "unsupported_parameter",
+        });
+    }
+    let max_tokens = match body
+        .get("max_tokens")
+        .or_else(|| body.get("max_completion_tokens"))
+    {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|n| *n >= 1)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| ApiError::bad_request("max_tokens must be a positive integer"))?,
+        ),
+    };
+    Ok(ChatRequest {
+        model,
+        prompt_tokens: tokens::prompt(body.get("messages").unwrap_or(&Value::Null)),
+        max_tokens,
+    })
+}
+
+fn admit_error(e: AdmitError) -> ApiError {
+    match e {
+        AdmitError::UnknownKey => ApiError::Unauthorized("invalid virtual key".into()),
+        AdmitError::Denied(Denied::Inactive) => {
+            ApiError::Unauthorized("this virtual key is deactivated".into())
+        }
+        AdmitError::Denied(Denied::ModelNotAllowed) => {
+            ApiError::Forbidden("this virtual key may not use this model".into())
+        }
+        AdmitError::Denied(Denied::Rpm { retry_after }) => ApiError::RateLimited {
+            message: "requests per minute limit reached for this key".into(),
+            code: "rate_limit_exceeded",
+            retry_after,
+        },
+        AdmitError::Denied(Denied::Tpm { retry_after }) => ApiError::RateLimited {
+            message: match retry_after {
+                Some(_) => "tokens per minute limit reached for this key".into(),
+                None => "this request alone exceeds the key's tokens per minute limit".into(),
+            },
+            code: "tokens_rate_limit_exceeded",
+            retry_after: retry_after.unwrap_or(std::time::Duration::from_secs(60)),
+        },
+        AdmitError::Unavailable(e) => ApiError::Unavailable(format!("key check unavailable: {e}")),
+    }
+}
+
+fn balance_error(e: BalanceError) -> ApiError {
+    match e {
+        BalanceError::Refused(Refusal::NotActive(AccountStatus::Pending)) => {
+            ApiError::PaymentRequired {
+                message: "account is pending: top up to activate it".into(),
+                code: "account_pending",
+            }
+        }
+        BalanceError::Refused(Refusal::NotActive(_)) => ApiError::PaymentRequired {
+            message: "account is overdue: top up to continue".into(),
+            code: "account_overdue",
+        },
+        BalanceError::Refused(Refusal::InsufficientFunds) => ApiError::PaymentRequired {
+            message: "insufficient balance".into(),
+            code: "insufficient_balance",
+        },
+        BalanceError::Refused(Refusal::JournalFull) => {
+            ApiError::Unavailable("billing is backed up; retry shortly".into())
+        }
+        BalanceError::UnknownUser => ApiError::internal("key owner has no profile"),
+        BalanceError::Unavailable(e) => ApiError::Unavailable(format!("balance unavailable: {e}")),
+    }
+}
+
+fn upstream_error(e: UpstreamError) -> ApiError {
+    match e {
+        UpstreamError::Client { status, message } => ApiError::UpstreamClient { status, message },
+        UpstreamError::Failed(m) => ApiError::BadGateway(m),
+        UpstreamError::Timeout => {
+            ApiError::GatewayTimeout("the upstream did not answer in time".into())
+        }
+    }
+}
+
+/// The most a call can cost: prompt estimate plus the output ceiling, on the dearest
+/// target of the plan. `None` when a target has no rate.
+fn reservation(
+    snap: &Snapshot,
+    plan: &crate::upstream::plan::Plan,
+    requested: &str,
+    tenant_id: Uuid,
+    user_id: Uuid,
+    usage: Usage,
+) -> Option<Decimal> {
+    let mut max = Decimal::ZERO;
+    for t in &plan.targets {
+        let price = snap.price(tenant_id, user_id, &t.provider, t.model(requested))?;
+        max = max.max(price.charge(usage).amount);
+    }
+    Some(max)
+}
+
+pub async fn completions(
+    State(app): State<AppState>,
+    VirtualKey(hash): VirtualKey,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let bytes = body_bytes(req, &app).await?;
+    let body: Map<String, Value> = parse_json(&bytes)?;
+    let chat = check(&body)?;
+    let model = chat.model.to_owned();
+    let snap = app.snapshot.load_full();
+
+    let Some(route) = snap.model(&model).cloned() else {
+        // Authentication comes first: an unknown key is 401 whatever the model.
+        app.keys.describe(hash).await.map_err(admit_error)?;
+        return Err(ApiError::NotFound(format!(
+            "model {model:?} does not exist"
+        )));
+    };
+    let priced = route
+        .plan
+        .targets
+        .iter()
+        .all(|t| snap.rate(&t.provider, t.model(&model)).is_some());
+    if !priced {
+        app.keys.describe(hash).await.map_err(admit_error)?;
+        return Err(ApiError::Unavailable(format!(
+            "model {model:?} is not priced yet"
+        )));
+    }
+
+    let max_out = chat.max_tokens.unwrap_or(app.config.default_max_tokens);
+    let worst = Usage {
+        input_tokens: chat.prompt_tokens,
+        output_tokens: max_out,
+    };
+    let estimated_tokens = worst.total();
+    let (admission, key) = app
+        .keys
+        .admit(hash, &model, estimated_tokens)
+        .await
+        .map_err(admit_error)?;
+    let (user_id, tenant_id) = (admission.user_id, admission.tenant_id);
+    let reserve = reservation(&snap, &route.plan, &model, tenant_id, user_id, worst)
+        .ok_or_else(|| ApiError::Unavailable("model pricing changed; retry".into()))?;
+
+    let request_id = Uuid::new_v4();
+    if let Err(e) = app.balances.reserve(user_id, request_id, reserve).await {
+        key.cast(KeyMsg::Record {
+            estimated_tokens,
+            actual_tokens: 0,
+        })
+        .ok();
+        return Err(balance_error(e));
+    }
+
+    // From here on the call runs to its end even if the client goes away.
+    let task = tokio::spawn(async move {
+        let rid = request_id.to_string();
+        let result = app
+            .upstreams
+            .execute(&route.plan, &body, &model, &rid)
+            .await;
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(e) => {
+                app.balances.release(user_id, request_id);
+                key.cast(KeyMsg::Record {
+                    estimated_tokens,
+                    actual_tokens: 0,
+                })
+                .ok();
+                return Err(upstream_error(e));
+            }
+        };
+        key.cast(KeyMsg::Record {
+            estimated_tokens,
+            actual_tokens: reply.usage.total(),
+        })
+        .ok();
+        // Bill on the rates current now for the provider and model that answered; if they
+        // vanished mid-call, on those the call was admitted with (checked above).
+        let current = app.snapshot.load();
+        let price = current
+            .price(tenant_id, user_id, &reply.provider, &reply.model)
+            .or_else(|| snap.price(tenant_id, user_id, &reply.provider, &reply.model));
+        let (charge, price) = match price {
+            Some(p) => (p.charge(reply.usage), p),
+            None => {
+                tracing::error!(%request_id, provider = %reply.provider, model = %reply.model,
+                    "no rate for the target that answered; charging the reservation");
+                let p = crate::billing::Price {
+                    input_rate: Decimal::ZERO,
+                    output_rate: Decimal::ZERO,
+                    markup_percent: Decimal::ZERO,
+                };
+                let c = crate::billing::Charge {
+                    platform_cost: reserve,
+                    amount: reserve,
+                };
+                (c, p)
+            }
+        };
+        let amount = charge.amount;
+        let settled = app
+            .balances
+            .settle(
+                user_id,
+                ChargeRequest {
+                    request_id,
+                    amount,
+                    usage: UsageRecord {
+                        tenant_id,
+                        virtual_key_id: admission.key_id,
+                        provider: reply.provider,
+                        model: reply.model,
+                        usage: reply.usage,
+                        input_rate: price.input_rate,
+                        output_rate: price.output_rate,
+                        markup_percent: price.markup_percent,
+                        platform_cost: charge.platform_cost,
+                        usage_source: reply.usage_source,
+                    },
+                },
+            )
+            .await;
+        if let Err(e) = settled {
+            tracing::error!(%request_id, %user_id, error = ?e, "a served call could not be charged");
+        }
+        Ok(reply.body)
+    });
+    let body = task
+        .await
+        .map_err(|e| ApiError::internal(format!("chat task: {e}")))??;
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    Ok(response)
+}
+
+pub async fn models(
+    State(app): State<AppState>,
+    VirtualKey(hash): VirtualKey,
+) -> Result<axum::Json<Value>, ApiError> {
+    let view = app.keys.describe(hash).await.map_err(admit_error)?;
+    if !view.is_active {
+        return Err(ApiError::Unauthorized(
+            "this virtual key is deactivated".into(),
+        ));
+    }
+    let snap = app.snapshot.load();
+    let mut names: Vec<(&String, &str)> = snap
+        .models
+        .iter()
+        .filter(|(name, _)| view.allowed_models.is_empty() || view.allowed_models.contains(name))
+        .map(|(name, route)| (name, route.provider.as_str()))
+        .collect();
+    names.sort();
+    let data: Vec<Value> = names
+        .into_iter()
+        .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn checks_the_fields_the_gateway_needs() {
+        let ok = obj(
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 10}),
+        );
+        let c = check(&ok).expect("valid");
+        assert_eq!((c.model, c.max_tokens), ("m", Some(10)));
+        for bad in [
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+            json!({"model": 5, "messages": [{"role": "user", "content": "hi"}]}),
+            json!({"model": "m", "messages": []}),
+            json!({"model": "m", "messages": "hi"}),
+            json!({"model": "m", "messages": [{"content": "hi"}]}),
+            json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": 0}),
+            json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": -3}),
+            json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": "9"}),
+        ] {
+            let b = obj(bad.clone());
+            assert!(check(&b).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! One error type for every handler, shaped like OpenAI's:
+//! `{"error": {"message": ..., "type": ..., "code": ...}}`.
+//!
+//! Each variant's status is decided in one match. Internal details are logged with the
+//! request id and never returned.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { message: String, code: &'static str },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{message}")]
+    PaymentRequired { message: String, code: &'static str },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        code: &'static str,
+        retry_after: Duration,
+    },
+    /// The upstream refused the request as the client's mistake; its status is kept.
+    #[error("{message}")]
+    UpstreamClient { status: StatusCode, message: String },
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("{0}")]
+    GatewayTimeout(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// A fault of ours. The detail is logged; the client sees a generic message.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            code: "invalid_request",
+        }
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::Internal(e.to_string())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamClient { status, .. } => *status,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind_and_code(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Self::BadRequest { code, .. } => ("invalid_request_error", Some(code)),
+            Self::Unauthorized(_) => ("authentication_error", Some("invalid_api_key")),
+            Self::PaymentRequired { code, .. } => ("insufficient_quota", Some(code)),
+            Self::Forbidden(_) => ("permission_error", Some("permission_denied")),
+            Self::NotFound(_) => ("not_found_error", Some("not_found")),
+            Self::MethodNotAllowed(_) => ("invalid_request_error", Some("method_not_allowed")),
+            Self::Conflict(_) => ("invalid_request_error", Some("conflict")),
+            Self::PayloadTooLarge => ("invalid_request_error", Some("request_too_large")),
+            Self::UnsupportedMediaType(_) => {
+                ("invalid_request_error", Some("unsupported_media_type"))
+            }
+            Self::RateLimited { code, .. } => ("rate_limit_error", Some(code)),
+            Self::UpstreamClient { .. } => ("invalid_request_error", Some("upstream_rejected")),
+            Self::BadGateway(_) => ("api_error", Some("upstream_error")),
+            Self::GatewayTimeout(_) => ("api_error", Some("upstream_timeout")),
+            Self::Unavailable(_) => ("api_error", Some("service_unavailable")),
+            Self::Internal(_) => ("api_error", Some("internal_error")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (kind, code) = self.kind_and_code();
+        let message = match &self {
+            Self::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                "internal error".to_string()
+            }
+            other => {
+                if status.is_server_error() {
+                    tracing::warn!(%status, error = %other, "request failed");
+                }
+                other.to_string()
+            }
+        };
+        let body = json!({"error": {"message": message, "type": kind, "code": code}});
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Self::RateLimited { retry_after, .. } = &self {
+            // Whole seconds, rounded up, at least one.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut => Self::Unavailable("database busy, retry".into()),
+            other => Self::Internal(format!("database: {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_carry_retry_after_in_whole_seconds() {
+        let r = ApiError::RateLimited {
+            message: "slow down".into(),
+            code: "rate_limit_exceeded",
+            retry_after: Duration::from_millis(1500),
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            r.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()),
+            Some(&b"2"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn internal_details_are_not_returned() {
+        let r = ApiError::Internal("password=hunter2 at db".into()).into_response();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("\"type\":\"api_error\""), "{text}");
+    }
+}

@@ -1,0 +1,135 @@
+//! Extractors that turn every malformed input into the right [`ApiError`]: bodies (400,
+//! 413), platform tokens (401), virtual keys (401) and path ids (400).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::auth::{Claims, KeyHash, Role};
+
+/// Reads the body whole, mapping an oversized body to 413.
+pub async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::bad_request("could not read the request body")
+        }
+    })
+}
+
+/// A JSON body. Any content type is accepted (curl's default form type included); the
+/// body must parse as JSON of the expected shape, or the client gets a 400 saying why.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = body_bytes(req, state).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        let what = if e.is_syntax() || e.is_eof() {
+            "malformed JSON"
+        } else {
+            "invalid request"
+        };
+        ApiError::bad_request(format!("{what}: {e}"))
+    })
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// A caller authenticated with a platform JWT.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Claims);
+
+impl Caller {
+    pub fn is_platform_admin(&self) -> bool {
+        self.0.role == Role::PlatformAdmin
+    }
+
+    pub fn require_platform_admin(&self) -> Result<(), ApiError> {
+        if self.is_platform_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("platform admin only".into()))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token =
+            bearer(parts).ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+        state
+            .jwt
+            .verify(token)
+            .map(Caller)
+            .ok_or_else(|| ApiError::Unauthorized("invalid or expired token".into()))
+    }
+}
+
+/// The virtual key of a chat call, from `x-virtual-key` or `Authorization: Bearer`,
+/// reduced at once to its hash: the plaintext goes no further.
+#[derive(Debug, Clone, Copy)]
+pub struct VirtualKey(pub KeyHash);
+
+impl FromRequestParts<AppState> for VirtualKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        let from_header = parts
+            .headers
+            .get("x-virtual-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        let key = from_header.or_else(|| bearer(parts)).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "missing virtual key: send x-virtual-key or Authorization: Bearer".into(),
+            )
+        })?;
+        if key.len() > 256 {
+            return Err(ApiError::Unauthorized("invalid virtual key".into()));
+        }
+        Ok(VirtualKey(KeyHash::of(key)))
+    }
+}
+
+/// A UUID path segment (`/api/users/{id}/...`): 400 when it is not a UUID.
+pub struct IdPath(pub Uuid);
+
+impl FromRequestParts<AppState> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::bad_request("invalid path"))?;
+        Uuid::parse_str(&raw)
+            .map(IdPath)
+            .map_err(|_| ApiError::bad_request(format!("{raw:?} is not a valid id")))
+    }
+}

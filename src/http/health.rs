@@ -1,0 +1,60 @@
+//! `GET /health`: the state of the database, Redis and the actor tree.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use ractor::ActorStatus;
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+
+fn status(s: ActorStatus) -> &'static str {
+    match s {
+        ActorStatus::Running => "running",
+        ActorStatus::Unstarted => "unstarted",
+        ActorStatus::Starting => "starting",
+        ActorStatus::Upgrading => "upgrading",
+        ActorStatus::Draining => "draining",
+        ActorStatus::Stopping => "stopping",
+        ActorStatus::Stopped => "stopped",
+    }
+}
+
+pub async fn health(State(app): State<AppState>) -> (StatusCode, axum::Json<Value>) {
+    let database = sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(&app.pool)
+        .await
+        .is_ok();
+    let redis = match app.redis.clone() {
+        None => "disabled",
+        Some(mut conn) => {
+            let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+            if pong.is_ok() { "ok" } else { "unreachable" }
+        }
+    };
+    let t = &app.tree;
+    let actors = json!({
+        "neuropia": status(app.root.get_status()),
+        "config": status(t.config.get().get_status()),
+        "keys": status(t.keys.get().get_status()),
+        "balances": status(t.balances.get().get_status()),
+        "ledger": status(t.ledger.get().get_status()),
+        "live_keys": app.keys.directory.len(),
+        "live_balances": app.balances.directory.len(),
+    });
+    let ok = database;
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        axum::Json(json!({
+            "status": if ok && redis != "unreachable" { "ok" } else { "degraded" },
+            "database": if database { "ok" } else { "unreachable" },
+            "redis": redis,
+            "actors": actors,
+            "journal_depth": app.journal.depth(),
+        })),
+    )
+}

@@ -1,0 +1,316 @@
+//! The charge journal: every balance movement between the moment a balance actor applies it
+//! and the moment the ledger writer has committed it to PostgreSQL.
+//!
+//! The journal lives in [`crate::app::AppState`], not inside any actor, so it survives the
+//! crash of a balance actor or of the ledger writer:
+//!
+//! - a balance actor appends an entry (in order, with the status it decided) and only then
+//!   changes its own state; a restarted balance actor rebuilds its state from the database
+//!   plus the user's entries still here ([`Journal::pending_for`]);
+//! - the ledger writer moves entries to *in flight*, writes them in one transaction, and
+//!   removes them once committed ([`Journal::complete`]); a restarted writer retries what is
+//!   in flight first. The database refuses a `request_id` twice, so a retry never double
+//!   charges.
+//!
+//! Committing a batch and removing it from the journal happen under the write half of
+//! [`Journal::commit_lock`]; loading a balance takes the read half from its database read
+//! until the new actor is registered, so a loader sees each entry either in the database or
+//! here, never both and never neither.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, RwLock, oneshot};
+use uuid::Uuid;
+
+use crate::billing::{AccountStatus, Decimal, Usage};
+
+/// What a charge was for: the data of its `usage_log` row.
+#[derive(Debug, Clone)]
+pub struct UsageRecord {
+    pub tenant_id: Uuid,
+    pub virtual_key_id: Uuid,
+    pub provider: String,
+    pub model: String,
+    pub usage: Usage,
+    pub input_rate: Decimal,
+    pub output_rate: Decimal,
+    pub markup_percent: Decimal,
+    pub platform_cost: Decimal,
+    /// `upstream` when the upstream reported usage, `estimated` when the gateway counted.
+    pub usage_source: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub enum EntryKind {
+    Charge(Box<UsageRecord>),
+    TopUp { note: Option<String> },
+}
+
+impl EntryKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Charge(_) => "charge",
+            Self::TopUp { .. } => "topup",
+        }
+    }
+}
+
+/// One balance movement. `delta` is signed: charges are negative.
+#[derive(Debug, Clone)]
+pub struct EntryData {
+    pub seq: u64,
+    pub request_id: String,
+    pub user_id: Uuid,
+    pub delta: Decimal,
+    pub status_after: AccountStatus,
+    pub created_at: DateTime<Utc>,
+    pub kind: EntryKind,
+}
+
+/// An entry as a balance actor needs it to rebuild its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingEntry {
+    pub seq: u64,
+    pub delta: Decimal,
+    pub status_after: AccountStatus,
+}
+
+/// Told to whoever waits on an entry once its batch is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// The row was inserted and the balance moved.
+    Inserted,
+    /// A row with this `request_id` was already in the ledger; nothing moved.
+    Duplicate,
+}
+
+/// A new entry before the journal gives it a sequence number.
+#[derive(Debug)]
+pub struct NewEntry {
+    pub request_id: String,
+    pub user_id: Uuid,
+    pub delta: Decimal,
+    pub status_after: AccountStatus,
+    pub kind: EntryKind,
+    pub ack: Option<oneshot::Sender<Committed>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duplicate;
+
+struct Slot {
+    data: Arc<EntryData>,
+    ack: Option<oneshot::Sender<Committed>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    queue: VecDeque<Slot>,
+    in_flight: Vec<Slot>,
+    ids: HashSet<String>,
+    next_seq: u64,
+}
+
+pub struct Journal {
+    inner: Mutex<Inner>,
+    depth: AtomicUsize,
+    wake: Notify,
+    /// Write: the ledger writer, from commit until the batch left the journal.
+    /// Read: a balance loader, from its database read until its actor is registered.
+    pub commit_lock: Arc<RwLock<()>>,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Journal {
+    pub fn new() -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                next_seq: 1,
+                ..Inner::default()
+            }),
+            depth: AtomicUsize::new(0),
+            wake: Notify::new(),
+            commit_lock: Arc::new(RwLock::new(())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave `Inner` half-changed (every method
+        // changes it with infallible operations), so a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends an entry, or refuses a `request_id` the journal already holds.
+    pub fn append(&self, entry: NewEntry) -> Result<u64, Duplicate> {
+        let mut inner = self.lock();
+        if inner.ids.contains(&entry.request_id) {
+            return Err(Duplicate);
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.ids.insert(entry.request_id.clone());
+        inner.queue.push_back(Slot {
+            data: Arc::new(EntryData {
+                seq,
+                request_id: entry.request_id,
+                user_id: entry.user_id,
+                delta: entry.delta,
+                status_after: entry.status_after,
+                created_at: Utc::now(),
+                kind: entry.kind,
+            }),
+            ack: entry.ack,
+        });
+        let was_empty = self.depth.fetch_add(1, Ordering::AcqRel) == 0;
+        drop(inner);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(seq)
+    }
+
+    /// Entries not yet committed (queued or in flight).
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Acquire)
+    }
+
+    /// Waits for the journal's next empty -> non-empty transition (a transition that
+    /// happened while nobody waited is remembered once).
+    pub async fn wait_for_wake(&self) {
+        self.wake.notified().await;
+    }
+
+    /// The next batch to write: whatever is already in flight (a batch that failed or whose
+    /// writer died), else up to `max` entries from the queue, which become in flight.
+    pub fn take_batch(&self, max: usize) -> Vec<Arc<EntryData>> {
+        let mut inner = self.lock();
+        if inner.in_flight.is_empty() {
+            let n = max.min(inner.queue.len());
+            let moved: Vec<Slot> = inner.queue.drain(..n).collect();
+            inner.in_flight = moved;
+        }
+        inner.in_flight.iter().map(|s| s.data.clone()).collect()
+    }
+
+    /// Removes a committed batch (every in-flight entry with `seq <= up_to`) and tells each
+    /// waiter how its entry fared. Entries not named in `inserted` were duplicates.
+    pub fn complete(&self, up_to: u64, inserted: &HashSet<u64>) {
+        let done: Vec<Slot> = {
+            let mut inner = self.lock();
+            let (done, keep): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut inner.in_flight)
+                .into_iter()
+                .partition(|s| s.data.seq <= up_to);
+            inner.in_flight = keep;
+            for slot in &done {
+                inner.ids.remove(&slot.data.request_id);
+            }
+            self.depth.fetch_sub(done.len(), Ordering::AcqRel);
+            done
+        };
+        for slot in done {
+            if let Some(ack) = slot.ack {
+                let outcome = if inserted.contains(&slot.data.seq) {
+                    Committed::Inserted
+                } else {
+                    Committed::Duplicate
+                };
+                let _ = ack.send(outcome);
+            }
+        }
+    }
+
+    /// The user's entries not yet committed, oldest first.
+    pub fn pending_for(&self, user_id: Uuid) -> Vec<PendingEntry> {
+        let inner = self.lock();
+        inner
+            .in_flight
+            .iter()
+            .chain(inner.queue.iter())
+            .filter(|s| s.data.user_id == user_id)
+            .map(|s| PendingEntry {
+                seq: s.data.seq,
+                delta: s.data.delta,
+                status_after: s.data.status_after,
+            })
+            .collect()
+    }
+
+    /// Sum of the user's uncommitted deltas (for invariant checks and inspection).
+    pub fn pending_sum(&self, user_id: Uuid) -> Decimal {
+        self.pending_for(user_id).iter().map(|e| e.delta).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, user: Uuid, delta: i64) -> NewEntry {
+        NewEntry {
+            request_id: id.into(),
+            user_id: user,
+            delta: Decimal::from(delta),
+            status_after: AccountStatus::Active,
+            kind: EntryKind::TopUp { note: None },
+            ack: None,
+        }
+    }
+
+    #[test]
+    fn refuses_a_request_id_twice_until_committed() {
+        let j = Journal::new();
+        let u = Uuid::new_v4();
+        assert_eq!(j.append(entry("a", u, 5)), Ok(1));
+        assert_eq!(j.append(entry("a", u, 5)), Err(Duplicate));
+        let batch = j.take_batch(10);
+        assert_eq!(batch.len(), 1);
+        j.complete(1, &HashSet::from([1]));
+        assert_eq!(j.depth(), 0);
+        assert_eq!(j.append(entry("a", u, 5)), Ok(2));
+    }
+
+    #[test]
+    fn in_flight_batches_are_retried_before_new_entries() {
+        let j = Journal::new();
+        let u = Uuid::new_v4();
+        for i in 0..5 {
+            j.append(entry(&format!("r{i}"), u, -1)).expect("append");
+        }
+        let first: Vec<u64> = j.take_batch(2).iter().map(|e| e.seq).collect();
+        assert_eq!(first, vec![1, 2]);
+        // The writer died: the same batch comes back.
+        let again: Vec<u64> = j.take_batch(2).iter().map(|e| e.seq).collect();
+        assert_eq!(again, first);
+        assert_eq!(j.pending_sum(u), Decimal::from(-5));
+        j.complete(2, &HashSet::from([1, 2]));
+        let next: Vec<u64> = j.take_batch(10).iter().map(|e| e.seq).collect();
+        assert_eq!(next, vec![3, 4, 5]);
+        assert_eq!(j.pending_for(u).len(), 3);
+    }
+
+    #[test]
+    fn waiters_learn_whether_their_entry_was_inserted() {
+        let j = Journal::new();
+        let u = Uuid::new_v4();
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        let mut e1 = entry("x", u, 1);
+        e1.ack = Some(tx1);
+        let mut e2 = entry("y", u, 1);
+        e2.ack = Some(tx2);
+        j.append(e1).expect("append");
+        j.append(e2).expect("append");
+        j.take_batch(10);
+        j.complete(2, &HashSet::from([1]));
+        assert_eq!(rx1.try_recv().ok(), Some(Committed::Inserted));
+        assert_eq!(rx2.try_recv().ok(), Some(Committed::Duplicate));
+    }
+}

@@ -1,0 +1,35 @@
+//! Neuropia: an actor-based AI gateway for an AI-services wholesaler.
+//!
+//! Customers call with virtual keys; every chat call is checked (key, model allow-list,
+//! rpm/tpm, prepaid balance), routed to a provider by a Portkey-format plan, metered, and
+//! charged to the customer's balance in real time, exactly, with a markup.
+//!
+//! # Layout
+//!
+//! - [`config`]: the typed command line / environment ([`config::Config`]).
+//! - [`app`]: assembles the gateway ([`app::build`]) and serves it ([`app::serve`]).
+//! - [`actors`]: the supervision tree: root, `config`, `keys`/`key:<id>`,
+//!   `balances`/`balance:<user_id>`, `ledger`.
+//! - [`journal`]: the charge journal, which outlives any single actor's crash.
+//! - [`http`]: routes, extractors, the one error type, and the handlers.
+//! - [`db`]: PostgreSQL access, one file per aggregate; migrations live in `migrations/`.
+//! - [`upstream`]: routing plans (Portkey format) and the direct router; the `mock`
+//!   provider.
+//! - [`snapshot`]: the routing snapshot read lock-free on the hot path.
+//! - [`billing`]: money, prices, charges, the account status machine.
+//! - [`auth`]: passwords, JWTs, virtual-key hashes.
+//! - [`tokens`]: token estimates.
+//! - [`demo`]: the demo tenant, user and key of `neuropia serve --demo`.
+
+pub mod actors;
+pub mod app;
+pub mod auth;
+pub mod billing;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod http;
+pub mod journal;
+pub mod snapshot;
+pub mod tokens;
+pub mod upstream;
