@@ -43,6 +43,13 @@ pub enum ResolveError {
     Unavailable(String),
 }
 
+/// A supervisor's counts, for health and operators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SupervisorStats {
+    pub live: usize,
+    pub restarts: u64,
+}
+
 /// What a supervisor remembers about one child, alive or being restarted.
 #[derive(Debug, Clone)]
 pub struct ChildMeta {
@@ -137,7 +144,11 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
         self.meta.iter()
     }
 
-    pub fn total_restarts(&self) -> u64 {
-        self.meta.values().map(|m| u64::from(m.restarts)).sum()
+    /// Live children and restarts of children still known (alive or being restarted).
+    pub fn stats(&self) -> SupervisorStats {
+        SupervisorStats {
+            live: self.by_actor.len(),
+            restarts: self.meta.values().map(|m| u64::from(m.restarts)).sum(),
+        }
     }
 }

@@ -96,6 +96,8 @@ pub enum RootMsg {
     Tree(RpcReplyPort<Tree>),
     /// Writes everything left in the journal, then replies. Used at shutdown.
     Drain(RpcReplyPort<()>),
+    /// Replies with each child's name and restart count.
+    Restarts(RpcReplyPort<Vec<(&'static str, u32)>>),
 }
 
 pub type RootRef = ActorRef<RootMsg>;
@@ -191,6 +193,15 @@ impl Actor for Root {
         match msg {
             RootMsg::Tree(reply) => {
                 let _ = reply.send(state.tree.clone());
+            }
+            RootMsg::Restarts(reply) => {
+                let mut list: Vec<(&'static str, u32)> = state
+                    .records
+                    .iter()
+                    .map(|(c, r)| (c.name(), r.restarts))
+                    .collect();
+                list.sort_unstable();
+                let _ = reply.send(list);
             }
             RootMsg::Drain(reply) => {
                 let ledger = state.tree.ledger.get();

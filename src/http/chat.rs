@@ -23,13 +23,13 @@ use crate::tokens;
 use crate::upstream::UpstreamError;
 
 /// The parts of a chat request the gateway itself needs.
-struct ChatRequest<'a> {
-    model: &'a str,
+struct ChatRequest {
+    model: String,
     prompt_tokens: u32,
     max_tokens: Option<u32>,
 }
 
-fn check(body: &Map<String, Value>) -> Result<ChatRequest<'_>, ApiError> {
+fn check(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() && m.len() <= 128 => m.as_str(),
         Some(_) => return Err(ApiError::bad_request("model must be a non-empty string")),
@@ -66,7 +66,7 @@ fn check(body: &Map<String, Value>) -> Result<ChatRequest<'_>, ApiError> {
         ),
     };
     Ok(ChatRequest {
-        model,
+        model: model.to_owned(),
         prompt_tokens: tokens::prompt(body.get("messages").unwrap_or(&Value::Null)),
         max_tokens,
     })
@@ -156,13 +156,26 @@ pub async fn completions(
     req: Request,
 ) -> Result<Response, ApiError> {
     let bytes = body_bytes(req, &app).await?;
-    let body: Map<String, Value> = parse_json(&bytes)?;
-    let chat = check(&body)?;
-    let model = chat.model.to_owned();
+    let parsed =
+        parse_json::<Map<String, Value>>(&bytes).and_then(|body| Ok((check(&body)?, body)));
+    let (
+        ChatRequest {
+            model,
+            prompt_tokens,
+            max_tokens,
+        },
+        body,
+    ) = match parsed {
+        Ok(ok) => ok,
+        Err(e) => {
+            // Authentication comes first: an unknown key is 401 whatever the body.
+            app.keys.describe(hash).await.map_err(admit_error)?;
+            return Err(e);
+        }
+    };
     let snap = app.snapshot.load_full();
 
     let Some(route) = snap.model(&model).cloned() else {
-        // Authentication comes first: an unknown key is 401 whatever the model.
         app.keys.describe(hash).await.map_err(admit_error)?;
         return Err(ApiError::NotFound(format!(
             "model {model:?} does not exist"
@@ -180,9 +193,9 @@ pub async fn completions(
         )));
     }
 
-    let max_out = chat.max_tokens.unwrap_or(app.config.default_max_tokens);
+    let max_out = max_tokens.unwrap_or(app.config.default_max_tokens);
     let worst = Usage {
-        input_tokens: chat.prompt_tokens,
+        input_tokens: prompt_tokens,
         output_tokens: max_out,
     };
     let estimated_tokens = worst.total();
@@ -330,7 +343,7 @@ mod tests {
             "max_tokens": 10}),
         );
         let c = check(&ok).expect("valid");
-        assert_eq!((c.model, c.max_tokens), ("m", Some(10)));
+        assert_eq!((c.model.as_str(), c.max_tokens), ("m", Some(10)));
         for bad in [
             json!({"messages": [{"role": "user", "content": "hi"}]}),
             json!({"model": 5, "messages": [{"role": "user", "content": "hi"}]}),

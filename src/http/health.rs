@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use ractor::ActorStatus;
 use serde_json::{Value, json};
 
+use crate::actors::root::RootMsg;
 use crate::app::AppState;
 
 fn status(s: ActorStatus) -> &'static str {
@@ -32,14 +33,21 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, axum::Json<Valu
         }
     };
     let t = &app.tree;
+    let restarts: serde_json::Map<String, Value> =
+        ractor::call_t!(app.root, RootMsg::Restarts, 1_000)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, n)| (name.to_owned(), json!(n)))
+            .collect();
     let actors = json!({
         "neuropia": status(app.root.get_status()),
         "config": status(t.config.get().get_status()),
         "keys": status(t.keys.get().get_status()),
         "balances": status(t.balances.get().get_status()),
         "ledger": status(t.ledger.get().get_status()),
-        "live_keys": app.keys.directory.len(),
-        "live_balances": app.balances.directory.len(),
+        "restarts": restarts,
+        "key_actors": app.keys.stats().await,
+        "balance_actors": app.balances.stats().await,
     });
     let ok = database;
     let code = if ok {

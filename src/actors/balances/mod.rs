@@ -23,7 +23,7 @@ pub use balance::{
 };
 
 use super::root::Live;
-use super::{ChildBook, Fault, ResolveError};
+use super::{ChildBook, Fault, ResolveError, SupervisorStats};
 use crate::billing::Decimal;
 use crate::db;
 use crate::journal::Journal;
@@ -60,6 +60,8 @@ pub enum BalancesMsg {
         result: Result<Option<LoadedBalance>, String>,
         guard: OwnedRwLockReadGuard<()>,
     },
+    /// Replies with the count of live children and restarts.
+    Stats(RpcReplyPort<SupervisorStats>),
 }
 
 pub type BalancesRef = ActorRef<BalancesMsg>;
@@ -138,6 +140,9 @@ impl Actor for BalanceSupervisor {
                 } else if state.book.wait(user_id, reply) {
                     start_load(&myself, &state.args, user_id);
                 }
+            }
+            BalancesMsg::Stats(reply) => {
+                let _ = reply.send(state.book.stats());
             }
             BalancesMsg::Loaded {
                 user_id,
@@ -352,6 +357,11 @@ impl Balances {
     pub async fn get(&self, user_id: Uuid) -> Result<BalanceView, BalanceError> {
         self.call(user_id, 3, |reply| BalanceMsg::Get { reply })
             .await
+    }
+
+    pub async fn stats(&self) -> Option<SupervisorStats> {
+        let supervisor = self.supervisor.get();
+        ractor::call_t!(supervisor, BalancesMsg::Stats, 1_000).ok()
     }
 
     /// Sends `fault` to the user's live actor (spawning it first if needed).

@@ -19,7 +19,7 @@ pub use key::{Admission, Denied, KeyActor, KeyArgs, KeyMsg, KeyRef, KeyView};
 pub use window::TokenWindow;
 
 use super::root::Live;
-use super::{ChildBook, ResolveError};
+use super::{ChildBook, ResolveError, SupervisorStats};
 use crate::auth::KeyHash;
 use crate::db;
 use crate::db::keys::KeyRecord;
@@ -52,6 +52,8 @@ pub enum KeysMsg {
         hash: KeyHash,
         result: Result<Option<KeyRecord>, String>,
     },
+    /// Replies with the count of live children and restarts.
+    Stats(RpcReplyPort<SupervisorStats>),
 }
 
 pub type KeysRef = ActorRef<KeysMsg>;
@@ -108,6 +110,9 @@ impl Actor for KeySupervisor {
                 } else if state.book.wait(hash, reply) {
                     start_load(&myself, &state.pool, hash);
                 }
+            }
+            KeysMsg::Stats(reply) => {
+                let _ = reply.send(state.book.stats());
             }
             KeysMsg::Loaded { hash, result } => {
                 let answer = match result {
@@ -244,6 +249,11 @@ impl Keys {
         Err(AdmitError::Unavailable(format!(
             "key actor unavailable: {last}"
         )))
+    }
+
+    pub async fn stats(&self) -> Option<SupervisorStats> {
+        let supervisor = self.supervisor.get();
+        ractor::call_t!(supervisor, KeysMsg::Stats, 1_000).ok()
     }
 
     /// The key's current view (for `/v1/models`), or why it cannot be had.

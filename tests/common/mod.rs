@@ -1,0 +1,385 @@
+//! Test harness: a real gateway on port 0 over its own fresh PostgreSQL database, the
+//! shared Redis, and a loopback mock upstream in the DashScope compatible-mode shape.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use neuropia::app::{self, AppState};
+use neuropia::billing::Decimal;
+use neuropia::config::{Config, Secret};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub const ADMIN_EMAIL: &str = "admin@neuropia.test";
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+pub const PLATFORM_KEY: &str = "sk-platform-secret-123";
+pub const USER_PASSWORD: &str = "user-password-1";
+
+pub fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+fn server_url() -> String {
+    std::env::var("NEUROPIA_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// What the mock upstream does and has seen.
+#[derive(Default)]
+pub struct MockState {
+    pub calls: AtomicUsize,
+    /// 0: answer normally; otherwise answer with this status and an OpenAI error body.
+    pub fail_status: AtomicU16,
+    pub delay_ms: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    pub authorizations: Mutex<Vec<String>>,
+    pub bodies: Mutex<Vec<Value>>,
+}
+
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    pub state: Arc<MockState>,
+}
+
+impl MockUpstream {
+    /// `custom_host` for DashScope's compatible mode on this mock.
+    pub fn dashscope_host(&self) -> String {
+        format!("http://{}/compatible-mode/v1", self.addr)
+    }
+
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+}
+
+async fn mock_chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    s.calls.fetch_add(1, Ordering::SeqCst);
+    if let Some(a) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        s.authorizations.lock().unwrap().push(a.to_owned());
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    s.bodies.lock().unwrap().push(req.clone());
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let fail = s.fail_status.load(Ordering::SeqCst);
+    if fail != 0 {
+        let status = StatusCode::from_u16(fail).unwrap();
+        // DashScope compatible mode's error shape.
+        let body = json!({"error": {"message": format!("mock failure {fail}"),
+            "type": "invalid_request_error", "code": "mock_error"},
+            "request_id": "mock"});
+        return (status, axum::Json(body)).into_response();
+    }
+    let (p, c) = (
+        s.prompt_tokens.load(Ordering::SeqCst),
+        s.completion_tokens.load(Ordering::SeqCst),
+    );
+    axum::Json(json!({
+        "id": format!("chatcmpl-{}", Uuid::new_v4()),
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": req.get("model").cloned().unwrap_or(Value::Null),
+        "system_fingerprint": null,
+        "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "Hello from the mock."}}],
+        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    }))
+    .into_response()
+}
+
+/// Starts a mock upstream answering 12 prompt and 8 completion tokens.
+pub async fn mock_upstream() -> MockUpstream {
+    let state = Arc::new(MockState::default());
+    state.prompt_tokens.store(12, Ordering::SeqCst);
+    state.completion_tokens.store(8, Ordering::SeqCst);
+    let app = Router::new()
+        .route("/compatible-mode/v1/chat/completions", post(mock_chat))
+        .route("/v1/chat/completions", post(mock_chat))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    MockUpstream { addr, state }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    pub db_name: String,
+    pub admin_token: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A gateway on its own new database; `tweak` adjusts the configuration first.
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let db_name = format!("neuropia_test_{}", Uuid::new_v4().simple());
+        let mut config = Config::defaults();
+        config.database_url = Secret::new(format!("{}/{db_name}", server_url()));
+        config.db_pool = 8;
+        config.jwt_secret = Some(Secret::new("test-secret-0123456789"));
+        config.admin_email = Some(ADMIN_EMAIL.into());
+        config.admin_password = Some(Secret::new(ADMIN_PASSWORD));
+        config.openai_api_key = None;
+        config.dashscope_api_key = Some(Secret::new(PLATFORM_KEY));
+        config.faults = true;
+        config.ledger_flush_ms = 2;
+        config.demo = false;
+        tweak(&mut config);
+        let state = app::build(config).await.expect("gateway builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app::serve(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(512)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut app = TestApp {
+            base,
+            state,
+            client,
+            db_name,
+            admin_token: String::new(),
+            shutdown: Some(tx),
+            server: Some(server),
+        };
+        app.admin_token = app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        app
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.state.pool
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/api/auth/login",
+                "",
+                json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "login {email}: {body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Registers a user and returns (user id, its token).
+    pub async fn register(&self, email: &str) -> (Uuid, String) {
+        let (status, body) = self
+            .post(
+                "/api/auth/register",
+                "",
+                json!({"email": email, "password": USER_PASSWORD, "username": "tester"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "register: {body}");
+        assert_eq!(body["status"], "pending");
+        let id = Uuid::parse_str(body["user_id"].as_str().unwrap()).unwrap();
+        (id, self.login(email, USER_PASSWORD).await)
+    }
+
+    pub async fn top_up(&self, user_id: Uuid, amount: &str) -> Value {
+        let (status, body) = self
+            .post(
+                &format!("/api/users/{user_id}/topups"),
+                &self.admin_token,
+                json!({"amount": amount}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "top-up: {body}");
+        body
+    }
+
+    pub async fn create_key(&self, token: &str, user_id: Uuid, body: Value) -> String {
+        let (status, body) = self
+            .post(&format!("/api/users/{user_id}/virtual-keys"), token, body)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "create key: {body}");
+        body["virtual_key"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn set_rate(&self, provider: &str, model: &str, input: &str, output: &str) {
+        let (status, body) = self
+            .send(
+                reqwest::Method::PUT,
+                "/api/admin/provider-rates",
+                &self.admin_token,
+                Some(
+                    json!({"provider": provider, "model": model, "input_rate": input,
+                    "output_rate": output, "currency": "USD"}),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "rate: {body}");
+    }
+
+    pub async fn set_model(&self, model: &str, config: Value) {
+        let (status, body) = self
+            .send(
+                reqwest::Method::PUT,
+                "/api/admin/model-configs",
+                &self.admin_token,
+                Some(json!({"model": model, "config": config})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "model config: {body}");
+    }
+
+    pub async fn set_markup(&self, tenant_id: Uuid, percent: &str) {
+        let (status, body) = self
+            .send(
+                reqwest::Method::PATCH,
+                &format!("/api/admin/tenants/{tenant_id}"),
+                &self.admin_token,
+                Some(json!({"markup_percent": percent})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "tenant: {body}");
+    }
+
+    /// Points `model` at the mock upstream as DashScope (`qwen-turbo`) and prices it.
+    pub async fn route_to_mock(&self, model: &str, mock: &MockUpstream, input: &str, output: &str) {
+        self.set_model(
+            model,
+            json!({"strategy": {"mode": "single"}, "targets": [{"provider": "dashscope",
+                "custom_host": mock.dashscope_host(),
+                "override_params": {"model": "qwen-turbo"}}]}),
+        )
+        .await;
+        self.set_rate("dashscope", "qwen-turbo", input, output)
+            .await;
+    }
+
+    pub async fn chat(&self, key: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .header("x-virtual-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until every journaled charge is committed.
+    pub async fn settle_journal(&self) {
+        for _ in 0..2000 {
+            if self.state.journal.depth() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!(
+            "journal did not drain: depth {}",
+            self.state.journal.depth()
+        );
+    }
+
+    pub async fn db_balance(&self, user_id: Uuid) -> (Decimal, String) {
+        sqlx::query_as("SELECT balance, status FROM data.user_profile WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(self.pool())
+            .await
+            .unwrap()
+    }
+
+    pub async fn api_balance(&self, user_id: Uuid) -> (Decimal, String) {
+        let (status, body) = self
+            .get(&format!("/api/users/{user_id}/balance"), &self.admin_token)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        (
+            d(body["balance"].as_str().unwrap()),
+            body["status"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Stops the server (draining the journal) and drops the test database.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+        }
+        self.state.pool.close().await;
+        if let Ok(mut conn) = PgConnection::connect(&format!("{}/postgres", server_url())).await {
+            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db_name);
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}
+
+/// A chat body whose prompt estimate (>= 12 tokens) covers the mock's 12 prompt tokens,
+/// with `max_tokens` equal to the mock's 8 completion tokens: reservations then cover the
+/// actual charge.
+pub fn chat_body(model: &str) -> Value {
+    json!({"model": model, "max_tokens": 8, "messages": [
+        {"role": "user", "content": "one two three four five six seven eight nine ten"}]})
+}
