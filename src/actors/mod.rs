@@ -81,9 +81,9 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
     /// Queues `reply` for child `k`; true when nobody was loading it yet (the caller starts
     /// the load).
     pub fn wait(&mut self, k: K, reply: RpcReplyPort<Result<R, ResolveError>>) -> bool {
-        let list = self.waiters.entry(k).or_default();
-        list.push(reply);
-        list.len() == 1
+        let first = !self.waiters.contains_key(&k);
+        self.waiters.entry(k).or_default().push(reply);
+        first
     }
 
     /// True while a load for `k` is under way.
@@ -150,5 +150,26 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
             live: self.by_actor.len(),
             restarts: self.meta.values().map(|m| u64::from(m.restarts)).sum(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port() -> RpcReplyPort<Result<u8, ResolveError>> {
+        let (tx, _rx) = ractor::concurrency::oneshot();
+        tx.into()
+    }
+
+    #[test]
+    fn one_load_per_child_even_after_an_eager_restart_began() {
+        let mut book: ChildBook<u8, u8> = ChildBook::default();
+        assert!(book.mark_loading(1), "the restart starts a load");
+        assert!(!book.wait(1, port()), "a caller waits for that load");
+        assert!(!book.mark_loading(1));
+        book.answer(&1, Ok(7));
+        assert!(!book.loading(&1));
+        assert!(book.wait(1, port()), "a new miss starts a new load");
     }
 }

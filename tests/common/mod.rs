@@ -134,6 +134,10 @@ impl TestApp {
 
     /// A gateway on its own new database; `tweak` adjusts the configuration first.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let db_name = format!("neuropia_test_{}", Uuid::new_v4().simple());
         let mut config = Config::defaults();
         config.database_url = Secret::new(format!("{}/{db_name}", server_url()));

@@ -188,6 +188,7 @@ impl Actor for BalanceSupervisor {
         event: SupervisionEvent,
         state: &mut BalancesState,
     ) -> Result<(), ActorProcessingErr> {
+        tracing::debug!(event = ?event, "balances supervision event");
         match event {
             SupervisionEvent::ActorFailed(cell, err) => {
                 let reason = err.to_string();

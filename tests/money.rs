@@ -1,0 +1,265 @@
+//! Money under concurrency: bursts on one key, rpm under a burst, and a balance actor
+//! panicking mid-burst. Every served call is charged exactly once.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use futures::future::join_all;
+use neuropia::billing::Decimal;
+use neuropia::db::users::DEFAULT_TENANT;
+use serde_json::json;
+use uuid::Uuid;
+
+/// Fires `n` concurrent chats; returns (status, x-request-id) per call.
+async fn burst(
+    app: &TestApp,
+    key: &str,
+    model: &str,
+    n: usize,
+) -> Vec<(u16, Option<String>, Option<String>)> {
+    let body = chat_body(model);
+    let calls = (0..n).map(|_| {
+        let body = body.clone();
+        async move {
+            let r = app.chat(key, &body).await;
+            let status = r.status().as_u16();
+            let id = r
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            (status, id, retry)
+        }
+    });
+    join_all(calls).await
+}
+
+async fn usage_ids(app: &TestApp, user: Uuid) -> HashSet<String> {
+    sqlx::query_scalar::<_, String>("SELECT request_id FROM data.usage_log WHERE user_id = $1")
+        .bind(user)
+        .fetch_all(app.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+async fn charge_count(app: &TestApp, user: Uuid) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM data.balance_ledger WHERE user_id = $1 AND kind = 'charge'",
+    )
+    .bind(user)
+    .fetch_one(app.pool())
+    .await
+    .unwrap()
+}
+
+/// Rates and markup so that one mock call (12 in, 8 out) costs exactly 0.035:
+/// (12 * 0.001 + 8 * 0.002) * 1.25.
+async fn priced_app(mock: &MockUpstream) -> TestApp {
+    let app = TestApp::spawn().await;
+    app.route_to_mock("qwen-turbo", mock, "0.001", "0.002")
+        .await;
+    app.set_markup(DEFAULT_TENANT, "25").await;
+    app
+}
+
+const CHARGE: &str = "0.035";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_300_on_a_key_funded_for_50_charges_every_served_call_once() {
+    let mock = mock_upstream().await;
+    // A little upstream latency keeps many calls in flight at once.
+    mock.state
+        .delay_ms
+        .store(20, std::sync::atomic::Ordering::SeqCst);
+    let app = priced_app(&mock).await;
+    let (user, token) = app.register("burst@example.com").await;
+    let key = app.create_key(&token, user, json!({"name": "burst"})).await;
+    let charge = d(CHARGE);
+    let funded = charge * Decimal::from(50);
+    app.top_up(user, &funded.to_string()).await;
+
+    let results = burst(&app, &key, "qwen-turbo", 300).await;
+    let served: Vec<&String> = results
+        .iter()
+        .filter(|(s, _, _)| *s == 200)
+        .filter_map(|(_, id, _)| id.as_ref())
+        .collect();
+    let refused = results.iter().filter(|(s, _, _)| *s == 402).count();
+    assert_eq!(
+        served.len() + refused,
+        300,
+        "only 200 or 402 expected: {results:?}"
+    );
+    assert!(
+        !served.is_empty() && served.len() <= 51,
+        "served {}",
+        served.len()
+    );
+
+    app.settle_journal().await;
+    let (balance, status) = app.db_balance(user).await;
+    let n = Decimal::from(served.len() as u64);
+    assert_eq!(
+        balance,
+        funded - n * charge,
+        "every served call charged exactly once"
+    );
+    assert_eq!(app.api_balance(user).await.0, balance);
+    let ids = usage_ids(&app, user).await;
+    assert_eq!(ids.len(), served.len());
+    assert!(
+        served.iter().all(|id| ids.contains(*id)),
+        "one usage row per served call"
+    );
+    assert_eq!(charge_count(&app, user).await, served.len() as i64);
+    assert_eq!(
+        mock.calls(),
+        served.len(),
+        "refused calls never reached the upstream"
+    );
+
+    // Reservations cover the actual charge here, so the overdraft is below one reservation
+    // ((20 prompt-estimate * 0.001 + 8 * 0.002) * 1.25 = 0.045).
+    assert!(balance > -d("0.045"), "overdraft bound: {balance}");
+
+    // Calls keep being served until the balance is used up, then 402 and `overdue`.
+    let mut extra = 0;
+    loop {
+        let r = app.chat(&key, &chat_body("qwen-turbo")).await;
+        match r.status().as_u16() {
+            200 => extra += 1,
+            402 => break,
+            other => panic!("unexpected status {other}"),
+        }
+        assert!(extra <= 50, "never refused");
+    }
+    app.settle_journal().await;
+    let (balance, status_after) = app.db_balance(user).await;
+    let total = Decimal::from((served.len() + extra) as u64);
+    assert_eq!(balance, funded - total * charge);
+    assert!(
+        balance <= Decimal::ZERO && balance > -d("0.045"),
+        "{balance}"
+    );
+    assert_eq!(
+        status_after, "overdue",
+        "status was {status} after the burst"
+    );
+    let r = app.chat(&key, &chat_body("qwen-turbo")).await;
+    assert_eq!(r.status(), 402);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "account_overdue");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rpm_30_under_100_concurrent_calls_serves_exactly_30() {
+    let mock = mock_upstream().await;
+    let app = priced_app(&mock).await;
+    let (user, token) = app.register("rpm@example.com").await;
+    let key = app
+        .create_key(&token, user, json!({"name": "rpm", "rate_limit_rpm": 30}))
+        .await;
+    app.top_up(user, "1000").await;
+
+    let results = burst(&app, &key, "qwen-turbo", 100).await;
+    let ok = results.iter().filter(|(s, _, _)| *s == 200).count();
+    let limited: Vec<_> = results.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert_eq!(ok, 30);
+    assert_eq!(limited.len(), 70);
+    for (_, _, retry) in &limited {
+        let secs: u64 = retry.as_deref().expect("Retry-After").parse().unwrap();
+        assert!((1..=2).contains(&secs), "Retry-After {secs}");
+    }
+    app.settle_journal().await;
+    assert_eq!(usage_ids(&app, user).await.len(), 30);
+    let (balance, _) = app.db_balance(user).await;
+    assert_eq!(balance, d("1000") - Decimal::from(30) * d(CHARGE));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_balance_actor_panicking_mid_burst_is_restarted_and_money_stays_exact() {
+    let mock = mock_upstream().await;
+    mock.state
+        .delay_ms
+        .store(5, std::sync::atomic::Ordering::SeqCst);
+    let app = priced_app(&mock).await;
+    let (user, token) = app.register("crash@example.com").await;
+    let key = app.create_key(&token, user, json!({"name": "crash"})).await;
+    app.top_up(user, "1000").await;
+
+    let fault = json!({"actor": format!("balance:{user}"), "fault": "panic"});
+    let faults = async {
+        for i in 1..=3 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let (status, body) = app
+                .post("/api/admin/faults", &app.admin_token, fault.clone())
+                .await;
+            assert_eq!(status, 200, "{body}");
+            // Wait for this panic to happen and be supervised before the next one.
+            let mut restarts = 0;
+            for _ in 0..500 {
+                let (_, health) = app.get("/health", "").await;
+                restarts = health["actors"]["balance_actors"]["restarts"]
+                    .as_u64()
+                    .unwrap_or(0);
+                if restarts >= i {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(restarts, i);
+        }
+    };
+    let (results, ()) = tokio::join!(burst(&app, &key, "qwen-turbo", 400), faults);
+
+    let served: Vec<&String> = results
+        .iter()
+        .filter(|(s, _, _)| *s == 200)
+        .filter_map(|(_, id, _)| id.as_ref())
+        .collect();
+    let unavailable = results.iter().filter(|(s, _, _)| *s == 503).count();
+    assert_eq!(
+        served.len() + unavailable,
+        400,
+        "only 200 or 503: {results:?}"
+    );
+    assert!(
+        served.len() >= 300,
+        "most calls survive the crashes: {}",
+        served.len()
+    );
+
+    app.settle_journal().await;
+    let ids = usage_ids(&app, user).await;
+    assert_eq!(ids.len(), served.len(), "one usage row per served call");
+    assert!(served.iter().all(|id| ids.contains(*id)));
+    let (balance, status) = app.db_balance(user).await;
+    assert_eq!(
+        balance,
+        d("1000") - Decimal::from(served.len() as u64) * d(CHARGE)
+    );
+    assert_eq!(status, "active");
+    // The restarted actor agrees with the database.
+    assert_eq!(app.api_balance(user).await, (balance, "active".into()));
+
+    let (_, health) = app.get("/health", "").await;
+    assert_eq!(
+        health["actors"]["balance_actors"]["restarts"], 3,
+        "{health}"
+    );
+    assert_eq!(health["actors"]["balance_actors"]["live"], 1, "{health}");
+    assert_eq!(health["actors"]["balances"], "running");
+    app.stop().await;
+}
