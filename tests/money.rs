@@ -1,6 +1,8 @@
 //! Money under concurrency: bursts on one key, rpm under a burst, and a balance actor
 //! panicking mid-burst. Every served call is charged exactly once.
 
+#![expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
 mod common;
 
 use std::collections::HashSet;
