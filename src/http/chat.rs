@@ -187,7 +187,10 @@ pub async fn completions(
         .iter()
         .all(|t| snap.rate(&t.provider, t.model(&model)).is_some());
     if !priced {
-        app.keys.describe(hash).await.map_err(admit_error)?;
+        let view = app.keys.describe(hash).await.map_err(admit_error)?;
+        if !view.allowed_models.is_empty() && !view.allowed_models.contains(&model) {
+            return Err(admit_error(AdmitError::Denied(Denied::ModelNotAllowed)));
+        }
         return Err(ApiError::Unavailable(format!(
             "model {model:?} is not priced yet"
         )));

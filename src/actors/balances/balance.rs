@@ -268,8 +268,12 @@ impl BalanceState {
         }
     }
 
+    /// Re-anchors on PostgreSQL after a commit that covered this user's entries up to
+    /// `after.up_to_seq`. A report older than what is known is ignored; one with the same
+    /// version (a batch whose entries were all duplicates: nothing moved) still retires
+    /// those entries, undoing what they wrongly applied here.
     fn durable(&mut self, after: BalanceAfter) {
-        if after.version <= self.durable_version {
+        if after.version < self.durable_version {
             return;
         }
         self.durable_balance = after.balance;
@@ -455,11 +459,23 @@ mod tests {
             user_id: s.user_id,
             balance: Decimal::from(1),
             status: AccountStatus::Overdue,
-            version: 2,
+            version: 1,
             up_to_seq: seqs[1],
         });
         assert_eq!(s.balance, Decimal::from(105));
         assert_eq!(s.status, AccountStatus::Active);
+        // A duplicate (already in the ledger) is retired by a same-version report.
+        let dup = s.top_up("already-there".into(), Decimal::from(50), None);
+        assert_eq!(dup.balance, Decimal::from(155));
+        let seq = s.unflushed.back().map(|e| e.seq).unwrap_or_default();
+        s.durable(BalanceAfter {
+            user_id: s.user_id,
+            balance: Decimal::from(107),
+            status: AccountStatus::Active,
+            version: 2,
+            up_to_seq: seq,
+        });
+        assert_eq!(s.balance, Decimal::from(107));
     }
 
     #[test]
