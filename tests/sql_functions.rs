@@ -1,6 +1,8 @@
 //! The brief's virtual-key SQL functions, on a fresh migrated database per test: only
 //! hashes are stored, and every change is announced on `virtual_key_update`.
 
+#![expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
 use std::time::Duration;
 
 use neuropia::auth::KeyHash;
