@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::builder::FalseyValueParser;
 use clap::{Args, Parser, Subcommand};
 
 /// `neuropia`: serve (the default), migrate, or run the loopback mock upstream.
@@ -89,12 +90,12 @@ pub struct Config {
     pub openai_api_key: Option<Secret>,
 
     /// Enable fault injection (`POST /api/admin/faults`). Never in production.
-    #[arg(long, env = "NEUROPIA_FAULTS", default_value_t = false)]
+    #[arg(long, env = "NEUROPIA_FAULTS", value_parser = FalseyValueParser::new())]
     pub faults: bool,
 
     /// Seed a demo tenant, user, model and key on the built-in mock provider and print
     /// a ready `curl`.
-    #[arg(long, env = "NEUROPIA_DEMO", default_value_t = false)]
+    #[arg(long, env = "NEUROPIA_DEMO", value_parser = FalseyValueParser::new())]
     pub demo: bool,
 
     /// Largest accepted request body, in bytes (larger bodies get 413).
