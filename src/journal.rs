@@ -182,6 +182,11 @@ impl Journal {
         self.depth.load(Ordering::Acquire)
     }
 
+    /// Signals a waiter as if the journal had just become non-empty.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Waits for the journal's next empty -> non-empty transition (a transition that
     /// happened while nobody waited is remembered once).
     pub async fn wait_for_wake(&self) {

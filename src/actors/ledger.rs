@@ -19,6 +19,9 @@ use crate::journal::{EntryData, Journal};
 
 pub struct LedgerWriter;
 
+/// How often the writer checks the journal even without a wake-up.
+const SAFETY_TICK: Duration = Duration::from_millis(200);
+
 #[derive(Clone)]
 pub struct LedgerArgs {
     pub pool: PgPool,
@@ -154,12 +157,16 @@ impl Actor for LedgerWriter {
             loop {
                 journal.wait_for_wake().await;
                 if me.cast(LedgerMsg::Kick).is_err() {
+                    // This writer is gone: hand the wake-up on to its successor's forwarder.
+                    journal.wake();
                     break;
                 }
             }
         });
-        // Entries left by a previous incarnation are written at once.
+        // Entries left by a previous incarnation are written at once, and a slow tick makes
+        // sure nothing waits for a wake-up that went astray.
         let _ = myself.cast(LedgerMsg::Kick);
+        myself.send_interval(SAFETY_TICK, || LedgerMsg::Kick);
         Ok(LedgerState {
             args,
             flushing: false,
@@ -178,7 +185,7 @@ impl Actor for LedgerWriter {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             LedgerMsg::Kick => {
-                if !state.flushing {
+                if !state.flushing && state.args.journal.depth() > 0 {
                     if state.args.journal.depth() >= state.args.batch_rows {
                         state.start_flush(&myself);
                     } else {
