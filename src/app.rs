@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::db;
 use crate::journal::Journal;
 use crate::snapshot::SnapshotHandle;
+use crate::throttle::LoginThrottle;
 use crate::upstream::Upstreams;
 
 /// Handles shared by every handler. Cheap to clone.
@@ -39,6 +40,7 @@ pub struct AppInner {
     pub tree: Tree,
     pub root: RootRef,
     pub upstreams: Upstreams,
+    pub throttle: LoginThrottle,
 }
 
 impl Deref for AppState {
@@ -70,9 +72,14 @@ pub async fn build(config: Config) -> Result<AppState, String> {
         Some(s) => s.expose().as_bytes().to_vec(),
         None => {
             tracing::warn!(
-                "JWT_SECRET is not set: using a random secret; tokens die with this process"
+                "JWT_SECRET is not set: using the secret generated and kept in the database; \
+                 set JWT_SECRET in production"
             );
-            auth::random_hex32()?.into_bytes()
+            let fresh = auth::random_hex32()?;
+            db::users::persisted_jwt_secret(&pool, &fresh)
+                .await
+                .map_err(|e| format!("JWT secret: {e}"))?
+                .into_bytes()
         }
     };
     let jwt = Jwt::new(&jwt_secret, config.jwt_ttl_secs);
@@ -114,6 +121,11 @@ pub async fn build(config: Config) -> Result<AppState, String> {
     let timeout = config.actor_timeout();
     let state = AppState(Arc::new(AppInner {
         upstreams: Upstreams::new(&config)?,
+        throttle: LoginThrottle::new(
+            config.login_max_failures,
+            config.login_max_failures_per_addr,
+            Duration::from_secs(config.login_window_secs),
+        ),
         keys: Keys {
             supervisor: tree.keys.clone(),
             directory: key_directory,
@@ -214,7 +226,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = crate::http::router(state.clone());
+    let app = crate::http::router(state.clone())
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

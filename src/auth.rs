@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     PlatformAdmin,
@@ -79,6 +79,74 @@ impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KeyHash({}..)", &self.to_hex()[..12])
     }
+}
+
+/// The password policy: at least 10 characters, at least two kinds of characters (lower
+/// case, upper case, digits, others), not one of the most common passwords, and not the
+/// email's local part or the username.
+pub fn check_password_strength(password: &str, email: &str, username: &str) -> Result<(), String> {
+    const COMMON: &[&str] = &[
+        "password",
+        "password1",
+        "password12",
+        "password123",
+        "password1234",
+        "passw0rd",
+        "1234567890",
+        "12345678910",
+        "qwertyuiop",
+        "qwerty1234",
+        "qwerty12345",
+        "1q2w3e4r5t",
+        "iloveyou12",
+        "abcdefghij",
+        "abc1234567",
+        "letmein123",
+        "welcome123",
+        "admin12345",
+        "administrator",
+        "changeme123",
+        "trustno1234",
+        "football12",
+        "baseball12",
+        "sunshine12",
+        "princess12",
+        "dragon1234",
+        "monkey1234",
+        "0987654321",
+        "1111111111",
+        "aaaaaaaaaa",
+        "zaq12wsxcde",
+        "p@ssw0rd12",
+        "p@ssword123",
+    ];
+    if password.chars().count() < 10 {
+        return Err("password must be at least 10 characters".into());
+    }
+    if password.len() > 256 {
+        return Err("password must be at most 256 bytes".into());
+    }
+    let kinds = [
+        password.chars().any(|c| c.is_lowercase()),
+        password.chars().any(|c| c.is_uppercase()),
+        password.chars().any(|c| c.is_ascii_digit()),
+        password.chars().any(|c| !c.is_alphanumeric()),
+    ];
+    if kinds.iter().filter(|k| **k).count() < 2 {
+        return Err(
+            "password needs at least two of: lower case, upper case, digits, other characters"
+                .into(),
+        );
+    }
+    let lower = password.to_lowercase();
+    if COMMON.contains(&lower.as_str()) {
+        return Err("password is too common".into());
+    }
+    let local = email.split('@').next().unwrap_or("").to_lowercase();
+    if lower == local || lower == username.to_lowercase() {
+        return Err("password must not be the email or the username".into());
+    }
+    Ok(())
 }
 
 /// Hashes a password with argon2id (default parameters, random salt). CPU-heavy: call it
@@ -180,6 +248,17 @@ mod tests {
         assert_eq!(KeyHash::from_hex(&h.to_hex()), Some(h));
         assert_eq!(KeyHash::from_hex("zz"), None);
         assert!(!format!("{h:?}").contains(&h.to_hex()));
+    }
+
+    #[test]
+    fn password_policy() {
+        let ok = |p: &str| check_password_strength(p, "alice.smith@example.com", "alice");
+        assert!(ok("correct-horse").is_ok());
+        assert!(ok("Tr0ub4dor&3").is_ok());
+        assert!(ok("short-1").is_err(), "too short");
+        assert!(ok("alllowercaseletters").is_err(), "one kind only");
+        assert!(ok("Password123").is_err(), "too common");
+        assert!(check_password_strength("alice.smith", "alice.smith@example.com", "a").is_err());
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Price {
 
 /// Account status of the brief:
 /// `pending -(top-up)-> active -(balance <= 0)-> overdue -(top-up to >= threshold)-> active`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AccountStatus {
     Pending,
@@ -219,6 +219,13 @@ pub fn de_opt_money<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, 
         }
     }
     d.deserialize_option(Opt)
+}
+
+/// For PATCH fields: absent is `None`, `null` is `Some(None)`, a value `Some(Some(v))`.
+pub fn de_patch_money<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<Decimal>>, D::Error> {
+    de_opt_money(d).map(Some)
 }
 
 struct MoneyVisitor;

@@ -35,6 +35,8 @@ pub enum Command {
         #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
         database_url: Secret,
     },
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
     /// Serve an OpenAI-compatible mock upstream (deterministic answers, real token
     /// counts) for demos and benchmarks.
     MockUpstream {
@@ -72,6 +74,22 @@ pub struct Config {
     /// Lifetime of a platform JWT, in seconds.
     #[arg(long, env = "NEUROPIA_JWT_TTL_SECS", default_value_t = 12 * 3600)]
     pub jwt_ttl_secs: u64,
+
+    /// Failed logins per email within the login window before that email is refused (429).
+    #[arg(long, env = "NEUROPIA_LOGIN_MAX_FAILURES", default_value_t = 5)]
+    pub login_max_failures: u32,
+
+    /// Failed logins per client address within the login window before it is refused.
+    #[arg(
+        long,
+        env = "NEUROPIA_LOGIN_MAX_FAILURES_PER_ADDR",
+        default_value_t = 30
+    )]
+    pub login_max_failures_per_addr: u32,
+
+    /// The login throttling window, in seconds.
+    #[arg(long, env = "NEUROPIA_LOGIN_WINDOW_SECS", default_value_t = 900)]
+    pub login_window_secs: u64,
 
     /// Bootstrap a platform admin with this email at start if it does not exist.
     #[arg(long, env = "NEUROPIA_ADMIN_EMAIL")]
@@ -147,6 +165,13 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return Err("NEUROPIA_MAX_BODY_BYTES must be at least 1024".into());
+        }
+        if let (Some(email), Some(password)) = (&self.admin_email, &self.admin_password) {
+            crate::auth::check_password_strength(password.expose(), email, "admin")
+                .map_err(|e| format!("NEUROPIA_ADMIN_PASSWORD: {e}"))?;
+        }
+        if self.login_max_failures == 0 || self.login_max_failures_per_addr == 0 {
+            return Err("login failure limits must be positive".into());
         }
         if let Some(secret) = &self.jwt_secret
             && secret.expose().len() < 16

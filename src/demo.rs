@@ -45,7 +45,7 @@ fn d(s: &str) -> Result<Decimal, String> {
 pub async fn seed(app: &AppState) -> Result<Seeded, String> {
     let err = |e: sqlx::Error| format!("demo seed: {e}");
     let pool = &app.pool;
-    let tenant = db::config::ensure_tenant(pool, "demo", d("20")?)
+    let tenant = db::tenants::ensure(pool, "demo", d("20")?)
         .await
         .map_err(err)?;
     let rate = Rate {
@@ -88,11 +88,13 @@ pub async fn seed(app: &AppState) -> Result<Seeded, String> {
     if view.balance <= Decimal::ZERO {
         let reply = app
             .balances
-            .top_up(
+            .credit(
                 user_id,
                 format!("topup:{user_id}:demo-{}", uuid::Uuid::new_v4()),
                 d("10")?,
-                Some("demo funds".into()),
+                crate::journal::EntryKind::TopUp {
+                    note: Some("demo funds".into()),
+                },
             )
             .await
             .map_err(|e| format!("demo seed: {e:?}"))?;

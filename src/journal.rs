@@ -46,7 +46,13 @@ pub struct UsageRecord {
 #[derive(Debug, Clone)]
 pub enum EntryKind {
     Charge(Box<UsageRecord>),
-    TopUp { note: Option<String> },
+    TopUp {
+        note: Option<String>,
+    },
+    /// A redemption code's credit; the code is marked redeemed in the same transaction.
+    Redemption {
+        code_id: Uuid,
+    },
 }
 
 impl EntryKind {
@@ -54,6 +60,7 @@ impl EntryKind {
         match self {
             Self::Charge(_) => "charge",
             Self::TopUp { .. } => "topup",
+            Self::Redemption { .. } => "redemption",
         }
     }
 }

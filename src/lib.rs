@@ -18,6 +18,7 @@
 //! - [`snapshot`]: the routing snapshot read lock-free on the hot path.
 //! - [`billing`]: money, prices, charges, the account status machine.
 //! - [`auth`]: passwords, JWTs, virtual-key hashes.
+//! - [`throttle`]: login throttling per email and client address.
 //! - [`tokens`]: token estimates.
 //! - [`demo`]: the demo tenant, user and key of `neuropia serve --demo`.
 
@@ -31,5 +32,6 @@ pub mod demo;
 pub mod http;
 pub mod journal;
 pub mod snapshot;
+pub mod throttle;
 pub mod tokens;
 pub mod upstream;

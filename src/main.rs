@@ -20,6 +20,10 @@ async fn main() -> std::process::ExitCode {
                 .map(|_| tracing::info!("migrations applied"))
                 .map_err(|e| e.to_string())
         }
+        Some(Command::Openapi) => {
+            println!("{}", neuropia::http::openapi_json());
+            Ok(())
+        }
         Some(Command::MockUpstream { bind }) => {
             upstream::mock::serve(bind).await.map_err(|e| e.to_string())
         }

@@ -136,6 +136,18 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
         Some(k)
     }
 
+    /// Files the child known as `old` under `new` (a rotated key).
+    pub fn rekey(&mut self, old: &K, new: K) {
+        for v in self.by_actor.values_mut() {
+            if v == old {
+                *v = new.clone();
+            }
+        }
+        if let Some(meta) = self.meta.remove(old) {
+            self.meta.insert(new, meta);
+        }
+    }
+
     pub fn meta(&self, k: &K) -> Option<&ChildMeta> {
         self.meta.get(k)
     }

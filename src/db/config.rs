@@ -5,9 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::{PgPool, Row};
-use uuid::Uuid;
 
-use crate::billing::{Decimal, Rate};
+use crate::billing::Rate;
 use crate::snapshot::{ModelRoute, Snapshot, TenantSettings};
 use crate::upstream::plan::Plan;
 
@@ -130,66 +129,4 @@ pub async fn upsert_model_config(
     .execute(pool)
     .await?;
     Ok(())
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Tenant {
-    pub tenant_id: Uuid,
-    pub name: String,
-    #[serde(serialize_with = "crate::billing::ser_money")]
-    pub markup_percent: Decimal,
-    #[serde(serialize_with = "crate::billing::ser_money")]
-    pub overdue_threshold: Decimal,
-}
-
-/// Changes a tenant's settings; `None` leaves a field as it is. Returns `None` when the
-/// tenant does not exist.
-pub async fn update_tenant(
-    pool: &PgPool,
-    tenant_id: Uuid,
-    name: Option<&str>,
-    markup_percent: Option<Decimal>,
-    overdue_threshold: Option<Decimal>,
-) -> Result<Option<Tenant>, sqlx::Error> {
-    let row = sqlx::query(
-        "UPDATE data.tenant SET
-             name = coalesce($2, name),
-             markup_percent = coalesce($3, markup_percent),
-             overdue_threshold = coalesce($4, overdue_threshold),
-             updated_at = now()
-         WHERE tenant_id = $1
-         RETURNING tenant_id, name, markup_percent, overdue_threshold",
-    )
-    .bind(tenant_id)
-    .bind(name)
-    .bind(markup_percent)
-    .bind(overdue_threshold)
-    .fetch_optional(pool)
-    .await?;
-    row.map(|r| {
-        Ok(Tenant {
-            tenant_id: r.try_get("tenant_id")?,
-            name: r.try_get("name")?,
-            markup_percent: r.try_get("markup_percent")?,
-            overdue_threshold: r.try_get("overdue_threshold")?,
-        })
-    })
-    .transpose()
-}
-
-/// Finds a tenant by name or creates it (used by the demo seed).
-pub async fn ensure_tenant(
-    pool: &PgPool,
-    name: &str,
-    markup_percent: Decimal,
-) -> Result<Uuid, sqlx::Error> {
-    sqlx::query_scalar(
-        "INSERT INTO data.tenant (name, markup_percent) VALUES ($1, $2)
-         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-         RETURNING tenant_id",
-    )
-    .bind(name)
-    .bind(markup_percent)
-    .fetch_one(pool)
-    .await
 }

@@ -92,9 +92,10 @@ pub async fn create(pool: &PgPool, key: NewKey<'_>) -> Result<(Uuid, String), sq
 }
 
 /// A key as listed to its owner: masked, never the plaintext or the hash.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct KeySummary {
     pub id: Uuid,
+    pub user_id: Uuid,
     pub name: String,
     pub description: Option<String>,
     /// `vk_...abcd`: the prefix and the last four characters.
@@ -103,34 +104,119 @@ pub struct KeySummary {
     pub rate_limit_tpm: Option<u64>,
     pub allowed_models: Vec<String>,
     pub is_active: bool,
+    /// Why the key was last deactivated, activated or rotated.
+    pub status_reason: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub rotated_at: Option<DateTime<Utc>>,
+}
+
+fn summary(r: &PgRow) -> Result<KeySummary, sqlx::Error> {
+    let prefix: String = r.try_get("key_prefix")?;
+    let last4: String = r.try_get("key_last4")?;
+    let limits: serde_json::Value = r.try_get("rate_limits")?;
+    Ok(KeySummary {
+        id: r.try_get("id")?,
+        user_id: r.try_get("user_id")?,
+        name: r.try_get("name")?,
+        description: r.try_get("description")?,
+        masked_key: format!("{prefix}_...{last4}"),
+        rate_limit_rpm: limit(&limits, "rpm"),
+        rate_limit_tpm: limit(&limits, "tpm"),
+        allowed_models: r.try_get("allowed_models")?,
+        is_active: r.try_get("is_active")?,
+        status_reason: r.try_get("status_reason")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        rotated_at: r.try_get("rotated_at")?,
+    })
 }
 
 pub async fn list_for_user(pool: &PgPool, user_id: Uuid) -> Result<Vec<KeySummary>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, name, description, key_prefix, key_last4, rate_limits, allowed_models,
-                is_active, created_at
+        "SELECT id, user_id, name, description, key_prefix, key_last4, rate_limits,
+                allowed_models, is_active, status_reason, created_at, updated_at, rotated_at
          FROM data.virtual_key WHERE user_id = $1 ORDER BY created_at, id",
     )
     .bind(user_id)
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|r| {
-            let prefix: String = r.try_get("key_prefix")?;
-            let last4: String = r.try_get("key_last4")?;
-            let limits: serde_json::Value = r.try_get("rate_limits")?;
-            Ok(KeySummary {
-                id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                description: r.try_get("description")?,
-                masked_key: format!("{prefix}_...{last4}"),
-                rate_limit_rpm: limit(&limits, "rpm"),
-                rate_limit_tpm: limit(&limits, "tpm"),
-                allowed_models: r.try_get("allowed_models")?,
-                is_active: r.try_get("is_active")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .collect()
+    rows.iter().map(summary).collect()
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<KeySummary>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT id, user_id, name, description, key_prefix, key_last4, rate_limits,
+                allowed_models, is_active, status_reason, created_at, updated_at, rotated_at
+         FROM data.virtual_key WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(summary).transpose()
+}
+
+pub async fn find_by_id(pool: &PgPool, id: Uuid) -> Result<Option<KeyRecord>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT k.id, k.virtual_key_hash, k.user_id, p.tenant_id, k.name, k.rate_limits,
+                k.allowed_models, k.is_active
+         FROM data.virtual_key k JOIN data.user_profile p USING (user_id)
+         WHERE k.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(key_record).transpose()
+}
+
+/// What `PATCH /api/virtual-keys/{id}` may change. For limits, `Some(None)` removes the
+/// limit and `None` leaves it.
+#[derive(Debug, Default)]
+pub struct KeyChanges {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub rpm: Option<Option<i32>>,
+    pub tpm: Option<Option<i32>>,
+    pub allowed_models: Option<Vec<String>>,
+}
+
+pub async fn update(pool: &PgPool, id: Uuid, c: &KeyChanges) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT data.update_virtual_key_by_id($1, $2, $3, $4, $5, $6, NULL, NULL, NULL, $7, $8)",
+    )
+    .bind(id)
+    .bind(c.name.as_deref())
+    .bind(c.description.as_deref())
+    .bind(c.rpm.flatten())
+    .bind(c.tpm.flatten())
+    .bind(c.allowed_models.as_deref())
+    .bind(c.rpm == Some(None))
+    .bind(c.tpm == Some(None))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_active(
+    pool: &PgPool,
+    id: Uuid,
+    active: bool,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let sql = if active {
+        "SELECT data.activate_virtual_key_by_id($1, $2)"
+    } else {
+        "SELECT data.deactivate_virtual_key_by_id($1, $2)"
+    };
+    sqlx::query(sql).bind(id).bind(reason).execute(pool).await?;
+    Ok(())
+}
+
+/// Gives the key a new secret; returns the new plaintext, shown once.
+pub async fn rotate(pool: &PgPool, id: Uuid, reason: Option<&str>) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT data.rotate_virtual_key_by_id($1, $2)")
+        .bind(id)
+        .bind(reason)
+        .fetch_one(pool)
+        .await
 }

@@ -62,7 +62,7 @@ pub async fn prepare_batch(
         statuses.push(e.status_after.as_str());
         notes.push(match &e.kind {
             EntryKind::TopUp { note } => note.clone(),
-            EntryKind::Charge(_) => None,
+            EntryKind::Charge(_) | EntryKind::Redemption { .. } => None,
         });
         times.push(e.created_at);
     }
@@ -91,6 +91,7 @@ pub async fn prepare_batch(
     outcome.inserted = inserted.iter().map(|e| e.seq).collect();
 
     insert_usage(&mut tx, &inserted, &mut outcome).await?;
+    claim_codes(&mut tx, &inserted).await?;
 
     // Per user: the sum of inserted deltas and the status of the newest inserted entry.
     // Entries arrive in journal order, so the last one seen is the newest.
@@ -187,7 +188,7 @@ async fn insert_usage(
         .iter()
         .filter_map(|e| match &e.kind {
             EntryKind::Charge(u) => Some((*e, u.as_ref())),
-            EntryKind::TopUp { .. } => None,
+            EntryKind::TopUp { .. } | EntryKind::Redemption { .. } => None,
         })
         .collect();
     if charges.is_empty() {
@@ -258,5 +259,33 @@ async fn insert_usage(
     .execute(&mut **tx)
     .await?;
     outcome.usage_rows = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
+    Ok(())
+}
+
+/// Marks the codes of inserted redemption entries as redeemed by their user. The ledger's
+/// unique `request_id` (`redeem:<code id>`) already made each credit happen once.
+async fn claim_codes(
+    tx: &mut Transaction<'static, Postgres>,
+    inserted: &[&Arc<EntryData>],
+) -> Result<(), sqlx::Error> {
+    let (codes, users): (Vec<Uuid>, Vec<Uuid>) = inserted
+        .iter()
+        .filter_map(|e| match e.kind {
+            EntryKind::Redemption { code_id } => Some((code_id, e.user_id)),
+            _ => None,
+        })
+        .unzip();
+    if codes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE data.redemption_code c SET redeemed_by = u.user_id, redeemed_at = now()
+         FROM UNNEST($1::uuid[], $2::uuid[]) AS u(code_id, user_id)
+         WHERE c.id = u.code_id AND c.redeemed_at IS NULL",
+    )
+    .bind(&codes)
+    .bind(&users)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

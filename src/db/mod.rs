@@ -1,9 +1,12 @@
 //! PostgreSQL access: small async functions, one file per aggregate. SQL is never built
 //! with `format!`; constraint violations are mapped to typed errors by the callers.
 
+pub mod codes;
 pub mod config;
 pub mod keys;
 pub mod ledger;
+pub mod tenants;
+pub mod usage;
 pub mod users;
 
 use std::str::FromStr;

@@ -132,3 +132,153 @@ pub async fn email_exists(pool: &PgPool, email: &str) -> Result<bool, sqlx::Erro
         .fetch_one(pool)
         .await
 }
+
+/// A user as shown to itself and its admins.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Profile {
+    pub user_id: Uuid,
+    pub email: String,
+    pub username: String,
+    pub tenant_id: Uuid,
+    #[schema(value_type = String, example = "user")]
+    pub role: Role,
+    #[schema(value_type = String, example = "active")]
+    pub status: AccountStatus,
+    /// The committed balance (charges of the last few milliseconds may not be in yet; the
+    /// balance endpoint gives the live figure).
+    #[serde(serialize_with = "crate::billing::ser_money")]
+    #[schema(value_type = String, example = "9.5")]
+    pub balance: Decimal,
+    /// The user's own markup, overriding the tenant's; `null` when none.
+    #[serde(serialize_with = "ser_opt_money")]
+    #[schema(value_type = Option<String>, example = "5")]
+    pub markup_percent: Option<Decimal>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn ser_opt_money<S: serde::Serializer>(v: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(d) => crate::billing::ser_money(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn profile(r: &sqlx::postgres::PgRow) -> Result<Profile, sqlx::Error> {
+    let role: String = r.try_get("role")?;
+    let status: String = r.try_get("status")?;
+    let decode = |e: String| sqlx::Error::Decode(e.into());
+    Ok(Profile {
+        user_id: r.try_get("user_id")?,
+        email: r.try_get("email")?,
+        username: r.try_get("username")?,
+        tenant_id: r.try_get("tenant_id")?,
+        role: role.parse().map_err(decode)?,
+        status: status.parse().map_err(decode)?,
+        balance: r.try_get("balance")?,
+        markup_percent: r.try_get("markup_percent")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+pub async fn get_profile(pool: &PgPool, user_id: Uuid) -> Result<Option<Profile>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT p.user_id, l.email, p.username, p.tenant_id, l.role, p.status, p.balance,
+                p.markup_percent, p.created_at
+         FROM data.user_profile p JOIN auth.login l ON l.id = p.user_id
+         WHERE p.user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(profile).transpose()
+}
+
+/// A page of a tenant's users, oldest first.
+pub async fn list_tenant_users(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<Profile>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT p.user_id, l.email, p.username, p.tenant_id, l.role, p.status, p.balance,
+                p.markup_percent, p.created_at
+         FROM data.user_profile p JOIN auth.login l ON l.id = p.user_id
+         WHERE p.tenant_id = $1
+         ORDER BY p.created_at, p.user_id LIMIT $2 OFFSET $3",
+    )
+    .bind(tenant_id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(profile).collect()
+}
+
+/// Changes a user's role and/or markup override (`Some(None)` clears the override).
+/// Returns false when the user does not exist.
+pub async fn update_user(
+    pool: &PgPool,
+    user_id: Uuid,
+    role: Option<Role>,
+    markup: Option<Option<Decimal>>,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let exists: Option<Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM data.user_profile WHERE user_id = $1 FOR UPDATE")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if exists.is_none() {
+        return Ok(false);
+    }
+    if let Some(role) = role {
+        sqlx::query("UPDATE auth.login SET role = $2 WHERE id = $1")
+            .bind(user_id)
+            .bind(role.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(markup) = markup {
+        sqlx::query(
+            "UPDATE data.user_profile SET markup_percent = $2, updated_at = now() WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(markup)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The role and tenant a login has now (tokens are refreshed from this).
+pub async fn current_role(
+    pool: &PgPool,
+    user_id: Uuid,
+) -> Result<Option<(Role, Uuid)>, sqlx::Error> {
+    let row: Option<(String, Uuid)> =
+        sqlx::query_as("SELECT role, tenant_id FROM auth.login WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await?;
+    row.map(|(role, tenant)| {
+        role.parse()
+            .map(|r| (r, tenant))
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))
+    })
+    .transpose()
+}
+
+/// The JWT secret generated and kept by an earlier start, or a new one kept now.
+pub async fn persisted_jwt_secret(pool: &PgPool, fresh: &str) -> Result<String, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO auth.platform_secret (name, value) VALUES ('jwt', $1) ON CONFLICT DO NOTHING",
+    )
+    .bind(fresh)
+    .execute(pool)
+    .await?;
+    sqlx::query_scalar("SELECT value FROM auth.platform_secret WHERE name = 'jwt'")
+        .fetch_one(pool)
+        .await
+}

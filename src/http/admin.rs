@@ -1,18 +1,25 @@
-//! Platform-admin endpoints: provider rates, model plans, tenant settings, fault injection.
-//! Every configuration write is followed by a snapshot reload, so the next request uses it.
+//! Platform administration: provider rates, model plans, user roles and markups, fault
+//! injection. Every configuration write is followed by a snapshot reload, so the next
+//! request uses it.
 
 use axum::extract::State;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
 
+use super::access;
 use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody};
+use super::types::ErrorBody;
 use crate::actors::Fault;
 use crate::actors::balances::BalanceError;
 use crate::actors::ledger::LedgerMsg;
 use crate::app::AppState;
-use crate::billing::{AmountRule, Decimal, Rate, de_money, de_opt_money};
+use crate::auth::Role;
+use crate::billing::{AmountRule, Decimal, Rate, de_money, de_patch_money};
 use crate::db;
+use crate::db::users::Profile;
 use crate::upstream::plan::Plan;
 
 async fn reload(app: &AppState) -> Result<(), ApiError> {
@@ -35,23 +42,57 @@ fn check_name(value: &str, what: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutRate {
-    provider: String,
-    model: String,
+    #[schema(example = "dashscope")]
+    pub provider: String,
+    #[schema(example = "qwen-turbo")]
+    pub model: String,
+    /// Per input token: zero or more, at most 12 decimals.
     #[serde(deserialize_with = "de_money")]
-    input_rate: Decimal,
+    #[schema(value_type = String, example = "0.0000008")]
+    pub input_rate: Decimal,
+    /// Per output token.
     #[serde(deserialize_with = "de_money")]
-    output_rate: Decimal,
-    currency: Option<String>,
+    #[schema(value_type = String, example = "0.000002")]
+    pub output_rate: Decimal,
+    /// ISO 4217, default `USD`.
+    #[schema(example = "USD")]
+    pub currency: Option<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct RateView {
+    pub provider: String,
+    pub model: String,
+    #[schema(value_type = String, example = "0.0000008")]
+    pub input_rate: String,
+    #[schema(value_type = String, example = "0.000002")]
+    pub output_rate: String,
+    pub currency: String,
+}
+
+fn rate_view(provider: &str, model: &str, rate: &Rate) -> RateView {
+    RateView {
+        provider: provider.to_owned(),
+        model: model.to_owned(),
+        input_rate: rate.input_rate.normalize().to_string(),
+        output_rate: rate.output_rate.normalize().to_string(),
+        currency: rate.currency.clone(),
+    }
+}
+
+/// Sets the wholesale rate of a (provider, model); the next call is billed with it.
+#[utoipa::path(put, path = "/api/admin/provider-rates", tag = "pricing",
+    request_body = PutRate, security(("jwt" = [])),
+    responses((status = 200, body = RateView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn put_rate(
     State(app): State<AppState>,
     caller: Caller,
     JsonBody(body): JsonBody<PutRate>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<RateView>, ApiError> {
     caller.require_platform_admin()?;
     check_name(&body.provider, "provider")?;
     check_name(&body.model, "model")?;
@@ -74,30 +115,63 @@ pub async fn put_rate(
     }
     db::config::upsert_rate(&app.pool, &body.provider, &body.model, &rate).await?;
     reload(&app).await?;
-    Ok(axum::Json(json!({
-        "provider": body.provider,
-        "model": body.model,
-        "input_rate": rate.input_rate.to_string(),
-        "output_rate": rate.output_rate.to_string(),
-        "currency": rate.currency,
-    })))
+    Ok(axum::Json(rate_view(&body.provider, &body.model, &rate)))
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, ToSchema)]
+pub struct RateList {
+    pub data: Vec<RateView>,
+}
+
+/// Every provider rate in force.
+#[utoipa::path(get, path = "/api/admin/provider-rates", tag = "pricing", security(("jwt" = [])),
+    responses((status = 200, body = RateList), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+pub async fn list_rates(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<RateList>, ApiError> {
+    caller.require_platform_admin()?;
+    let snap = app.snapshot.load();
+    let mut data: Vec<RateView> = snap
+        .rates
+        .iter()
+        .flat_map(|(p, models)| models.iter().map(move |(m, r)| rate_view(p, m, r)))
+        .collect();
+    data.sort_by(|a, b| (&a.provider, &a.model).cmp(&(&b.provider, &b.model)));
+    Ok(axum::Json(RateList { data }))
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutModelConfig {
-    model: String,
-    /// A Portkey-format plan.
-    config: Option<Value>,
+    #[schema(example = "qwen-turbo")]
+    pub model: String,
+    /// A Portkey-format plan (`strategy.mode` single / fallback / loadbalance, `targets`).
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<Value>,
     /// Shorthand for a one-target plan on this provider.
-    provider: Option<String>,
+    pub provider: Option<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct ModelConfigView {
+    pub model: String,
+    /// The plan, platform keys as `***`.
+    #[schema(value_type = Object)]
+    pub config: Value,
+}
+
+/// Sets the routing plan of a public model name; the next call uses it.
+#[utoipa::path(put, path = "/api/admin/model-configs", tag = "pricing",
+    request_body = PutModelConfig, security(("jwt" = [])),
+    responses((status = 200, body = ModelConfigView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn put_model_config(
     State(app): State<AppState>,
     caller: Caller,
     JsonBody(body): JsonBody<PutModelConfig>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<ModelConfigView>, ApiError> {
     caller.require_platform_admin()?;
     check_name(&body.model, "model")?;
     let plan = match (&body.config, &body.provider) {
@@ -116,83 +190,113 @@ pub async fn put_model_config(
     };
     db::config::upsert_model_config(&app.pool, &body.model, &plan).await?;
     reload(&app).await?;
-    Ok(axum::Json(
-        json!({"model": body.model, "config": plan.redacted()}),
-    ))
+    Ok(axum::Json(ModelConfigView {
+        model: body.model,
+        config: plan.redacted(),
+    }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PatchTenant {
-    name: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_money")]
-    markup_percent: Option<Decimal>,
-    #[serde(default, deserialize_with = "de_opt_money")]
-    overdue_threshold: Option<Decimal>,
+#[derive(Serialize, ToSchema)]
+pub struct ModelConfigList {
+    pub data: Vec<ModelConfigView>,
 }
 
-pub async fn patch_tenant(
+/// Every model and its plan (platform keys redacted).
+#[utoipa::path(get, path = "/api/admin/model-configs", tag = "pricing", security(("jwt" = [])),
+    responses((status = 200, body = ModelConfigList), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+pub async fn list_model_configs(
     State(app): State<AppState>,
     caller: Caller,
-    IdPath(tenant_id): IdPath,
-    JsonBody(body): JsonBody<PatchTenant>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<ModelConfigList>, ApiError> {
     caller.require_platform_admin()?;
-    if let Some(name) = &body.name
-        && (name.trim().is_empty() || name.len() > 128)
-    {
-        return Err(ApiError::bad_request("name must be 1 to 128 characters"));
+    let snap = app.snapshot.load();
+    let mut data: Vec<ModelConfigView> = snap
+        .models
+        .values()
+        .map(|r| ModelConfigView {
+            model: r.model.clone(),
+            config: r.plan.redacted(),
+        })
+        .collect();
+    data.sort_by(|a, b| a.model.cmp(&b.model));
+    Ok(axum::Json(ModelConfigList { data }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    /// `user` or `tenant_admin` (platform admins are made by bootstrap only).
+    pub role: Option<Role>,
+    /// The user's own markup in percent, or `null` to fall back to the tenant's.
+    #[serde(default, deserialize_with = "de_patch_money")]
+    #[schema(value_type = Option<String>, example = "5")]
+    pub markup_percent: Option<Option<Decimal>>,
+}
+
+/// Changes a user's role or markup override (platform admin). A new role is in the
+/// user's tokens from its next login or refresh; a markup applies to the next call.
+#[utoipa::path(patch, path = "/api/admin/users/{user_id}", tag = "pricing",
+    params(("user_id" = Uuid, Path)), request_body = UpdateUser, security(("jwt" = [])),
+    responses((status = 200, body = Profile), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn update_user(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(user_id): IdPath,
+    JsonBody(body): JsonBody<UpdateUser>,
+) -> Result<axum::Json<Profile>, ApiError> {
+    caller.require_platform_admin()?;
+    if body.role == Some(Role::PlatformAdmin) {
+        return Err(ApiError::bad_request(
+            "platform admins are made by NEUROPIA_ADMIN_EMAIL only",
+        ));
     }
     let markup = body
         .markup_percent
-        .map(|m| AmountRule::PERCENT.check(m))
+        .map(|m| m.map(|d| AmountRule::PERCENT.check(d)).transpose())
         .transpose()
         .map_err(ApiError::bad_request)?;
-    let threshold = body
-        .overdue_threshold
-        .map(|t| {
-            AmountRule {
-                allow_zero: true,
-                ..AmountRule::MONEY
-            }
-            .named("overdue_threshold")
-            .check(t)
-        })
-        .transpose()
-        .map_err(ApiError::bad_request)?;
-    let tenant = db::config::update_tenant(
-        &app.pool,
-        tenant_id,
-        body.name.as_deref().map(str::trim),
-        markup,
-        threshold,
-    )
-    .await
-    .map_err(|e| {
-        if db::is_unique_violation(&e) {
-            ApiError::Conflict("a tenant with this name exists".into())
-        } else {
-            e.into()
-        }
-    })?
-    .ok_or_else(|| ApiError::NotFound("tenant not found".into()))?;
+    if !db::users::update_user(&app.pool, user_id, body.role, markup).await? {
+        return Err(access::user_not_found());
+    }
     reload(&app).await?;
-    Ok(axum::Json(json!(tenant)))
+    db::users::get_profile(&app.pool, user_id)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(access::user_not_found)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InjectFault {
-    actor: String,
-    fault: String,
+    /// `balance:<user_id>` or `ledger`.
+    #[schema(example = "ledger")]
+    pub actor: String,
+    /// `panic`.
+    #[schema(example = "panic")]
+    pub fault: String,
 }
 
-/// `POST /api/admin/faults`: exists only with `NEUROPIA_FAULTS=1`.
+#[derive(Serialize, ToSchema)]
+pub struct Injected {
+    pub actor: String,
+    pub fault: String,
+    pub injected: bool,
+}
+
+/// Injects a fault into a named actor; exists only with `NEUROPIA_FAULTS=1`.
+#[utoipa::path(post, path = "/api/admin/faults", tag = "operations",
+    request_body = InjectFault, security(("jwt" = [])),
+    responses((status = 200, body = Injected), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub async fn inject_fault(
     State(app): State<AppState>,
     caller: Caller,
     JsonBody(body): JsonBody<InjectFault>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<Injected>, ApiError> {
     if !app.config.faults {
         return Err(ApiError::NotFound("fault injection is disabled".into()));
     }
@@ -213,7 +317,7 @@ pub async fn inject_fault(
             .cast(LedgerMsg::Fault(fault))
             .map_err(|_| unknown())?;
     } else if let Some(id) = body.actor.strip_prefix("balance:") {
-        let user_id = uuid::Uuid::parse_str(id).map_err(|_| unknown())?;
+        let user_id = Uuid::parse_str(id).map_err(|_| unknown())?;
         app.balances
             .inject(user_id, fault)
             .await
@@ -225,7 +329,9 @@ pub async fn inject_fault(
         return Err(unknown());
     }
     tracing::warn!(actor = %body.actor, fault = %body.fault, "fault injected");
-    Ok(axum::Json(
-        json!({"actor": body.actor, "fault": body.fault, "injected": true}),
-    ))
+    Ok(axum::Json(Injected {
+        actor: body.actor,
+        fault: body.fault,
+        injected: true,
+    }))
 }

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{VirtualKey, body_bytes, parse_json};
+use super::types::ErrorBody;
 use crate::actors::balances::{BalanceError, ChargeRequest, Refusal};
 use crate::actors::keys::{AdmitError, Denied, KeyMsg};
 use crate::app::AppState;
@@ -150,7 +151,40 @@ fn reservation(
     Some(max)
 }
 
+/// OpenAI-compatible chat completion, billed to the key's owner.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "chat",
+    request_body(content = Object, description = "an OpenAI chat completion request"),
+    security(("virtual_key" = []), ("virtual_key_bearer" = [])),
+    responses(
+        (status = 200, description = "the upstream's OpenAI-shaped answer; header x-request-id"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 402, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, description = "rpm or tpm; see Retry-After", body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 504, body = ErrorBody)))]
 pub async fn completions(
+    state: State<AppState>,
+    key: VirtualKey,
+    req: Request,
+) -> Result<Response, ApiError> {
+    chat(state, key, req).await
+}
+
+/// The brief's alias of `POST /v1/chat/completions`.
+#[utoipa::path(post, path = "/api/chat/completions", tag = "chat",
+    request_body(content = Object, description = "an OpenAI chat completion request"),
+    security(("virtual_key" = []), ("virtual_key_bearer" = [])),
+    responses((status = 200, description = "as /v1/chat/completions")))]
+pub async fn completions_alias(
+    state: State<AppState>,
+    key: VirtualKey,
+    req: Request,
+) -> Result<Response, ApiError> {
+    chat(state, key, req).await
+}
+
+async fn chat(
     State(app): State<AppState>,
     VirtualKey(hash): VirtualKey,
     req: Request,
@@ -306,6 +340,11 @@ pub async fn completions(
     Ok(response)
 }
 
+/// The models this key may call, OpenAI-shaped.
+#[utoipa::path(get, path = "/v1/models", tag = "chat",
+    security(("virtual_key" = []), ("virtual_key_bearer" = [])),
+    responses((status = 200, description = "`{\"object\": \"list\", \"data\": [...]}`"),
+        (status = 401, body = ErrorBody)))]
 pub async fn models(
     State(app): State<AppState>,
     VirtualKey(hash): VirtualKey,

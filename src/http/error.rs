@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use super::types::{ErrorBody, ErrorDetail};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -26,6 +26,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Gone(String),
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("{0}")]
@@ -71,6 +73,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Gone(_) => StatusCode::GONE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -91,6 +94,7 @@ impl ApiError {
             Self::NotFound(_) => ("not_found_error", Some("not_found")),
             Self::MethodNotAllowed(_) => ("invalid_request_error", Some("method_not_allowed")),
             Self::Conflict(_) => ("invalid_request_error", Some("conflict")),
+            Self::Gone(_) => ("invalid_request_error", Some("expired")),
             Self::PayloadTooLarge => ("invalid_request_error", Some("request_too_large")),
             Self::UnsupportedMediaType(_) => {
                 ("invalid_request_error", Some("unsupported_media_type"))
@@ -121,7 +125,13 @@ impl IntoResponse for ApiError {
                 other.to_string()
             }
         };
-        let body = json!({"error": {"message": message, "type": kind, "code": code}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message,
+                kind: kind.to_owned(),
+                code: code.map(str::to_owned),
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if let Self::RateLimited { retry_after, .. } = &self {
             // Whole seconds, rounded up, at least one.

@@ -20,6 +20,9 @@ fn status(s: ActorStatus) -> &'static str {
     }
 }
 
+/// The state of the database, Redis and the actor tree. 503 when the database is down.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "healthy"), (status = 503, description = "database unreachable")))]
 pub async fn health(State(app): State<AppState>) -> (StatusCode, axum::Json<Value>) {
     let database = sqlx::query_scalar::<_, i32>("SELECT 1")
         .fetch_one(&app.pool)

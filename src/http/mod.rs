@@ -1,41 +1,129 @@
 //! HTTP: routes list paths only; handlers extract, ask an actor or the database layer, and
 //! map the reply. Every error is an OpenAI-shaped [`error::ApiError`].
+//!
+//! Routes are registered through utoipa-axum, so the OpenAPI document served at
+//! `GET /openapi.json` is generated from the same handlers that serve the requests.
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod chat;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod keys;
+pub mod money;
+pub mod tenants;
+pub mod types;
 pub mod users;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, patch, post, put};
+use axum::routing::get;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use error::ApiError;
 
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Neuropia", description = "AI gateway with virtual keys and exact real-time billing. \
+        Money is a decimal string; errors are `{\"error\": {\"message\", \"type\", \"code\"}}`."),
+    modifiers(&Security),
+    tags(
+        (name = "chat", description = "OpenAI-compatible calls, with a virtual key"),
+        (name = "accounts", description = "Registration, login, tokens"),
+        (name = "users", description = "A user's profile, balance, ledger, prices, usage"),
+        (name = "keys", description = "Virtual keys and their lifecycle"),
+        (name = "money", description = "Top-ups and redemption codes"),
+        (name = "tenants", description = "Tenants, their users and usage"),
+        (name = "pricing", description = "Provider rates, model plans, markups"),
+        (name = "operations", description = "Health and fault injection"),
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "jwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "virtual_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-virtual-key"))),
+        );
+        components.add_security_scheme(
+            "virtual_key_bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route, with the OpenAPI document they make.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(chat::completions))
+        .routes(routes!(chat::completions_alias))
+        .routes(routes!(chat::models))
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(users::profile))
+        .routes(routes!(users::balance))
+        .routes(routes!(users::ledger))
+        .routes(routes!(users::prices))
+        .routes(routes!(users::usage))
+        .routes(routes!(keys::create, keys::list))
+        .routes(routes!(keys::get, keys::update))
+        .routes(routes!(keys::deactivate))
+        .routes(routes!(keys::activate))
+        .routes(routes!(keys::rotate))
+        .routes(routes!(keys::effective_config))
+        .routes(routes!(money::top_up))
+        .routes(routes!(money::mint_codes, money::list_codes))
+        .routes(routes!(money::redeem))
+        .routes(routes!(tenants::create, tenants::list))
+        .routes(routes!(tenants::get))
+        .routes(routes!(tenants::update))
+        .routes(routes!(tenants::create_user_in, tenants::users))
+        .routes(routes!(tenants::usage))
+        .routes(routes!(admin::put_rate, admin::list_rates))
+        .routes(routes!(admin::put_model_config, admin::list_model_configs))
+        .routes(routes!(admin::update_user))
+        .routes(routes!(admin::inject_fault))
+        .split_for_parts()
+}
+
+/// The OpenAPI document as JSON (also `neuropia openapi`).
+pub fn openapi_json() -> String {
+    api().1.to_pretty_json().unwrap_or_default()
+}
+
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/v1/chat/completions", post(chat::completions))
-        .route("/api/chat/completions", post(chat::completions))
-        .route("/v1/models", get(chat::models))
-        .route("/api/auth/register", post(auth::register))
-        .route("/api/auth/login", post(auth::login))
-        .route("/api/users/{user_id}/topups", post(users::top_up))
+    let (routes, doc) = api();
+    let doc = std::sync::Arc::new(doc);
+    routes
         .route(
-            "/api/users/{user_id}/virtual-keys",
-            post(users::create_key).get(users::list_keys),
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
         )
-        .route("/api/users/{user_id}/balance", get(users::balance))
-        .route("/api/users/{user_id}/usage", get(users::usage))
-        .route("/api/admin/provider-rates", put(admin::put_rate))
-        .route("/api/admin/model-configs", put(admin::put_model_config))
-        .route("/api/admin/tenants/{tenant_id}", patch(admin::patch_tenant))
-        .route("/api/admin/faults", post(admin::inject_fault))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this endpoint".into())

@@ -1,303 +1,310 @@
-//! Per-user endpoints: top-ups, virtual keys, balance, usage.
-//!
-//! Who may act on `/api/users/{id}/...`: the user itself, a tenant admin of the user's
-//! tenant, a platform admin. Anyone else gets 404, so the existence of other accounts does
-//! not leak.
-
-use std::time::Duration;
+//! A user's own views: profile, live balance, ledger, prices and usage. Each is open to the
+//! user itself, its tenant's admins and platform admins; anyone else gets 404.
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use sqlx::Row;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::access;
 use super::error::ApiError;
-use super::extract::{Caller, IdPath, JsonBody};
+use super::extract::{Caller, IdPath};
+use super::types::{ErrorBody, query};
 use crate::actors::balances::BalanceError;
 use crate::app::AppState;
-use crate::auth::Role;
-use crate::billing::{AmountRule, Decimal, de_money};
+use crate::billing::{AccountStatus, Decimal, ser_money};
 use crate::db;
-use crate::journal::Committed;
+use crate::db::usage::{GroupBy, LedgerEntry, Range, Scope, UsageGroup, UsageRow, UsageTotals};
 
-fn user_not_found() -> ApiError {
-    ApiError::NotFound("user not found".into())
-}
-
-/// Checks that `caller` may act on `user_id` and that the user exists.
-pub async fn authorize(app: &AppState, caller: &Caller, user_id: Uuid) -> Result<(), ApiError> {
-    let claims = &caller.0;
-    if claims.role == Role::User && claims.sub != user_id {
-        return Err(user_not_found());
-    }
-    let tenant = db::users::tenant_of(&app.pool, user_id)
-        .await?
-        .ok_or_else(user_not_found)?;
-    if claims.role == Role::TenantAdmin && tenant != claims.tenant_id {
-        return Err(user_not_found());
-    }
-    Ok(())
-}
-
-fn balance_error(e: BalanceError) -> ApiError {
+pub fn balance_error(e: BalanceError) -> ApiError {
     match e {
-        BalanceError::UnknownUser => user_not_found(),
+        BalanceError::UnknownUser => access::user_not_found(),
         BalanceError::Refused(r) => ApiError::internal(format!("unexpected refusal {r:?}")),
         BalanceError::Unavailable(e) => ApiError::Unavailable(format!("balance unavailable: {e}")),
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopUp {
-    #[serde(deserialize_with = "de_money")]
-    amount: Decimal,
-    /// Idempotency key: the same id credits once.
-    request_id: Option<String>,
-    note: Option<String>,
-}
-
-fn check_request_id(id: &str) -> Result<(), ApiError> {
-    let ok = (1..=64).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            "request_id must be 1-64 characters of [A-Za-z0-9-_.:]",
-        ))
-    }
-}
-
-pub async fn top_up(
+/// A user's profile.
+#[utoipa::path(get, path = "/api/users/{user_id}", tag = "users",
+    params(("user_id" = Uuid, Path)), security(("jwt" = [])),
+    responses((status = 200, body = db::users::Profile),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn profile(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(user_id): IdPath,
-    JsonBody(body): JsonBody<TopUp>,
-) -> Result<axum::Json<Value>, ApiError> {
-    caller.require_platform_admin()?;
-    let amount = AmountRule::MONEY
-        .check(body.amount)
-        .map_err(ApiError::bad_request)?;
-    let request_id = body
-        .request_id
-        .unwrap_or_else(|| Uuid::new_v4().to_string());
-    check_request_id(&request_id)?;
-    if body.note.as_ref().is_some_and(|n| n.len() > 500) {
-        return Err(ApiError::bad_request("note must be at most 500 bytes"));
-    }
-    let ledger_id = format!("topup:{user_id}:{request_id}");
-    let reply = app
-        .balances
-        .top_up(user_id, ledger_id, amount, body.note)
-        .await
-        .map_err(balance_error)?;
-    let Some(committed) = reply.committed else {
-        return Err(ApiError::Conflict(
-            "a top-up with this request_id is already being credited".into(),
-        ));
-    };
-    {
-        match tokio::time::timeout(Duration::from_secs(10), committed).await {
-            Ok(Ok(Committed::Inserted)) => {}
-            Ok(Ok(Committed::Duplicate)) => {
-                return Err(ApiError::Conflict(
-                    "a top-up with this request_id was already credited".into(),
-                ));
-            }
-            _ => {
-                return Err(ApiError::Unavailable(
-                    "the top-up is recorded but not yet durable; retry with the same request_id"
-                        .into(),
-                ));
-            }
-        }
-    }
-    Ok(axum::Json(json!({
-        "user_id": user_id,
-        "request_id": request_id,
-        "balance": reply.balance.normalize().to_string(),
-        "status": reply.status,
-    })))
+) -> Result<axum::Json<db::users::Profile>, ApiError> {
+    access::user(&app, &caller, user_id).await?;
+    db::users::get_profile(&app.pool, user_id)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(access::user_not_found)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateKey {
-    name: String,
-    description: Option<String>,
-    rate_limit_rpm: Option<i64>,
-    rate_limit_tpm: Option<i64>,
-    #[serde(default)]
-    allowed_models: Vec<String>,
+#[derive(Serialize, ToSchema)]
+pub struct Balance {
+    pub user_id: Uuid,
+    /// Every charge already applied, committed or not.
+    #[serde(serialize_with = "ser_money")]
+    #[schema(value_type = String, example = "9.99997056")]
+    pub balance: Decimal,
+    #[schema(value_type = String, example = "active")]
+    pub status: AccountStatus,
+    /// Held by calls in flight.
+    #[serde(serialize_with = "ser_money")]
+    #[schema(value_type = String, example = "0")]
+    pub reserved: Decimal,
 }
 
-fn limit(v: Option<i64>, what: &str) -> Result<Option<i32>, ApiError> {
-    match v {
-        None => Ok(None),
-        Some(n) if (1..=1_000_000_000).contains(&n) => Ok(i32::try_from(n).ok()),
-        Some(_) => Err(ApiError::bad_request(format!(
-            "{what} must be between 1 and 1000000000"
-        ))),
-    }
-}
-
-pub async fn create_key(
-    State(app): State<AppState>,
-    caller: Caller,
-    IdPath(user_id): IdPath,
-    JsonBody(body): JsonBody<CreateKey>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    authorize(&app, &caller, user_id).await?;
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 128 {
-        return Err(ApiError::bad_request("name must be 1 to 128 characters"));
-    }
-    if body.description.as_ref().is_some_and(|d| d.len() > 1000) {
-        return Err(ApiError::bad_request(
-            "description must be at most 1000 bytes",
-        ));
-    }
-    let rpm = limit(body.rate_limit_rpm, "rate_limit_rpm")?;
-    let tpm = limit(body.rate_limit_tpm, "rate_limit_tpm")?;
-    if body.allowed_models.len() > 100
-        || body
-            .allowed_models
-            .iter()
-            .any(|m| m.is_empty() || m.len() > 128)
-    {
-        return Err(ApiError::bad_request(
-            "allowed_models takes at most 100 names of 1 to 128 characters",
-        ));
-    }
-    let (id, plaintext) = db::keys::create(
-        &app.pool,
-        db::keys::NewKey {
-            user_id,
-            name,
-            description: body.description.as_deref(),
-            rpm,
-            tpm,
-            allowed_models: &body.allowed_models,
-        },
-    )
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({
-            "id": id,
-            "virtual_key": plaintext,
-            "name": name,
-            "rate_limit_rpm": rpm,
-            "rate_limit_tpm": tpm,
-            "allowed_models": body.allowed_models,
-            "note": "this is the only time the key is shown; store it now",
-        })),
-    ))
-}
-
-pub async fn list_keys(
-    State(app): State<AppState>,
-    caller: Caller,
-    IdPath(user_id): IdPath,
-) -> Result<axum::Json<Value>, ApiError> {
-    authorize(&app, &caller, user_id).await?;
-    let keys = db::keys::list_for_user(&app.pool, user_id).await?;
-    Ok(axum::Json(json!({"data": keys})))
-}
-
+/// The live balance, from the user's balance actor.
+#[utoipa::path(get, path = "/api/users/{user_id}/balance", tag = "users",
+    params(("user_id" = Uuid, Path)), security(("jwt" = [])),
+    responses((status = 200, body = Balance),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn balance(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(user_id): IdPath,
-) -> Result<axum::Json<Value>, ApiError> {
-    authorize(&app, &caller, user_id).await?;
+) -> Result<axum::Json<Balance>, ApiError> {
+    access::user(&app, &caller, user_id).await?;
     let view = app.balances.get(user_id).await.map_err(balance_error)?;
-    Ok(axum::Json(json!({
-        "user_id": user_id,
-        "balance": view.balance.normalize().to_string(),
-        "status": view.status,
-        "reserved": view.reserved.normalize().to_string(),
-    })))
+    Ok(axum::Json(Balance {
+        user_id,
+        balance: view.balance,
+        status: view.status,
+        reserved: view.reserved,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct UsageQuery {
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    limit: Option<i64>,
+#[into_params(parameter_in = Query)]
+pub struct LedgerQuery {
+    /// Entries older than this entry id (the `next_before` of the previous page).
+    pub before: Option<i64>,
+    /// At most this many entries (1 to 500, default 50).
+    pub limit: Option<i64>,
 }
 
-pub async fn usage(
+#[derive(Serialize, ToSchema)]
+pub struct LedgerPage {
+    pub data: Vec<LedgerEntry>,
+    /// Pass as `before` for the next page; `null` on the last page.
+    pub next_before: Option<i64>,
+}
+
+/// Every balance movement (top-ups, redemptions, charges), newest first.
+#[utoipa::path(get, path = "/api/users/{user_id}/ledger", tag = "users",
+    params(("user_id" = Uuid, Path), LedgerQuery), security(("jwt" = [])),
+    responses((status = 200, body = LedgerPage), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn ledger(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(user_id): IdPath,
-    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    authorize(&app, &caller, user_id).await?;
+    q: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<LedgerPage>, ApiError> {
+    let q = query(q)?;
+    access::user(&app, &caller, user_id).await?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 500"));
+    }
+    let data = db::usage::ledger_page(&app.pool, user_id, q.before, limit).await?;
+    let next_before = if data.len() as i64 == limit {
+        data.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(axum::Json(LedgerPage { data, next_before }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TargetPrice {
+    pub provider: String,
+    /// The upstream model this target calls.
+    pub model: String,
+    pub currency: String,
+    /// Wholesale, per token.
+    #[schema(value_type = String)]
+    pub input_rate: String,
+    #[schema(value_type = String)]
+    pub output_rate: String,
+    /// What this customer pays per token: rate * (1 + markup / 100).
+    #[schema(value_type = String)]
+    pub input_price: String,
+    #[schema(value_type = String)]
+    pub output_price: String,
+    /// The same, per million tokens.
+    #[schema(value_type = String)]
+    pub input_price_per_million: String,
+    #[schema(value_type = String)]
+    pub output_price_per_million: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelPrice {
+    pub model: String,
+    /// `single`, `fallback` or `loadbalance`: which target answers decides the price.
+    pub strategy: String,
+    /// `null` prices mean the target has no rate yet (calls to the model get 503).
+    pub targets: Vec<Option<TargetPrice>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Prices {
+    pub user_id: Uuid,
+    pub tenant_id: Uuid,
+    #[schema(value_type = String, example = "15")]
+    pub markup_percent: String,
+    /// `user` when the user has its own markup, else `tenant`.
+    pub markup_source: &'static str,
+    pub models: Vec<ModelPrice>,
+}
+
+fn money(d: Decimal) -> String {
+    d.normalize().to_string()
+}
+
+/// What this user pays per token for every model, target by target.
+#[utoipa::path(get, path = "/api/users/{user_id}/prices", tag = "users",
+    params(("user_id" = Uuid, Path)), security(("jwt" = [])),
+    responses((status = 200, body = Prices),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn prices(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(user_id): IdPath,
+) -> Result<axum::Json<Prices>, ApiError> {
+    let tenant_id = access::user(&app, &caller, user_id).await?;
+    let snap = app.snapshot.load();
+    let markup = snap.markup(tenant_id, user_id);
+    let million = Decimal::from(1_000_000);
+    let mut models: Vec<ModelPrice> = snap
+        .models
+        .values()
+        .map(|route| ModelPrice {
+            model: route.model.clone(),
+            strategy: format!("{:?}", route.plan.strategy.mode).to_lowercase(),
+            targets: route
+                .plan
+                .targets
+                .iter()
+                .map(|t| {
+                    let upstream = t.model(&route.model);
+                    let rate = snap.rate(&t.provider, upstream)?;
+                    let factor = Decimal::ONE + markup / Decimal::ONE_HUNDRED;
+                    let (input, output) = (rate.input_rate * factor, rate.output_rate * factor);
+                    Some(TargetPrice {
+                        provider: t.provider.clone(),
+                        model: upstream.to_owned(),
+                        currency: rate.currency.clone(),
+                        input_rate: money(rate.input_rate),
+                        output_rate: money(rate.output_rate),
+                        input_price: money(input),
+                        output_price: money(output),
+                        input_price_per_million: money(input * million),
+                        output_price_per_million: money(output * million),
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    models.sort_by(|a, b| a.model.cmp(&b.model));
+    Ok(axum::Json(Prices {
+        user_id,
+        tenant_id,
+        markup_percent: money(markup),
+        markup_source: if snap.user_markups.contains_key(&user_id) {
+            "user"
+        } else {
+            "tenant"
+        },
+        models,
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageQuery {
+    /// Inclusive start (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive end (RFC 3339).
+    pub to: Option<DateTime<Utc>>,
+    /// `day`, `model` or `key` (and `user` for a tenant): totals per group instead of rows.
+    pub group_by: Option<GroupBy>,
+    /// Rows to return without `group_by` (1 to 1000, default 100), newest first.
+    pub limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Usage {
+    /// The newest rows (without `group_by`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Vec<UsageRow>>,
+    /// Totals per group (with `group_by`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<UsageGroup>>,
+    /// Totals over the whole range.
+    pub totals: UsageTotals,
+    /// What the ledger charged over the same range: always equal to `totals.cost`.
+    #[serde(serialize_with = "ser_money")]
+    #[schema(value_type = String)]
+    pub ledger_charges: Decimal,
+}
+
+/// Usage rows or groups and totals for a user or a tenant.
+pub async fn usage_report(app: &AppState, scope: Scope, q: UsageQuery) -> Result<Usage, ApiError> {
+    if let (Some(from), Some(to)) = (q.from, q.to)
+        && from >= to
+    {
+        return Err(ApiError::bad_request("from must be before to"));
+    }
+    if matches!(scope, Scope::User(_)) && q.group_by == Some(GroupBy::User) {
+        return Err(ApiError::bad_request("group_by=user is for tenant usage"));
+    }
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
     }
-    let rows = sqlx::query(
-        "SELECT request_id, virtual_key_id, provider, model, input_tokens, output_tokens,
-                cost, usage_source, created_at
-         FROM data.usage_log
-         WHERE user_id = $1 AND ($2::timestamptz IS NULL OR created_at >= $2)
-               AND ($3::timestamptz IS NULL OR created_at < $3)
-         ORDER BY created_at DESC, id DESC LIMIT $4",
-    )
-    .bind(user_id)
-    .bind(q.from)
-    .bind(q.to)
-    .bind(limit)
-    .fetch_all(&app.pool)
-    .await?;
-    let totals = sqlx::query(
-        "SELECT count(*) AS requests, coalesce(sum(input_tokens), 0)::bigint AS input_tokens,
-                coalesce(sum(output_tokens), 0)::bigint AS output_tokens,
-                coalesce(sum(cost), 0) AS cost
-         FROM data.usage_log
-         WHERE user_id = $1 AND ($2::timestamptz IS NULL OR created_at >= $2)
-               AND ($3::timestamptz IS NULL OR created_at < $3)",
-    )
-    .bind(user_id)
-    .bind(q.from)
-    .bind(q.to)
-    .fetch_one(&app.pool)
-    .await?;
-    let data = rows
-        .iter()
-        .map(|r| -> Result<Value, sqlx::Error> {
-            let cost: Decimal = r.try_get("cost")?;
-            Ok(json!({
-                "request_id": r.try_get::<String, _>("request_id")?,
-                "virtual_key_id": r.try_get::<Option<Uuid>, _>("virtual_key_id")?,
-                "provider": r.try_get::<String, _>("provider")?,
-                "model": r.try_get::<String, _>("model")?,
-                "input_tokens": r.try_get::<i32, _>("input_tokens")?,
-                "output_tokens": r.try_get::<i32, _>("output_tokens")?,
-                "cost": cost.normalize().to_string(),
-                "usage_source": r.try_get::<String, _>("usage_source")?,
-                "created_at": r.try_get::<DateTime<Utc>, _>("created_at")?,
-            }))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let cost: Decimal = totals.try_get("cost")?;
-    Ok(axum::Json(json!({
-        "data": data,
-        "totals": {
-            "requests": totals.try_get::<i64, _>("requests")?,
-            "input_tokens": totals.try_get::<i64, _>("input_tokens")?,
-            "output_tokens": totals.try_get::<i64, _>("output_tokens")?,
-            "cost": cost.normalize().to_string(),
-        }
-    })))
+    let range = Range {
+        from: q.from,
+        to: q.to,
+    };
+    let (data, groups) = match q.group_by {
+        None => (
+            Some(db::usage::rows(&app.pool, scope, range, limit).await?),
+            None,
+        ),
+        Some(by) => (
+            None,
+            Some(db::usage::groups(&app.pool, scope, range, by).await?),
+        ),
+    };
+    Ok(Usage {
+        data,
+        groups,
+        totals: db::usage::total(&app.pool, scope, range).await?,
+        ledger_charges: db::usage::ledger_charges(&app.pool, scope, range).await?,
+    })
+}
+
+/// A user's usage: rows, or totals by day, model or key; totals equal the ledger.
+#[utoipa::path(get, path = "/api/users/{user_id}/usage", tag = "users",
+    params(("user_id" = Uuid, Path), UsageQuery), security(("jwt" = [])),
+    responses((status = 200, body = Usage), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn usage(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(user_id): IdPath,
+    q: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<Usage>, ApiError> {
+    let q = query(q)?;
+    access::user(&app, &caller, user_id).await?;
+    Ok(axum::Json(
+        usage_report(&app, Scope::User(user_id), q).await?,
+    ))
 }

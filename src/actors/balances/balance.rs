@@ -76,10 +76,10 @@ pub enum Settled {
     Duplicate,
 }
 
-/// The reply to a top-up: the state after it and a receiver that fires once it is
+/// The reply to a credit: the state after it and a receiver that fires once it is
 /// committed (`None` when the top-up was a duplicate of one still pending).
 #[derive(Debug)]
-pub struct TopUpReply {
+pub struct CreditReply {
     pub applied: bool,
     pub balance: Decimal,
     pub status: AccountStatus,
@@ -122,12 +122,13 @@ pub enum BalanceMsg {
         charge: Box<ChargeRequest>,
         reply: RpcReplyPort<Settled>,
     },
-    /// Credits a top-up. Replies with the new state and a commit receiver.
-    TopUp {
+    /// Credits a top-up or a redemption (`kind`). Replies with the new state and a commit
+    /// receiver.
+    Credit {
         request_id: String,
         amount: Decimal,
-        note: Option<String>,
-        reply: RpcReplyPort<TopUpReply>,
+        kind: EntryKind,
+        reply: RpcReplyPort<CreditReply>,
     },
     /// PostgreSQL's state after a ledger commit that included this user. No reply.
     Durable(BalanceAfter),
@@ -248,19 +249,13 @@ impl BalanceState {
         }
     }
 
-    fn top_up(&mut self, request_id: String, amount: Decimal, note: Option<String>) -> TopUpReply {
+    fn credit(&mut self, request_id: String, amount: Decimal, kind: EntryKind) -> CreditReply {
         let threshold = self.snapshot.load().overdue_threshold(self.tenant_id);
         let balance = self.balance + amount;
         let status = self.status.after_credit(balance, threshold);
         let (tx, rx) = oneshot::channel();
-        let applied = self.apply(
-            request_id,
-            amount,
-            status,
-            EntryKind::TopUp { note },
-            Some(tx),
-        );
-        TopUpReply {
+        let applied = self.apply(request_id, amount, status, kind, Some(tx));
+        CreditReply {
             applied,
             balance: self.balance,
             status: self.status,
@@ -332,13 +327,13 @@ impl Actor for BalanceActor {
             BalanceMsg::Settle { charge, reply } => {
                 let _ = reply.send(state.settle(*charge));
             }
-            BalanceMsg::TopUp {
+            BalanceMsg::Credit {
                 request_id,
                 amount,
-                note,
+                kind,
                 reply,
             } => {
-                let _ = reply.send(state.top_up(request_id, amount, note));
+                let _ = reply.send(state.credit(request_id, amount, kind));
             }
             BalanceMsg::Durable(after) => state.durable(after),
             BalanceMsg::Get { reply } => {
@@ -465,7 +460,11 @@ mod tests {
         assert_eq!(s.balance, Decimal::from(105));
         assert_eq!(s.status, AccountStatus::Active);
         // A duplicate (already in the ledger) is retired by a same-version report.
-        let dup = s.top_up("already-there".into(), Decimal::from(50), None);
+        let dup = s.credit(
+            "already-there".into(),
+            Decimal::from(50),
+            EntryKind::TopUp { note: None },
+        );
         assert_eq!(dup.balance, Decimal::from(155));
         let seq = s.unflushed.back().map(|e| e.seq).unwrap_or_default();
         s.durable(BalanceAfter {
@@ -481,7 +480,11 @@ mod tests {
     #[test]
     fn top_ups_follow_the_threshold_rule() {
         let mut s = state(0, AccountStatus::Pending);
-        let r = s.top_up("t1".into(), Decimal::from(5), None);
+        let r = s.credit(
+            "t1".into(),
+            Decimal::from(5),
+            EntryKind::TopUp { note: None },
+        );
         assert!(r.applied && r.committed.is_some());
         assert_eq!(
             (r.balance, r.status),
@@ -489,11 +492,23 @@ mod tests {
         );
         s.settle(charge(7));
         assert_eq!(s.status, AccountStatus::Overdue);
-        let r = s.top_up("t2".into(), Decimal::from(1), None);
+        let r = s.credit(
+            "t2".into(),
+            Decimal::from(1),
+            EntryKind::TopUp { note: None },
+        );
         assert_eq!(r.status, AccountStatus::Overdue, "balance -1 is not >= 0");
-        let r = s.top_up("t3".into(), Decimal::from(2), None);
+        let r = s.credit(
+            "t3".into(),
+            Decimal::from(2),
+            EntryKind::TopUp { note: None },
+        );
         assert_eq!((r.balance, r.status), (Decimal::ONE, AccountStatus::Active));
-        let dup = s.top_up("t3".into(), Decimal::from(2), None);
+        let dup = s.credit(
+            "t3".into(),
+            Decimal::from(2),
+            EntryKind::TopUp { note: None },
+        );
         assert!(!dup.applied && dup.committed.is_none());
         assert_eq!(dup.balance, Decimal::ONE);
     }

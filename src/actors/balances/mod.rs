@@ -18,15 +18,15 @@ use tokio::sync::OwnedRwLockReadGuard;
 use uuid::Uuid;
 
 pub use balance::{
-    BalanceActor, BalanceArgs, BalanceMsg, BalanceRef, BalanceView, ChargeRequest, LoadedBalance,
-    Refusal, Settled, TopUpReply,
+    BalanceActor, BalanceArgs, BalanceMsg, BalanceRef, BalanceView, ChargeRequest, CreditReply,
+    LoadedBalance, Refusal, Settled,
 };
 
 use super::root::Live;
 use super::{ChildBook, Fault, ResolveError, SupervisorStats};
 use crate::billing::Decimal;
 use crate::db;
-use crate::journal::Journal;
+use crate::journal::{EntryKind, Journal};
 use crate::snapshot::SnapshotHandle;
 
 pub type BalanceDirectory = Arc<DashMap<Uuid, BalanceRef>>;
@@ -336,20 +336,19 @@ impl Balances {
         .await
     }
 
-    /// Credits a top-up (idempotent by `request_id`).
-    pub async fn top_up(
+    /// Credits a top-up or a redemption (idempotent by `request_id`: a retried attempt
+    /// carries the same id, which the journal and the ledger refuse twice).
+    pub async fn credit(
         &self,
         user_id: Uuid,
         request_id: String,
         amount: Decimal,
-        note: Option<String>,
-    ) -> Result<TopUpReply, BalanceError> {
-        // A top-up is applied at most once per attempt; a retried attempt carries the same
-        // request id, which the journal and the ledger refuse twice.
-        self.call(user_id, 3, |reply| BalanceMsg::TopUp {
+        kind: EntryKind,
+    ) -> Result<CreditReply, BalanceError> {
+        self.call(user_id, 3, |reply| BalanceMsg::Credit {
             request_id: request_id.clone(),
             amount,
-            note: note.clone(),
+            kind: kind.clone(),
             reply,
         })
         .await

@@ -62,6 +62,10 @@ pub enum KeyMsg {
         estimated_tokens: u64,
         actual_tokens: u64,
     },
+    /// The key changed in PostgreSQL: take the new record (limits, allow-list, active
+    /// flag). The rpm limiter restarts if its quota changed; the tpm window keeps its count.
+    /// No reply.
+    Replace(Box<KeyRecord>),
     /// Replies with what the key is and may do.
     Describe { reply: RpcReplyPort<KeyView> },
     /// Injected fault.
@@ -92,6 +96,18 @@ impl KeyState {
             record,
             clock: DefaultClock::default(),
         }
+    }
+
+    fn replace(&mut self, record: KeyRecord) {
+        if record.rpm != self.record.rpm {
+            self.rpm = rpm_limiter(record.rpm);
+        }
+        match (record.tpm, &mut self.tpm) {
+            (Some(limit), Some(w)) => w.set_limit(limit),
+            (Some(limit), None) => self.tpm = Some(TokenWindow::new(limit)),
+            (None, _) => self.tpm = None,
+        }
+        self.record = record;
     }
 
     fn admit(&mut self, model: &str, estimated_tokens: u64) -> Result<Admission, Denied> {
@@ -162,6 +178,7 @@ impl Actor for KeyActor {
                     w.correct(Instant::now(), estimated_tokens, actual_tokens);
                 }
             }
+            KeyMsg::Replace(record) => state.replace(*record),
             KeyMsg::Describe { reply } => {
                 let r = &state.record;
                 let _ = reply.send(KeyView {
@@ -218,6 +235,25 @@ mod tests {
         assert_eq!(s.admit("b", 1), Err(Denied::ModelNotAllowed));
         s.record.is_active = false;
         assert_eq!(s.admit("a", 1), Err(Denied::Inactive));
+    }
+
+    #[test]
+    fn replacing_the_record_applies_at_once() {
+        let mut s = KeyState::new(record(Some(1), Some(100), &[]));
+        assert!(s.admit("m", 60).is_ok());
+        let mut changed = s.record.clone();
+        changed.is_active = false;
+        s.replace(changed.clone());
+        assert_eq!(s.admit("m", 1), Err(Denied::Inactive));
+        changed.is_active = true;
+        changed.rpm = Some(5);
+        changed.tpm = Some(80);
+        s.replace(changed);
+        assert!(s.admit("m", 20).is_ok(), "new rpm quota, 60 + 20 <= 80");
+        assert!(
+            matches!(s.admit("m", 1), Err(Denied::Tpm { .. })),
+            "tpm count kept"
+        );
     }
 
     #[test]

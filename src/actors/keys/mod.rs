@@ -38,6 +38,8 @@ pub struct KeysState {
     pool: PgPool,
     directory: KeyDirectory,
     book: ChildBook<KeyHash, KeyRef>,
+    /// Keys that changed while being loaded: their load may have read the old row.
+    stale: std::collections::HashSet<KeyHash>,
 }
 
 pub enum KeysMsg {
@@ -52,6 +54,14 @@ pub enum KeysMsg {
         hash: KeyHash,
         result: Result<Option<KeyRecord>, String>,
     },
+    /// The key changed in PostgreSQL: push `record` to its live actor (re-filing it under
+    /// the new hash after a rotation from `old_hash`), or stop the actor when the key is
+    /// gone (`record: None`). Replies once the change is queued ahead of any later call.
+    Changed {
+        old_hash: Option<KeyHash>,
+        record: Option<KeyRecord>,
+        reply: RpcReplyPort<()>,
+    },
     /// Replies with the count of live children and restarts.
     Stats(RpcReplyPort<SupervisorStats>),
 }
@@ -65,6 +75,38 @@ impl KeySupervisor {
     ) -> Result<KeysRef, ractor::SpawnErr> {
         let (r, _) = Actor::spawn_linked(None, KeySupervisor, args, supervisor).await?;
         Ok(r)
+    }
+}
+
+impl KeysState {
+    fn changed(&mut self, old_hash: Option<KeyHash>, record: Option<KeyRecord>) {
+        let new_hash = record.as_ref().map(|r| r.hash);
+        for h in [old_hash, new_hash].into_iter().flatten() {
+            if self.book.loading(&h) {
+                self.stale.insert(h);
+            }
+        }
+        let live = [old_hash, new_hash]
+            .into_iter()
+            .flatten()
+            .find_map(|h| self.directory.get(&h).map(|r| (h, r.clone())));
+        let Some((at, actor)) = live else {
+            return;
+        };
+        match record {
+            Some(record) => {
+                if record.hash != at {
+                    self.directory.remove(&at);
+                    self.directory.insert(record.hash, actor.clone());
+                    self.book.rekey(&at, record.hash);
+                }
+                let _ = actor.cast(KeyMsg::Replace(Box::new(record)));
+            }
+            None => {
+                self.directory.remove(&at);
+                actor.stop(Some("key deleted".into()));
+            }
+        }
     }
 }
 
@@ -94,6 +136,7 @@ impl Actor for KeySupervisor {
             pool: args.pool,
             directory: args.directory,
             book: ChildBook::default(),
+            stale: Default::default(),
         })
     }
 
@@ -114,7 +157,20 @@ impl Actor for KeySupervisor {
             KeysMsg::Stats(reply) => {
                 let _ = reply.send(state.book.stats());
             }
+            KeysMsg::Changed {
+                old_hash,
+                record,
+                reply,
+            } => {
+                state.changed(old_hash, record);
+                let _ = reply.send(());
+            }
             KeysMsg::Loaded { hash, result } => {
+                if state.stale.remove(&hash) {
+                    // The row changed while it was read: read it again.
+                    start_load(&myself, &state.pool, hash);
+                    return Ok(());
+                }
                 let answer = match result {
                     Ok(Some(record)) => {
                         let name = format!("key:{}", record.id);
@@ -254,6 +310,26 @@ impl Keys {
     pub async fn stats(&self) -> Option<SupervisorStats> {
         let supervisor = self.supervisor.get();
         ractor::call_t!(supervisor, KeysMsg::Stats, 1_000).ok()
+    }
+
+    /// Pushes a key's new state to its live actor, if any. Returns once later calls are
+    /// sure to see it.
+    pub async fn changed(
+        &self,
+        old_hash: Option<KeyHash>,
+        record: Option<KeyRecord>,
+    ) -> Result<(), String> {
+        let supervisor = self.supervisor.get();
+        ractor::call_t!(
+            supervisor,
+            |reply| KeysMsg::Changed {
+                old_hash,
+                record,
+                reply
+            },
+            self.timeout.as_millis() as u64
+        )
+        .map_err(|e| format!("keys supervisor: {e}"))
     }
 
     /// The key's current view (for `/v1/models`), or why it cannot be had.

@@ -29,6 +29,11 @@ impl TokenWindow {
         self.limit
     }
 
+    /// Changes the limit, keeping what the window has counted.
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit;
+    }
+
     fn second(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.origin).as_secs()
     }

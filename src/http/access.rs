@@ -1,0 +1,84 @@
+//! Who may act on what.
+//!
+//! - a `platform_admin` on everything;
+//! - a `tenant_admin` on its own tenant and the users in it;
+//! - a `user` on itself only.
+//!
+//! Anything else answers 404 (not 403) for users and tenants, so a caller learns nothing
+//! about accounts it may not see. Endpoints that exist for one role only (platform
+//! administration) answer 403.
+
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::Caller;
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::db;
+
+pub fn user_not_found() -> ApiError {
+    ApiError::NotFound("user not found".into())
+}
+
+pub fn tenant_not_found() -> ApiError {
+    ApiError::NotFound("tenant not found".into())
+}
+
+impl Caller {
+    pub fn id(&self) -> Uuid {
+        self.0.sub
+    }
+
+    pub fn role(&self) -> Role {
+        self.0.role
+    }
+
+    /// A platform admin, or the admin of `tenant_id`.
+    pub fn manages_tenant(&self, tenant_id: Uuid) -> bool {
+        match self.0.role {
+            Role::PlatformAdmin => true,
+            Role::TenantAdmin => self.0.tenant_id == tenant_id,
+            Role::User => false,
+        }
+    }
+
+    /// 404 unless the caller manages `tenant_id`.
+    pub fn require_tenant(&self, tenant_id: Uuid) -> Result<(), ApiError> {
+        if self.manages_tenant(tenant_id) {
+            Ok(())
+        } else {
+            Err(tenant_not_found())
+        }
+    }
+}
+
+/// Checks that `caller` may act on `user_id` and that the user exists; returns the user's
+/// tenant.
+pub async fn user(app: &AppState, caller: &Caller, user_id: Uuid) -> Result<Uuid, ApiError> {
+    if caller.role() == Role::User && caller.id() != user_id {
+        return Err(user_not_found());
+    }
+    let tenant = db::users::tenant_of(&app.pool, user_id)
+        .await?
+        .ok_or_else(user_not_found)?;
+    if !caller.manages_tenant(tenant) && caller.id() != user_id {
+        return Err(user_not_found());
+    }
+    Ok(tenant)
+}
+
+/// Checks that `caller` may act on the virtual key `key_id`; returns the key.
+pub async fn key(
+    app: &AppState,
+    caller: &Caller,
+    key_id: Uuid,
+) -> Result<db::keys::KeySummary, ApiError> {
+    let not_found = || ApiError::NotFound("virtual key not found".into());
+    let key = db::keys::get(&app.pool, key_id)
+        .await?
+        .ok_or_else(not_found)?;
+    user(app, caller, key.user_id)
+        .await
+        .map_err(|_| not_found())?;
+    Ok(key)
+}

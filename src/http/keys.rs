@@ -1,0 +1,386 @@
+//! Virtual keys: create, list, read, change, deactivate, activate, rotate, and the brief's
+//! configuration lookup. Every change goes through the brief's SQL functions and is pushed
+//! to the key's live actor before the response, so the very next call sees it.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::access;
+use super::error::ApiError;
+use super::extract::{Caller, IdPath, JsonBody, MaybeJson};
+use super::types::{ErrorBody, some};
+use crate::app::AppState;
+use crate::auth::KeyHash;
+use crate::db;
+use crate::db::keys::{KeyChanges, KeySummary};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    #[schema(example = "backend")]
+    pub name: String,
+    pub description: Option<String>,
+    /// Requests per minute; absent means unlimited.
+    #[schema(example = 60)]
+    pub rate_limit_rpm: Option<i64>,
+    /// Tokens per minute; absent means unlimited.
+    #[schema(example = 100000)]
+    pub rate_limit_tpm: Option<i64>,
+    /// Models the key may call; empty means all.
+    #[serde(default)]
+    #[schema(example = json!(["qwen-turbo"]))]
+    pub allowed_models: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NewKey {
+    /// The plaintext key, shown this once: only its SHA-256 is stored.
+    #[schema(example = "vk_4cb37ea1e4614048ad903b12603fec88b71695396cd34423a9a54211649cdf9a")]
+    pub virtual_key: String,
+    #[serde(flatten)]
+    pub key: KeySummary,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    pub data: Vec<KeySummary>,
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 128 {
+        return Err(ApiError::bad_request("name must be 1 to 128 characters"));
+    }
+    Ok(())
+}
+
+fn check_description(d: Option<&str>) -> Result<(), ApiError> {
+    if d.is_some_and(|d| d.len() > 1000) {
+        return Err(ApiError::bad_request(
+            "description must be at most 1000 bytes",
+        ));
+    }
+    Ok(())
+}
+
+fn check_limit(v: i64, what: &str) -> Result<i32, ApiError> {
+    if (1..=1_000_000_000).contains(&v) {
+        i32::try_from(v).map_err(ApiError::internal)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{what} must be between 1 and 1000000000"
+        )))
+    }
+}
+
+fn check_models(models: &[String]) -> Result<(), ApiError> {
+    if models.len() > 100 || models.iter().any(|m| m.is_empty() || m.len() > 128) {
+        return Err(ApiError::bad_request(
+            "allowed_models takes at most 100 names of 1 to 128 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("virtual key not found".into())
+}
+
+/// Maps errors of the key functions: a vanished key is 404, a refused argument 400.
+fn key_sql_error(e: sqlx::Error) -> ApiError {
+    if db::is_code(&e, "P0002") {
+        not_found()
+    } else if db::is_code(&e, "22023") {
+        ApiError::bad_request("invalid key settings")
+    } else {
+        e.into()
+    }
+}
+
+/// Reads the key again and pushes it to its live actor (re-filed after a rotation).
+async fn push(app: &AppState, id: Uuid, old_hash: Option<KeyHash>) -> Result<KeySummary, ApiError> {
+    let record = db::keys::find_by_id(&app.pool, id).await?;
+    app.keys
+        .changed(old_hash, record)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    db::keys::get(&app.pool, id).await?.ok_or_else(not_found)
+}
+
+/// Creates a key for a user (`data.create_virtual_key`).
+#[utoipa::path(post, path = "/api/users/{user_id}/virtual-keys", tag = "keys",
+    params(("user_id" = Uuid, Path)), request_body = CreateKey, security(("jwt" = [])),
+    responses((status = 201, body = NewKey), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn create(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(user_id): IdPath,
+    JsonBody(body): JsonBody<CreateKey>,
+) -> Result<(StatusCode, axum::Json<NewKey>), ApiError> {
+    access::user(&app, &caller, user_id).await?;
+    check_name(&body.name)?;
+    check_description(body.description.as_deref())?;
+    let rpm = body
+        .rate_limit_rpm
+        .map(|v| check_limit(v, "rate_limit_rpm"))
+        .transpose()?;
+    let tpm = body
+        .rate_limit_tpm
+        .map(|v| check_limit(v, "rate_limit_tpm"))
+        .transpose()?;
+    check_models(&body.allowed_models)?;
+    let (id, plaintext) = db::keys::create(
+        &app.pool,
+        db::keys::NewKey {
+            user_id,
+            name: body.name.trim(),
+            description: body.description.as_deref(),
+            rpm,
+            tpm,
+            allowed_models: &body.allowed_models,
+        },
+    )
+    .await
+    .map_err(key_sql_error)?;
+    let key = db::keys::get(&app.pool, id).await?.ok_or_else(not_found)?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(NewKey {
+            virtual_key: plaintext,
+            key,
+        }),
+    ))
+}
+
+/// A user's keys, masked.
+#[utoipa::path(get, path = "/api/users/{user_id}/virtual-keys", tag = "keys",
+    params(("user_id" = Uuid, Path)), security(("jwt" = [])),
+    responses((status = 200, body = KeyList),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(user_id): IdPath,
+) -> Result<axum::Json<KeyList>, ApiError> {
+    access::user(&app, &caller, user_id).await?;
+    let data = db::keys::list_for_user(&app.pool, user_id).await?;
+    Ok(axum::Json(KeyList { data }))
+}
+
+/// One key, masked.
+#[utoipa::path(get, path = "/api/virtual-keys/{id}", tag = "keys",
+    params(("id" = Uuid, Path)), security(("jwt" = [])),
+    responses((status = 200, body = KeySummary),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<axum::Json<KeySummary>, ApiError> {
+    Ok(axum::Json(access::key(&app, &caller, id).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// A new limit, or `null` to remove it; absent leaves it.
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<i64>)]
+    pub rate_limit_rpm: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<i64>)]
+    pub rate_limit_tpm: Option<Option<i64>>,
+    pub allowed_models: Option<Vec<String>>,
+}
+
+/// Changes a key (`data.update_virtual_key`); applies to the next call.
+#[utoipa::path(patch, path = "/api/virtual-keys/{id}", tag = "keys",
+    params(("id" = Uuid, Path)), request_body = UpdateKey, security(("jwt" = [])),
+    responses((status = 200, body = KeySummary), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    JsonBody(body): JsonBody<UpdateKey>,
+) -> Result<axum::Json<KeySummary>, ApiError> {
+    access::key(&app, &caller, id).await?;
+    if let Some(name) = &body.name {
+        check_name(name)?;
+    }
+    check_description(body.description.as_deref())?;
+    if let Some(models) = &body.allowed_models {
+        check_models(models)?;
+    }
+    let limit = |v: Option<Option<i64>>, what| -> Result<Option<Option<i32>>, ApiError> {
+        v.map(|inner| inner.map(|n| check_limit(n, what)).transpose())
+            .transpose()
+    };
+    let changes = KeyChanges {
+        name: body.name.map(|n| n.trim().to_owned()),
+        description: body.description,
+        rpm: limit(body.rate_limit_rpm, "rate_limit_rpm")?,
+        tpm: limit(body.rate_limit_tpm, "rate_limit_tpm")?,
+        allowed_models: body.allowed_models,
+    };
+    db::keys::update(&app.pool, id, &changes)
+        .await
+        .map_err(key_sql_error)?;
+    Ok(axum::Json(push(&app, id, None).await?))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    /// Recorded with the change and sent in its notification.
+    #[schema(example = "leaked in a log")]
+    pub reason: Option<String>,
+}
+
+fn reason(MaybeJson(body): MaybeJson<Reason>) -> Result<Option<String>, ApiError> {
+    let reason = body.and_then(|b| b.reason);
+    if reason.as_ref().is_some_and(|r| r.len() > 500) {
+        return Err(ApiError::bad_request("reason must be at most 500 bytes"));
+    }
+    Ok(reason)
+}
+
+async fn set_active(
+    app: AppState,
+    caller: Caller,
+    id: Uuid,
+    active: bool,
+    body: MaybeJson<Reason>,
+) -> Result<axum::Json<KeySummary>, ApiError> {
+    let reason = reason(body)?;
+    access::key(&app, &caller, id).await?;
+    db::keys::set_active(&app.pool, id, active, reason.as_deref())
+        .await
+        .map_err(key_sql_error)?;
+    Ok(axum::Json(push(&app, id, None).await?))
+}
+
+/// Deactivates a key (`data.deactivate_virtual_key`): the very next call with it is 401.
+#[utoipa::path(post, path = "/api/virtual-keys/{id}/deactivate", tag = "keys",
+    params(("id" = Uuid, Path)), request_body(content = Reason, description = "optional"), security(("jwt" = [])),
+    responses((status = 200, body = KeySummary), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn deactivate(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    body: MaybeJson<Reason>,
+) -> Result<axum::Json<KeySummary>, ApiError> {
+    set_active(app, caller, id, false, body).await
+}
+
+/// Activates a key again (`data.activate_virtual_key`).
+#[utoipa::path(post, path = "/api/virtual-keys/{id}/activate", tag = "keys",
+    params(("id" = Uuid, Path)), request_body(content = Reason, description = "optional"), security(("jwt" = [])),
+    responses((status = 200, body = KeySummary), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn activate(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    body: MaybeJson<Reason>,
+) -> Result<axum::Json<KeySummary>, ApiError> {
+    set_active(app, caller, id, true, body).await
+}
+
+/// Gives a key a new secret (`data.rotate_virtual_key`): the new plaintext is shown once,
+/// the old one is refused at once; limits, allow-list and history stay.
+#[utoipa::path(post, path = "/api/virtual-keys/{id}/rotate", tag = "keys",
+    params(("id" = Uuid, Path)), request_body(content = Reason, description = "optional"), security(("jwt" = [])),
+    responses((status = 200, body = NewKey), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn rotate(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    body: MaybeJson<Reason>,
+) -> Result<axum::Json<NewKey>, ApiError> {
+    let reason = reason(body)?;
+    access::key(&app, &caller, id).await?;
+    let old = db::keys::find_by_id(&app.pool, id)
+        .await?
+        .ok_or_else(not_found)?;
+    let plaintext = db::keys::rotate(&app.pool, id, reason.as_deref())
+        .await
+        .map_err(key_sql_error)?;
+    let key = push(&app, id, Some(old.hash)).await?;
+    Ok(axum::Json(NewKey {
+        virtual_key: plaintext,
+        key,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EffectiveModel {
+    pub model: String,
+    /// The Portkey-format plan a call of this model would use, platform keys as `***`.
+    #[schema(value_type = Object)]
+    pub plan: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EffectiveConfig {
+    pub key: KeySummary,
+    pub tenant_id: Uuid,
+    /// The markup this key's calls are charged with, in percent.
+    #[schema(value_type = String, example = "15")]
+    pub markup_percent: String,
+    /// Every model the key may call, with its routing plan.
+    pub models: Vec<EffectiveModel>,
+}
+
+/// The brief's configuration lookup: a key's effective configuration, including the
+/// routing plan each allowed model would use. `{key}` is the key's id, or the plaintext
+/// key itself (reduced to its hash at once; never logged).
+#[utoipa::path(get, path = "/api/config/virtual-keys/{key}", tag = "keys",
+    params(("key" = String, Path, description = "key id, or the plaintext key")),
+    security(("jwt" = [])),
+    responses((status = 200, body = EffectiveConfig),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn effective_config(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<axum::Json<EffectiveConfig>, ApiError> {
+    let id = match Uuid::parse_str(&key) {
+        Ok(id) => id,
+        Err(_) => {
+            let record = db::keys::find_by_hash(&app.pool, &KeyHash::of(&key))
+                .await?
+                .ok_or_else(not_found)?;
+            record.id
+        }
+    };
+    let key = access::key(&app, &caller, id).await?;
+    let tenant_id = db::users::tenant_of(&app.pool, key.user_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let snap = app.snapshot.load();
+    let mut models: Vec<EffectiveModel> = snap
+        .models
+        .values()
+        .filter(|r| key.allowed_models.is_empty() || key.allowed_models.contains(&r.model))
+        .map(|r| EffectiveModel {
+            model: r.model.clone(),
+            plan: r.plan.redacted(),
+        })
+        .collect();
+    models.sort_by(|a, b| a.model.cmp(&b.model));
+    Ok(axum::Json(EffectiveConfig {
+        markup_percent: snap.markup(tenant_id, key.user_id).normalize().to_string(),
+        key,
+        tenant_id,
+        models,
+    }))
+}
