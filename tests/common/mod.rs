@@ -134,11 +134,16 @@ impl TestApp {
 
     /// A gateway on its own new database; `tweak` adjusts the configuration first.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_on(&format!("neuropia_test_{}", Uuid::new_v4().simple()), tweak).await
+    }
+
+    /// A gateway on the database `db_name` (created if missing).
+    pub async fn spawn_on(db_name: &str, tweak: impl FnOnce(&mut Config)) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let db_name = format!("neuropia_test_{}", Uuid::new_v4().simple());
+        let db_name = db_name.to_owned();
         let mut config = Config::defaults();
         config.database_url = Secret::new(format!("{}/{db_name}", server_url()));
         config.db_pool = 8;
@@ -259,6 +264,39 @@ impl TestApp {
         body
     }
 
+    /// Creates a tenant; returns its id.
+    pub async fn create_tenant(&self, name: &str, markup: &str, threshold: &str) -> Uuid {
+        let (status, body) = self
+            .post(
+                "/api/admin/tenants",
+                &self.admin_token,
+                json!({"name": name, "markup_percent": markup, "overdue_threshold": threshold}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "tenant: {body}");
+        Uuid::parse_str(body["tenant_id"].as_str().unwrap()).unwrap()
+    }
+
+    /// Creates a user in a tenant as `token`; returns (id, its token).
+    pub async fn tenant_user(
+        &self,
+        token: &str,
+        tenant: Uuid,
+        email: &str,
+        role: &str,
+    ) -> (Uuid, String) {
+        let (status, body) = self
+            .post(
+                &format!("/api/tenants/{tenant}/users"),
+                token,
+                json!({"email": email, "password": USER_PASSWORD, "username": "member", "role": role}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "tenant user: {body}");
+        let id = Uuid::parse_str(body["user_id"].as_str().unwrap()).unwrap();
+        (id, self.login(email, USER_PASSWORD).await)
+    }
+
     pub async fn create_key(&self, token: &str, user_id: Uuid, body: Value) -> String {
         let (status, body) = self
             .post(&format!("/api/users/{user_id}/virtual-keys"), token, body)
@@ -362,8 +400,8 @@ impl TestApp {
         )
     }
 
-    /// Stops the server (draining the journal) and drops the test database.
-    pub async fn stop(mut self) {
+    /// Stops the server (draining the journal), keeping the database.
+    pub async fn stop_keep_db(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -371,6 +409,11 @@ impl TestApp {
             let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
         }
         self.state.pool.close().await;
+    }
+
+    /// Stops the server (draining the journal) and drops the test database.
+    pub async fn stop(mut self) {
+        self.stop_keep_db().await;
         if let Ok(mut conn) = PgConnection::connect(&format!("{}/postgres", server_url())).await {
             let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db_name);
             let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))

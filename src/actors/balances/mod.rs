@@ -149,8 +149,11 @@ impl Actor for BalanceSupervisor {
                 result,
                 guard,
             } => {
-                let answer = match result {
-                    Ok(Some(loaded)) => {
+                let live = state.args.directory.get(&user_id).map(|r| r.clone());
+                let answer = match (live, result) {
+                    // Another load already put a live actor in place: keep that one.
+                    (Some(live), _) => Ok(live),
+                    (None, Ok(Some(loaded))) => {
                         let args = BalanceArgs {
                             user_id,
                             loaded,
@@ -169,8 +172,8 @@ impl Actor for BalanceSupervisor {
                             Err(e) => Err(ResolveError::Unavailable(e.to_string())),
                         }
                     }
-                    Ok(None) => Err(ResolveError::NotFound),
-                    Err(e) => {
+                    (None, Ok(None)) => Err(ResolveError::NotFound),
+                    (None, Err(e)) => {
                         tracing::warn!(error = %e, %user_id, "loading a balance failed");
                         Err(ResolveError::Unavailable(e))
                     }
@@ -199,7 +202,9 @@ impl Actor for BalanceSupervisor {
                         .remove_if(&user_id, |_, r| r.get_id() == cell.get_id());
                     tracing::warn!(actor = %format!("balance:{user_id}"), %reason,
                         "balance actor failed; restarting");
-                    if state.book.mark_loading(user_id) {
+                    // A caller may already have had a replacement spawned.
+                    let replaced = state.args.directory.contains_key(&user_id);
+                    if !replaced && state.book.mark_loading(user_id) {
                         start_load(&myself, &state.args, user_id);
                     }
                 }

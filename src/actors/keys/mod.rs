@@ -171,8 +171,11 @@ impl Actor for KeySupervisor {
                     start_load(&myself, &state.pool, hash);
                     return Ok(());
                 }
-                let answer = match result {
-                    Ok(Some(record)) => {
+                let live = state.directory.get(&hash).map(|r| r.clone());
+                let answer = match (live, result) {
+                    // Another load already put a live actor in place: keep that one.
+                    (Some(live), _) => Ok(live),
+                    (None, Ok(Some(record))) => {
                         let name = format!("key:{}", record.id);
                         match Actor::spawn_linked(
                             None,
@@ -190,8 +193,8 @@ impl Actor for KeySupervisor {
                             Err(e) => Err(ResolveError::Unavailable(e.to_string())),
                         }
                     }
-                    Ok(None) => Err(ResolveError::NotFound),
-                    Err(e) => {
+                    (None, Ok(None)) => Err(ResolveError::NotFound),
+                    (None, Err(e)) => {
                         tracing::warn!(error = %e, "loading a key failed");
                         Err(ResolveError::Unavailable(e))
                     }
@@ -217,7 +220,9 @@ impl Actor for KeySupervisor {
                         .remove_if(&hash, |_, r| r.get_id() == cell.get_id());
                     let name = state.book.meta(&hash).map(|m| m.name.clone());
                     tracing::warn!(actor = ?name, %reason, "key actor failed; restarting");
-                    if state.book.mark_loading(hash) {
+                    // A caller may already have had a replacement spawned.
+                    let replaced = state.directory.contains_key(&hash);
+                    if !replaced && state.book.mark_loading(hash) {
                         start_load(&myself, &state.pool, hash);
                     }
                 }
