@@ -840,3 +840,84 @@ async fn the_openapi_document_describes_every_route() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_user_and_code_inputs_are_validated() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    for bad in [
+        json!({"name": ""}),
+        json!({"name": "t", "markup_percent": "-5"}),
+        json!({"name": "t", "markup_percent": "abc"}),
+        json!({"name": "t", "overdue_threshold": "0.000000001"}),
+        json!({"name": "t", "colour": "red"}),
+    ] {
+        let (s, body) = app.post("/api/admin/tenants", &admin, bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {body}");
+    }
+    let tenant = app.create_tenant("valid", "12.5", "1").await;
+    let (s, _) = app
+        .post("/api/admin/tenants", &admin, json!({"name": "valid"}))
+        .await;
+    assert_eq!(s, 409, "tenant names are unique");
+    let (s, t) = app.get(&format!("/api/tenants/{tenant}"), &admin).await;
+    assert_eq!(
+        (s.as_u16(), t["markup_percent"].as_str()),
+        (200, Some("12.5"))
+    );
+    let (s, _) = app
+        .get(&format!("/api/tenants/{}", Uuid::new_v4()), &admin)
+        .await;
+    assert_eq!(s, 404);
+    let users = format!("/api/tenants/{tenant}/users");
+    for bad in [
+        json!({"email": "x@t.example", "password": USER_PASSWORD, "username": "x", "role": "platform_admin"}),
+        json!({"email": "x@t.example", "password": USER_PASSWORD, "username": "x", "role": "emperor"}),
+        json!({"email": "not-an-email", "password": USER_PASSWORD, "username": "x"}),
+        json!({"email": "x@t.example", "password": "weak", "username": "x"}),
+        json!({"email": "x@t.example", "password": USER_PASSWORD, "username": ""}),
+    ] {
+        let (s, body) = app.post(&users, &admin, bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {body}");
+    }
+    let (s, _) = app.get(&format!("{users}?limit=501"), &admin).await;
+    assert_eq!(s, 400);
+    let (s, _) = app.get(&format!("{users}?offset=-1"), &admin).await;
+    assert_eq!(s, 400);
+    let (s, _) = app
+        .post(
+            &format!("/api/tenants/{}/users", Uuid::new_v4()),
+            &admin,
+            json!({"email": "x@t.example", "password": USER_PASSWORD, "username": "x"}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    for bad in [
+        json!({"amount": "0", "expires_at": "2099-01-01T00:00:00Z"}),
+        json!({"amount": "1", "expires_at": "2099-01-01T00:00:00Z", "count": 0}),
+        json!({"amount": "1", "expires_at": "2099-01-01T00:00:00Z", "count": 101}),
+        json!({"amount": "1", "expires_at": "soon"}),
+        json!({"amount": "1"}),
+    ] {
+        let (s, body) = app
+            .post("/api/admin/redemption-codes", &admin, bad.clone())
+            .await;
+        assert_eq!(s, 400, "{bad}: {body}");
+    }
+    let (user, token) = app.register("codes@example.com").await;
+    for bad in [
+        json!({"code": ""}),
+        json!({"code": "x".repeat(100)}),
+        json!({}),
+    ] {
+        let (s, body) = app
+            .post(
+                &format!("/api/users/{user}/redemptions"),
+                &token,
+                bad.clone(),
+            )
+            .await;
+        assert_eq!(s, 400, "{bad}: {body}");
+    }
+    app.stop().await;
+}
