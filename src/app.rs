@@ -12,11 +12,11 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::actors::balances::{Balances, BalancesArgs};
-use crate::actors::config::ConfigArgs;
 use crate::actors::keys::{Keys, KeysArgs};
 use crate::actors::ledger::LedgerArgs;
-use crate::actors::root::{Root, RootArgs, RootMsg, RootRef, Tree};
+use crate::actors::root::{ConfigBase, Root, RootArgs, RootMsg, RootRef, Tree};
 use crate::auth::{self, Jwt, Role};
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::db;
 use crate::journal::Journal;
@@ -32,6 +32,7 @@ pub struct AppInner {
     pub config: Arc<Config>,
     pub pool: PgPool,
     pub redis: Option<ConnectionManager>,
+    pub cache: Cache,
     pub jwt: Jwt,
     pub snapshot: SnapshotHandle,
     pub journal: Arc<Journal>,
@@ -92,14 +93,22 @@ pub async fn build(config: Config) -> Result<AppState, String> {
     let key_directory = Arc::default();
     let balance_directory: crate::actors::balances::BalanceDirectory = Arc::default();
 
+    let cache = match &redis {
+        Some(conn) => Cache::new(conn.clone()),
+        None => Cache::disabled(),
+    };
     let (root, tree) = Root::start(RootArgs {
-        config: ConfigArgs {
+        config: ConfigBase {
             pool: pool.clone(),
             snapshot: snapshot.clone(),
+            cache: cache.clone(),
+            database_url: config.database_url.clone(),
+            resync_every: Duration::from_secs(config.config_resync_secs),
         },
         keys: KeysArgs {
             pool: pool.clone(),
             directory: Arc::clone(&key_directory),
+            cache: cache.clone(),
         },
         balances: BalancesArgs {
             pool: pool.clone(),
@@ -139,6 +148,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
         config,
         pool,
         redis,
+        cache,
         jwt,
         snapshot,
         journal,

@@ -140,6 +140,11 @@ pub struct Config {
     #[arg(long, env = "NEUROPIA_LEDGER_BATCH_ROWS", default_value_t = 500)]
     pub ledger_batch_rows: usize,
 
+    /// Safety net of the configuration flow: reload everything this often, in seconds
+    /// (on top of every NOTIFY and every listener reconnect).
+    #[arg(long, env = "NEUROPIA_CONFIG_RESYNC_SECS", default_value_t = 60)]
+    pub config_resync_secs: u64,
+
     /// Journal depth above which new paid requests are refused with 503 (the database
     /// is not keeping up and charges must not pile up in memory without bound).
     #[arg(long, env = "NEUROPIA_JOURNAL_MAX", default_value_t = 200_000)]
@@ -159,6 +164,9 @@ impl Config {
         }
         if self.ledger_batch_rows == 0 || self.ledger_flush_ms == 0 {
             return Err("ledger batch rows and flush interval must be positive".into());
+        }
+        if self.config_resync_secs == 0 {
+            return Err("NEUROPIA_CONFIG_RESYNC_SECS must be positive".into());
         }
         if self.actor_timeout_ms == 0 || self.upstream_timeout_ms == 0 {
             return Err("timeouts must be positive".into());

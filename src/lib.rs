@@ -11,6 +11,8 @@
 //! - [`actors`]: the supervision tree: root, `config`, `keys`/`key:<id>`,
 //!   `balances`/`balance:<user_id>`, `ledger`.
 //! - [`journal`]: the charge journal, which outlives any single actor's crash.
+//! - [`cache`]: the Redis cache (`virtual_key:{hash}`, `portkey_config:{id}`); never the
+//!   only copy of anything.
 //! - [`http`]: routes, extractors, the one error type, and the handlers.
 //! - [`db`]: PostgreSQL access, one file per aggregate; migrations live in `migrations/`.
 //! - [`upstream`]: routing plans (Portkey format) and the direct router; the `mock`
@@ -26,6 +28,7 @@ pub mod actors;
 pub mod app;
 pub mod auth;
 pub mod billing;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod demo;

@@ -20,7 +20,27 @@ pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
 pub struct ModelRoute {
     pub model: String,
     pub provider: String,
-    pub plan: Plan,
+    pub plan: Arc<Plan>,
+}
+
+/// An active Portkey config of a tenant or a user (the brief's `data.portkey_configs`).
+#[derive(Debug, Clone)]
+pub struct PortkeyConfig {
+    pub id: Uuid,
+    pub name: String,
+    pub plan: Arc<Plan>,
+}
+
+/// Which plan a call uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "source", content = "config_id", rename_all = "snake_case")]
+pub enum PlanSource {
+    /// The user's own Portkey config.
+    UserConfig(Uuid),
+    /// The tenant's Portkey config.
+    TenantConfig(Uuid),
+    /// The model's plan (`data.model_configs`).
+    Model,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +56,11 @@ pub struct Snapshot {
     pub rates: HashMap<String, HashMap<String, Rate>>,
     pub tenants: HashMap<Uuid, TenantSettings>,
     pub user_markups: HashMap<Uuid, Decimal>,
+    /// The active Portkey config of each user that has one, and of each tenant.
+    pub user_configs: HashMap<Uuid, Arc<PortkeyConfig>>,
+    pub tenant_configs: HashMap<Uuid, Arc<PortkeyConfig>>,
+    /// When a config that is not yet effective becomes so (the snapshot must be rebuilt).
+    pub next_change: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Snapshot {
@@ -45,6 +70,24 @@ impl Snapshot {
 
     pub fn model(&self, name: &str) -> Option<&Arc<ModelRoute>> {
         self.models.get(name)
+    }
+
+    /// The plan a call of `model` by `user` of `tenant` uses: the user's active Portkey
+    /// config, else the tenant's, else the model's plan. `None` for an unknown model.
+    pub fn plan_for(
+        &self,
+        tenant_id: Uuid,
+        user_id: Uuid,
+        model: &str,
+    ) -> Option<(Arc<Plan>, PlanSource)> {
+        let route = self.models.get(model)?;
+        if let Some(c) = self.user_configs.get(&user_id) {
+            return Some((c.plan.clone(), PlanSource::UserConfig(c.id)));
+        }
+        if let Some(c) = self.tenant_configs.get(&tenant_id) {
+            return Some((c.plan.clone(), PlanSource::TenantConfig(c.id)));
+        }
+        Some((route.plan.clone(), PlanSource::Model))
     }
 
     pub fn rate(&self, provider: &str, model: &str) -> Option<&Rate> {
@@ -85,6 +128,49 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_config_beats_tenant_config_beats_model_plan() {
+        let (tenant, user, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut s = Snapshot::default();
+        s.models.insert(
+            "m".into(),
+            Arc::new(ModelRoute {
+                model: "m".into(),
+                provider: "mock".into(),
+                plan: Arc::new(Plan::single("mock", "m")),
+            }),
+        );
+        assert_eq!(
+            s.plan_for(tenant, user, "m").map(|p| p.1),
+            Some(PlanSource::Model)
+        );
+        assert!(s.plan_for(tenant, user, "unknown").is_none());
+        let config = |provider: &str| {
+            Arc::new(PortkeyConfig {
+                id: Uuid::new_v4(),
+                name: "c".into(),
+                plan: Arc::new(Plan::single(provider, "x")),
+            })
+        };
+        let t = config("openai");
+        s.tenant_configs.insert(tenant, t.clone());
+        assert_eq!(
+            s.plan_for(tenant, user, "m").map(|p| p.1),
+            Some(PlanSource::TenantConfig(t.id))
+        );
+        let u = config("dashscope");
+        s.user_configs.insert(user, u.clone());
+        let (plan, source) = s.plan_for(tenant, user, "m").expect("plan");
+        assert_eq!(
+            (plan.targets[0].provider.as_str(), source),
+            ("dashscope", PlanSource::UserConfig(u.id))
+        );
+        assert_eq!(
+            s.plan_for(tenant, other, "m").map(|p| p.1),
+            Some(PlanSource::TenantConfig(t.id))
+        );
+    }
 
     #[test]
     fn user_markup_overrides_tenant_markup() {

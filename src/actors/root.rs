@@ -49,9 +49,32 @@ pub struct Tree {
     pub ledger: Live<LedgerMsg>,
 }
 
+/// What the ConfigActor needs besides the key supervisor (which the root supplies).
+#[derive(Clone)]
+pub struct ConfigBase {
+    pub pool: sqlx::PgPool,
+    pub snapshot: crate::snapshot::SnapshotHandle,
+    pub cache: crate::cache::Cache,
+    pub database_url: crate::config::Secret,
+    pub resync_every: Duration,
+}
+
+impl ConfigBase {
+    fn args(&self, keys: Live<KeysMsg>) -> ConfigArgs {
+        ConfigArgs {
+            pool: self.pool.clone(),
+            snapshot: self.snapshot.clone(),
+            keys,
+            cache: self.cache.clone(),
+            database_url: self.database_url.clone(),
+            resync_every: self.resync_every,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct RootArgs {
-    pub config: ConfigArgs,
+    pub config: ConfigBase,
     pub keys: KeysArgs,
     pub balances: BalancesArgs,
     pub ledger: LedgerArgs,
@@ -119,10 +142,11 @@ impl Root {
 async fn spawn_child(
     which: Child,
     args: &RootArgs,
+    tree: &Tree,
     me: ractor::ActorCell,
 ) -> Result<ractor::ActorCell, ractor::SpawnErr> {
     Ok(match which {
-        Child::Config => ConfigActor::spawn(args.config.clone(), me)
+        Child::Config => ConfigActor::spawn(args.config.args(tree.keys.clone()), me)
             .await?
             .get_cell(),
         Child::Keys => KeySupervisor::spawn(args.keys.clone(), me)
@@ -148,8 +172,9 @@ impl Actor for Root {
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
         let me = myself.get_cell();
-        let config = ConfigActor::spawn(args.config.clone(), me.clone()).await?;
         let keys = KeySupervisor::spawn(args.keys.clone(), me.clone()).await?;
+        let keys_live = Live::new(keys.clone());
+        let config = ConfigActor::spawn(args.config.args(keys_live.clone()), me.clone()).await?;
         let balances = BalanceSupervisor::spawn(args.balances.clone(), me.clone()).await?;
         let ledger = LedgerWriter::spawn(args.ledger.clone(), me).await?;
         let mut by_actor = HashMap::new();
@@ -175,7 +200,7 @@ impl Actor for Root {
             args,
             tree: Tree {
                 config: Live::new(config),
-                keys: Live::new(keys),
+                keys: keys_live,
                 balances: Live::new(balances),
                 ledger: Live::new(ledger),
             },
@@ -232,7 +257,7 @@ impl Actor for Root {
             return Ok(());
         };
         tracing::warn!(actor = which.name(), failure = ?failure, "child exited; restarting");
-        match spawn_child(which, &state.args, myself.get_cell()).await {
+        match spawn_child(which, &state.args, &state.tree, myself.get_cell()).await {
             Ok(new) => {
                 state.by_actor.insert(new.get_id(), which);
                 match which {

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::{PgPool, Row};
+use uuid::Uuid;
 
 use crate::billing::Rate;
-use crate::snapshot::{ModelRoute, Snapshot, TenantSettings};
+use crate::snapshot::{ModelRoute, PortkeyConfig, Snapshot, TenantSettings};
 use crate::upstream::plan::Plan;
 
 /// Reads every table the snapshot is made of. A stored plan that no longer parses is
@@ -49,7 +50,7 @@ pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
                     Arc::new(ModelRoute {
                         model,
                         provider,
-                        plan,
+                        plan: Arc::new(plan),
                     }),
                 );
             }
@@ -70,6 +71,8 @@ pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
         );
     }
 
+    load_portkey_configs(pool, &mut snap).await?;
+
     let rows = sqlx::query(
         "SELECT user_id, markup_percent FROM data.user_profile WHERE markup_percent IS NOT NULL",
     )
@@ -80,6 +83,51 @@ pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
             .insert(r.try_get("user_id")?, r.try_get("markup_percent")?);
     }
     Ok(snap)
+}
+
+/// The newest effective active config per user and per tenant, and when the next one
+/// becomes effective.
+async fn load_portkey_configs(pool: &PgPool, snap: &mut Snapshot) -> Result<(), sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, tenant_id, user_id, config_name, config_json FROM data.portkey_configs
+         WHERE is_active AND effective_from <= now()
+         ORDER BY effective_from DESC, created_at DESC",
+    )
+    .fetch_all(pool)
+    .await?;
+    for r in rows {
+        let id: Uuid = r.try_get("id")?;
+        let json: serde_json::Value = r.try_get("config_json")?;
+        let plan = match Plan::from_json(&json) {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::error!(config_id = %id, error = %e, "Portkey config is not a valid plan; ignored");
+                continue;
+            }
+        };
+        let config = Arc::new(PortkeyConfig {
+            id,
+            name: r.try_get("config_name")?,
+            plan: Arc::new(plan),
+        });
+        let user: Option<Uuid> = r.try_get("user_id")?;
+        let tenant: Option<Uuid> = r.try_get("tenant_id")?;
+        match (user, tenant) {
+            (Some(u), _) => {
+                snap.user_configs.entry(u).or_insert(config);
+            }
+            (None, Some(t)) => {
+                snap.tenant_configs.entry(t).or_insert(config);
+            }
+            (None, None) => {}
+        }
+    }
+    snap.next_change = sqlx::query_scalar(
+        "SELECT min(effective_from) FROM data.portkey_configs WHERE is_active AND effective_from > now()",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(())
 }
 
 pub async fn upsert_rate(

@@ -8,10 +8,12 @@ use uuid::Uuid;
 
 use crate::auth::KeyHash;
 
-/// A key as the key actor needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A key as the key actor needs it (also the value cached in Redis, without the hash,
+/// which is the cache key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct KeyRecord {
     pub id: Uuid,
+    #[serde(skip, default = "no_hash")]
     pub hash: KeyHash,
     pub user_id: Uuid,
     pub tenant_id: Uuid,
@@ -20,6 +22,12 @@ pub struct KeyRecord {
     pub tpm: Option<u64>,
     pub allowed_models: Vec<String>,
     pub is_active: bool,
+    /// The row's `updated_at`: a record older than the one an actor holds is ignored.
+    pub updated_at: DateTime<Utc>,
+}
+
+fn no_hash() -> KeyHash {
+    KeyHash([0; 32])
 }
 
 fn limit<T: TryFrom<i64>>(limits: &serde_json::Value, name: &str) -> Option<T> {
@@ -43,13 +51,14 @@ fn key_record(r: &PgRow) -> Result<KeyRecord, sqlx::Error> {
         tpm: limit(&limits, "tpm"),
         allowed_models: r.try_get("allowed_models")?,
         is_active: r.try_get("is_active")?,
+        updated_at: r.try_get("updated_at")?,
     })
 }
 
 pub async fn find_by_hash(pool: &PgPool, hash: &KeyHash) -> Result<Option<KeyRecord>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT k.id, k.virtual_key_hash, k.user_id, p.tenant_id, k.name, k.rate_limits,
-                k.allowed_models, k.is_active
+                k.allowed_models, k.is_active, k.updated_at
          FROM data.virtual_key k JOIN data.user_profile p USING (user_id)
          WHERE k.virtual_key_hash = $1",
     )
@@ -159,7 +168,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<KeySummary>, sqlx::Er
 pub async fn find_by_id(pool: &PgPool, id: Uuid) -> Result<Option<KeyRecord>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT k.id, k.virtual_key_hash, k.user_id, p.tenant_id, k.name, k.rate_limits,
-                k.allowed_models, k.is_active
+                k.allowed_models, k.is_active, k.updated_at
          FROM data.virtual_key k JOIN data.user_profile p USING (user_id)
          WHERE k.id = $1",
     )
@@ -167,6 +176,42 @@ pub async fn find_by_id(pool: &PgPool, id: Uuid) -> Result<Option<KeyRecord>, sq
     .fetch_optional(pool)
     .await?;
     row.as_ref().map(key_record).transpose()
+}
+
+/// The current records of the keys with these ids (missing ids were deleted).
+pub async fn find_many_by_id(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<KeyRecord>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT k.id, k.virtual_key_hash, k.user_id, p.tenant_id, k.name, k.rate_limits,
+                k.allowed_models, k.is_active, k.updated_at
+         FROM data.virtual_key k JOIN data.user_profile p USING (user_id)
+         WHERE k.id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(key_record).collect()
+}
+
+/// Hashes (current and previous) of keys changed at or after `since`, with the database's
+/// clock now (the `since` of the next call).
+pub async fn changed_since(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<(Vec<KeyHash>, DateTime<Utc>), sqlx::Error> {
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT virtual_key_hash, previous_hash FROM data.virtual_key WHERE updated_at >= $1",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    let hashes = rows
+        .into_iter()
+        .flat_map(|(h, p)| [Some(h), p])
+        .flatten()
+        .filter_map(|h| KeyHash::from_hex(&h))
+        .collect();
+    Ok((hashes, now))
 }
 
 /// What `PATCH /api/virtual-keys/{id}` may change. For limits, `Some(None)` removes the

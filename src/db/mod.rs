@@ -5,6 +5,7 @@ pub mod codes;
 pub mod config;
 pub mod keys;
 pub mod ledger;
+pub mod portkey;
 pub mod tenants;
 pub mod usage;
 pub mod users;

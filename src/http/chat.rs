@@ -209,24 +209,10 @@ async fn chat(
     };
     let snap = app.snapshot.load_full();
 
-    let Some(route) = snap.model(&model).cloned() else {
+    if snap.model(&model).is_none() {
         app.keys.describe(hash).await.map_err(admit_error)?;
         return Err(ApiError::NotFound(format!(
             "model {model:?} does not exist"
-        )));
-    };
-    let priced = route
-        .plan
-        .targets
-        .iter()
-        .all(|t| snap.rate(&t.provider, t.model(&model)).is_some());
-    if !priced {
-        let view = app.keys.describe(hash).await.map_err(admit_error)?;
-        if !view.allowed_models.is_empty() && !view.allowed_models.contains(&model) {
-            return Err(admit_error(AdmitError::Denied(Denied::ModelNotAllowed)));
-        }
-        return Err(ApiError::Unavailable(format!(
-            "model {model:?} is not priced yet"
         )));
     }
 
@@ -242,26 +228,37 @@ async fn chat(
         .await
         .map_err(admit_error)?;
     let (user_id, tenant_id) = (admission.user_id, admission.tenant_id);
-    let reserve = reservation(&snap, &route.plan, &model, tenant_id, user_id, worst)
-        .ok_or_else(|| ApiError::Unavailable("model pricing changed; retry".into()))?;
-
-    let request_id = Uuid::new_v4();
-    if let Err(e) = app.balances.reserve(user_id, request_id, reserve).await {
+    let forget_estimate = || {
         key.cast(KeyMsg::Record {
             estimated_tokens,
             actual_tokens: 0,
         })
         .ok();
+    };
+    // The user's or tenant's Portkey config when there is one, else the model's plan.
+    let Some((plan, _)) = snap.plan_for(tenant_id, user_id, &model) else {
+        forget_estimate();
+        return Err(ApiError::NotFound(format!(
+            "model {model:?} does not exist"
+        )));
+    };
+    let Some(reserve) = reservation(&snap, &plan, &model, tenant_id, user_id, worst) else {
+        forget_estimate();
+        return Err(ApiError::Unavailable(format!(
+            "model {model:?} is not priced yet"
+        )));
+    };
+
+    let request_id = Uuid::new_v4();
+    if let Err(e) = app.balances.reserve(user_id, request_id, reserve).await {
+        forget_estimate();
         return Err(balance_error(e));
     }
 
     // From here on the call runs to its end even if the client goes away.
     let task = tokio::spawn(async move {
         let rid = request_id.to_string();
-        let result = app
-            .upstreams
-            .execute(&route.plan, &body, &model, &rid)
-            .await;
+        let result = app.upstreams.execute(&plan, &body, &model, &rid).await;
         let reply = match result {
             Ok(reply) => reply,
             Err(e) => {

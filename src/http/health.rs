@@ -58,9 +58,17 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, axum::Json<Valu
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let config = ractor::call_t!(
+        t.config.get(),
+        crate::actors::config::ConfigMsg::Stats,
+        1_000
+    )
+    .ok();
     (
         code,
         axum::Json(json!({
+            "config": config,
+            "cache": app.cache.stats(),
             "status": if ok && redis != "unreachable" { "ok" } else { "degraded" },
             "database": if database { "ok" } else { "unreachable" },
             "redis": redis,

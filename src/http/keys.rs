@@ -327,6 +327,10 @@ pub struct EffectiveModel {
     /// The Portkey-format plan a call of this model would use, platform keys as `***`.
     #[schema(value_type = Object)]
     pub plan: Value,
+    /// Where the plan comes from: `{"source": "user_config" | "tenant_config", "config_id"}`
+    /// or `{"source": "model"}`.
+    #[schema(value_type = Object)]
+    pub plan_source: crate::snapshot::PlanSource,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -371,9 +375,13 @@ pub async fn effective_config(
         .models
         .values()
         .filter(|r| key.allowed_models.is_empty() || key.allowed_models.contains(&r.model))
-        .map(|r| EffectiveModel {
-            model: r.model.clone(),
-            plan: r.plan.redacted(),
+        .filter_map(|r| {
+            let (plan, plan_source) = snap.plan_for(tenant_id, key.user_id, &r.model)?;
+            Some(EffectiveModel {
+                model: r.model.clone(),
+                plan: plan.redacted(),
+                plan_source,
+            })
         })
         .collect();
     models.sort_by(|a, b| a.model.cmp(&b.model));

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod health;
 pub mod keys;
 pub mod money;
+pub mod portkey;
 pub mod tenants;
 pub mod types;
 pub mod users;
@@ -103,6 +104,11 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::put_rate, admin::list_rates))
         .routes(routes!(admin::put_model_config, admin::list_model_configs))
         .routes(routes!(admin::update_user))
+        .routes(routes!(portkey::create, portkey::list))
+        .routes(routes!(portkey::active))
+        .routes(routes!(portkey::get, portkey::update))
+        .routes(routes!(portkey::deactivate))
+        .routes(routes!(portkey::activate))
         .routes(routes!(admin::inject_fault))
         .split_for_parts()
 }

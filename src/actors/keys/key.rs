@@ -212,6 +212,7 @@ mod tests {
             tpm,
             allowed_models: models.iter().map(|s| s.to_string()).collect(),
             is_active: true,
+            updated_at: chrono::Utc::now(),
         }
     }
 

@@ -1,26 +1,36 @@
 //! KeySupervisor `keys`: spawns a [`KeyActor`] the first time a key is used, restarts one
-//! that fails, and keeps the directory (key hash -> actor) the request path reads.
+//! that fails, keeps the directory (key hash -> actor) the request path reads, and is the
+//! one place key changes reach live actors and the Redis cache.
 //!
-//! Loading a key from PostgreSQL happens in a task; the supervisor only books results, so
-//! a slow database never blocks its mailbox. Concurrent first uses of one key share a
-//! single load.
+//! - Loading a key runs in a task: Redis first (`virtual_key:{hash}`), then PostgreSQL; the
+//!   supervisor only books results, so a slow database never blocks its mailbox.
+//!   Concurrent first uses of one key share a single load.
+//! - A change (from the API, or from `NOTIFY` through the ConfigActor) is applied in
+//!   mailbox order: pushed into the live actor (re-filed under its new hash after a
+//!   rotation) and written to Redis. A key that changes while it is being loaded is loaded
+//!   again. Records carry the row's `updated_at`; an older record than one already applied
+//!   is ignored, so a slow refresh cannot undo a newer change.
 
+mod facade;
 mod key;
 mod window;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use sqlx::PgPool;
+use uuid::Uuid;
 
+pub use facade::{AdmitError, Keys};
 pub use key::{Admission, Denied, KeyActor, KeyArgs, KeyMsg, KeyRef, KeyView};
 pub use window::TokenWindow;
 
-use super::root::Live;
 use super::{ChildBook, ResolveError, SupervisorStats};
 use crate::auth::KeyHash;
+use crate::cache::Cache;
 use crate::db;
 use crate::db::keys::KeyRecord;
 
@@ -32,14 +42,25 @@ pub struct KeySupervisor;
 pub struct KeysArgs {
     pub pool: PgPool,
     pub directory: KeyDirectory,
+    pub cache: Cache,
 }
 
 pub struct KeysState {
-    pool: PgPool,
-    directory: KeyDirectory,
+    args: KeysArgs,
     book: ChildBook<KeyHash, KeyRef>,
+    /// Key id of each live child, by hash.
+    ids: HashMap<KeyHash, Uuid>,
     /// Keys that changed while being loaded: their load may have read the old row.
-    stale: std::collections::HashSet<KeyHash>,
+    stale: HashSet<KeyHash>,
+    /// The newest `updated_at` applied per key id.
+    newest: HashMap<Uuid, DateTime<Utc>>,
+}
+
+/// Where a loaded record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Database,
 }
 
 pub enum KeysMsg {
@@ -52,16 +73,23 @@ pub enum KeysMsg {
     /// A load finished (sent by the supervisor's own load task).
     Loaded {
         hash: KeyHash,
-        result: Result<Option<KeyRecord>, String>,
+        result: Result<Option<(KeyRecord, Source)>, String>,
     },
-    /// The key changed in PostgreSQL: push `record` to its live actor (re-filing it under
-    /// the new hash after a rotation from `old_hash`), or stop the actor when the key is
-    /// gone (`record: None`). Replies once the change is queued ahead of any later call.
+    /// The key changed: push `record` to its live actor (re-filing it under the new hash
+    /// after a rotation from `old_hash`) and to Redis, or stop the actor when the key is
+    /// gone (`record: None`). Replies (if asked) once the change is queued ahead of any
+    /// later call.
     Changed {
         old_hash: Option<KeyHash>,
         record: Option<KeyRecord>,
-        reply: RpcReplyPort<()>,
+        reply: Option<RpcReplyPort<()>>,
     },
+    /// Re-reads every live key from PostgreSQL and applies what changed (after a listener
+    /// reconnect, when Redis returns, and periodically). No reply.
+    Refresh,
+    /// The result of a refresh: each live key's hash and its current record (`None` when
+    /// deleted).
+    Refreshed(Vec<(KeyHash, Option<KeyRecord>)>),
     /// Replies with the count of live children and restarts.
     Stats(RpcReplyPort<SupervisorStats>),
 }
@@ -78,46 +106,150 @@ impl KeySupervisor {
     }
 }
 
+/// Loads a key in a task: from Redis (unless `use_cache` is false), else PostgreSQL.
+fn start_load(myself: &KeysRef, args: &KeysArgs, hash: KeyHash, use_cache: bool) {
+    let (myself, pool, cache) = (myself.clone(), args.pool.clone(), args.cache.clone());
+    tokio::spawn(async move {
+        let cached = if use_cache {
+            cache.get_key(hash).await
+        } else {
+            None
+        };
+        let result = match cached {
+            Some(record) => Ok(Some((record, Source::Cache))),
+            None => db::keys::find_by_hash(&pool, &hash)
+                .await
+                .map(|r| r.map(|r| (r, Source::Database)))
+                .map_err(|e| e.to_string()),
+        };
+        let _ = myself.cast(KeysMsg::Loaded { hash, result });
+    });
+}
+
 impl KeysState {
+    /// True when `record` is not older than what was already applied for its key.
+    fn fresh(&mut self, record: &KeyRecord) -> bool {
+        match self.newest.get(&record.id) {
+            Some(seen) if *seen > record.updated_at => false,
+            _ => {
+                if self.newest.len() > 100_000 {
+                    let live: HashSet<Uuid> = self.ids.values().copied().collect();
+                    self.newest.retain(|id, _| live.contains(id));
+                }
+                self.newest.insert(record.id, record.updated_at);
+                true
+            }
+        }
+    }
+
     fn changed(&mut self, old_hash: Option<KeyHash>, record: Option<KeyRecord>) {
+        if let Some(r) = &record
+            && !self.fresh(r)
+        {
+            return;
+        }
         let new_hash = record.as_ref().map(|r| r.hash);
         for h in [old_hash, new_hash].into_iter().flatten() {
             if self.book.loading(&h) {
                 self.stale.insert(h);
             }
         }
+        // Redis first: the shard queues keep these ahead of any later read of the key.
+        if let Some(old) = old_hash
+            && Some(old) != new_hash
+        {
+            self.args.cache.del_key(old);
+        }
+        match &record {
+            Some(r) if r.is_active => self.args.cache.set_key(r),
+            Some(r) => self.args.cache.del_key(r.hash),
+            None => {}
+        }
         let live = [old_hash, new_hash]
             .into_iter()
             .flatten()
-            .find_map(|h| self.directory.get(&h).map(|r| (h, r.clone())));
+            .find_map(|h| self.args.directory.get(&h).map(|r| (h, r.clone())));
         let Some((at, actor)) = live else {
             return;
         };
         match record {
             Some(record) => {
                 if record.hash != at {
-                    self.directory.remove(&at);
-                    self.directory.insert(record.hash, actor.clone());
+                    self.args.directory.remove(&at);
+                    self.args.directory.insert(record.hash, actor.clone());
                     self.book.rekey(&at, record.hash);
+                    if let Some(id) = self.ids.remove(&at) {
+                        self.ids.insert(record.hash, id);
+                    }
                 }
                 let _ = actor.cast(KeyMsg::Replace(Box::new(record)));
             }
             None => {
-                self.directory.remove(&at);
+                self.args.directory.remove(&at);
+                self.args.cache.del_key(at);
                 actor.stop(Some("key deleted".into()));
             }
         }
     }
-}
 
-fn start_load(myself: &KeysRef, pool: &PgPool, hash: KeyHash) {
-    let (myself, pool) = (myself.clone(), pool.clone());
-    tokio::spawn(async move {
-        let result = db::keys::find_by_hash(&pool, &hash)
+    async fn loaded(
+        &mut self,
+        myself: &KeysRef,
+        hash: KeyHash,
+        result: Result<Option<(KeyRecord, Source)>, String>,
+    ) -> Result<KeyRef, ResolveError> {
+        if let Some(live) = self.args.directory.get(&hash).map(|r| r.clone()) {
+            // Another load already put a live actor in place: keep that one.
+            return Ok(live);
+        }
+        let (record, source) = match result {
+            Ok(Some(found)) => found,
+            Ok(None) => return Err(ResolveError::NotFound),
+            Err(e) => {
+                tracing::warn!(error = %e, "loading a key failed");
+                return Err(ResolveError::Unavailable(e));
+            }
+        };
+        let id = record.id;
+        self.newest
+            .entry(id)
+            .and_modify(|t| *t = (*t).max(record.updated_at))
+            .or_insert(record.updated_at);
+        if source == Source::Database && record.is_active {
+            self.args.cache.set_key(&record);
+        }
+        let name = format!("key:{id}");
+        let (child, _) = Actor::spawn_linked(None, KeyActor, KeyArgs { record }, myself.get_cell())
             .await
-            .map_err(|e| e.to_string());
-        let _ = myself.cast(KeysMsg::Loaded { hash, result });
-    });
+            .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
+        self.book.started(hash, child.get_id(), name);
+        self.ids.insert(hash, id);
+        self.args.directory.insert(hash, child.clone());
+        Ok(child)
+    }
+
+    fn refresh(&self, myself: &KeysRef) {
+        let live: Vec<(KeyHash, Uuid)> = self.ids.iter().map(|(h, id)| (*h, *id)).collect();
+        if live.is_empty() {
+            return;
+        }
+        let (myself, pool) = (myself.clone(), self.args.pool.clone());
+        tokio::spawn(async move {
+            let ids: Vec<Uuid> = live.iter().map(|(_, id)| *id).collect();
+            match db::keys::find_many_by_id(&pool, &ids).await {
+                Ok(records) => {
+                    let mut by_id: HashMap<Uuid, KeyRecord> =
+                        records.into_iter().map(|r| (r.id, r)).collect();
+                    let result = live
+                        .into_iter()
+                        .map(|(hash, id)| (hash, by_id.remove(&id)))
+                        .collect();
+                    let _ = myself.cast(KeysMsg::Refreshed(result));
+                }
+                Err(e) => tracing::warn!(error = %e, "refreshing live keys failed"),
+            }
+        });
+    }
 }
 
 impl Actor for KeySupervisor {
@@ -127,16 +259,27 @@ impl Actor for KeySupervisor {
 
     async fn pre_start(
         &self,
-        _myself: KeysRef,
+        myself: KeysRef,
         args: KeysArgs,
     ) -> Result<KeysState, ActorProcessingErr> {
         // Children of a previous incarnation died with it: start from an empty directory.
         args.directory.clear();
+        // When Redis comes back (purged), write the live keys into it again.
+        let (cache, me) = (args.cache.clone(), myself.clone());
+        tokio::spawn(async move {
+            loop {
+                cache.recovered().await;
+                if me.cast(KeysMsg::Refresh).is_err() {
+                    break;
+                }
+            }
+        });
         Ok(KeysState {
-            pool: args.pool,
-            directory: args.directory,
+            args,
             book: ChildBook::default(),
-            stale: Default::default(),
+            ids: HashMap::new(),
+            stale: HashSet::new(),
+            newest: HashMap::new(),
         })
     }
 
@@ -148,10 +291,10 @@ impl Actor for KeySupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             KeysMsg::Resolve { hash, reply } => {
-                if let Some(r) = state.directory.get(&hash) {
+                if let Some(r) = state.args.directory.get(&hash) {
                     let _ = reply.send(Ok(r.clone()));
                 } else if state.book.wait(hash, reply) {
-                    start_load(&myself, &state.pool, hash);
+                    start_load(&myself, &state.args, hash, true);
                 }
             }
             KeysMsg::Stats(reply) => {
@@ -163,42 +306,26 @@ impl Actor for KeySupervisor {
                 reply,
             } => {
                 state.changed(old_hash, record);
-                let _ = reply.send(());
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+            KeysMsg::Refresh => state.refresh(&myself),
+            KeysMsg::Refreshed(list) => {
+                for (hash, record) in list {
+                    state.changed(Some(hash), record);
+                }
             }
             KeysMsg::Loaded { hash, result } => {
-                if state.stale.remove(&hash) {
-                    // The row changed while it was read: read it again.
-                    start_load(&myself, &state.pool, hash);
+                let outdated_cache = matches!(&result, Ok(Some((r, Source::Cache)))
+                    if state.newest.get(&r.id).is_some_and(|t| *t > r.updated_at));
+                if state.stale.remove(&hash) || outdated_cache {
+                    // The row changed while it was read, or Redis held an older version:
+                    // read it again from PostgreSQL.
+                    start_load(&myself, &state.args, hash, false);
                     return Ok(());
                 }
-                let live = state.directory.get(&hash).map(|r| r.clone());
-                let answer = match (live, result) {
-                    // Another load already put a live actor in place: keep that one.
-                    (Some(live), _) => Ok(live),
-                    (None, Ok(Some(record))) => {
-                        let name = format!("key:{}", record.id);
-                        match Actor::spawn_linked(
-                            None,
-                            KeyActor,
-                            KeyArgs { record },
-                            myself.get_cell(),
-                        )
-                        .await
-                        {
-                            Ok((child, _)) => {
-                                state.book.started(hash, child.get_id(), name);
-                                state.directory.insert(hash, child.clone());
-                                Ok(child)
-                            }
-                            Err(e) => Err(ResolveError::Unavailable(e.to_string())),
-                        }
-                    }
-                    (None, Ok(None)) => Err(ResolveError::NotFound),
-                    (None, Err(e)) => {
-                        tracing::warn!(error = %e, "loading a key failed");
-                        Err(ResolveError::Unavailable(e))
-                    }
-                };
+                let answer = state.loaded(&myself, hash, result).await;
                 state.book.answer(&hash, answer);
             }
         }
@@ -211,137 +338,30 @@ impl Actor for KeySupervisor {
         event: SupervisionEvent,
         state: &mut KeysState,
     ) -> Result<(), ActorProcessingErr> {
-        match event {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                let reason = err.to_string();
-                if let Some(hash) = state.book.exited(cell.get_id(), Some(reason.clone())) {
-                    state
-                        .directory
-                        .remove_if(&hash, |_, r| r.get_id() == cell.get_id());
-                    let name = state.book.meta(&hash).map(|m| m.name.clone());
-                    tracing::warn!(actor = ?name, %reason, "key actor failed; restarting");
-                    // A caller may already have had a replacement spawned.
-                    let replaced = state.directory.contains_key(&hash);
-                    if !replaced && state.book.mark_loading(hash) {
-                        start_load(&myself, &state.pool, hash);
-                    }
-                }
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            _ => return Ok(()),
+        };
+        let Some(hash) = state.book.exited(cell.get_id(), failure.clone()) else {
+            return Ok(());
+        };
+        state
+            .args
+            .directory
+            .remove_if(&hash, |_, r| r.get_id() == cell.get_id());
+        if !state.args.directory.contains_key(&hash) {
+            state.ids.remove(&hash);
+        }
+        if let Some(reason) = failure {
+            let name = state.book.meta(&hash).map(|m| m.name.clone());
+            tracing::warn!(actor = ?name, %reason, "key actor failed; restarting");
+            // A caller may already have had a replacement spawned.
+            let replaced = state.args.directory.contains_key(&hash);
+            if !replaced && state.book.mark_loading(hash) {
+                start_load(&myself, &state.args, hash, false);
             }
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if let Some(hash) = state.book.exited(cell.get_id(), None) {
-                    state
-                        .directory
-                        .remove_if(&hash, |_, r| r.get_id() == cell.get_id());
-                }
-            }
-            _ => {}
         }
         Ok(())
-    }
-}
-
-/// Why a key refused a call, or why the call could not be checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdmitError {
-    UnknownKey,
-    Denied(Denied),
-    Unavailable(String),
-}
-
-/// The request path's handle on the key actors.
-#[derive(Clone)]
-pub struct Keys {
-    pub supervisor: Live<KeysMsg>,
-    pub directory: KeyDirectory,
-    pub timeout: Duration,
-}
-
-impl Keys {
-    async fn resolve(&self, hash: KeyHash) -> Result<KeyRef, AdmitError> {
-        if let Some(r) = self.directory.get(&hash) {
-            return Ok(r.clone());
-        }
-        let ms = self.timeout.as_millis() as u64;
-        let supervisor = self.supervisor.get();
-        match ractor::call_t!(supervisor, |reply| KeysMsg::Resolve { hash, reply }, ms) {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(ResolveError::NotFound)) => Err(AdmitError::UnknownKey),
-            Ok(Err(ResolveError::Unavailable(e))) => Err(AdmitError::Unavailable(e)),
-            Err(e) => Err(AdmitError::Unavailable(format!("keys supervisor: {e}"))),
-        }
-    }
-
-    /// Admits one call of `model` with the key whose hash is `hash`. A key actor that died
-    /// between lookup and call is resolved again (its supervisor restarts it).
-    pub async fn admit(
-        &self,
-        hash: KeyHash,
-        model: &str,
-        estimated_tokens: u64,
-    ) -> Result<(Admission, KeyRef), AdmitError> {
-        let ms = self.timeout.as_millis() as u64;
-        let mut last = String::new();
-        for attempt in 0..3 {
-            let key = self.resolve(hash).await?;
-            let model = model.to_owned();
-            match ractor::call_t!(
-                key,
-                |reply| KeyMsg::Admit {
-                    model,
-                    estimated_tokens,
-                    reply
-                },
-                ms
-            ) {
-                Ok(Ok(admission)) => return Ok((admission, key)),
-                Ok(Err(denied)) => return Err(AdmitError::Denied(denied)),
-                Err(ractor::RactorErr::Timeout) => {
-                    return Err(AdmitError::Unavailable("key actor timed out".into()));
-                }
-                Err(e) => {
-                    // The actor died: drop it from the directory and resolve again.
-                    self.directory
-                        .remove_if(&hash, |_, r| r.get_id() == key.get_id());
-                    last = e.to_string();
-                    tokio::time::sleep(Duration::from_millis(2 << attempt)).await;
-                }
-            }
-        }
-        Err(AdmitError::Unavailable(format!(
-            "key actor unavailable: {last}"
-        )))
-    }
-
-    pub async fn stats(&self) -> Option<SupervisorStats> {
-        let supervisor = self.supervisor.get();
-        ractor::call_t!(supervisor, KeysMsg::Stats, 1_000).ok()
-    }
-
-    /// Pushes a key's new state to its live actor, if any. Returns once later calls are
-    /// sure to see it.
-    pub async fn changed(
-        &self,
-        old_hash: Option<KeyHash>,
-        record: Option<KeyRecord>,
-    ) -> Result<(), String> {
-        let supervisor = self.supervisor.get();
-        ractor::call_t!(
-            supervisor,
-            |reply| KeysMsg::Changed {
-                old_hash,
-                record,
-                reply
-            },
-            self.timeout.as_millis() as u64
-        )
-        .map_err(|e| format!("keys supervisor: {e}"))
-    }
-
-    /// The key's current view (for `/v1/models`), or why it cannot be had.
-    pub async fn describe(&self, hash: KeyHash) -> Result<KeyView, AdmitError> {
-        let ms = self.timeout.as_millis() as u64;
-        let key = self.resolve(hash).await?;
-        ractor::call_t!(key, |reply| KeyMsg::Describe { reply }, ms)
-            .map_err(|e| AdmitError::Unavailable(format!("key actor: {e}")))
     }
 }

@@ -1,0 +1,115 @@
+//! The request path's handle on the key actors.
+
+use std::time::Duration;
+
+use super::{Admission, Denied, KeyDirectory, KeyMsg, KeyRef, KeyView, KeysMsg};
+use crate::actors::root::Live;
+use crate::actors::{ResolveError, SupervisorStats};
+use crate::auth::KeyHash;
+use crate::db::keys::KeyRecord;
+
+/// Why a key refused a call, or why the call could not be checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdmitError {
+    UnknownKey,
+    Denied(Denied),
+    Unavailable(String),
+}
+
+/// The request path's handle on the key actors.
+#[derive(Clone)]
+pub struct Keys {
+    pub supervisor: Live<KeysMsg>,
+    pub directory: KeyDirectory,
+    pub timeout: Duration,
+}
+
+impl Keys {
+    async fn resolve(&self, hash: KeyHash) -> Result<KeyRef, AdmitError> {
+        if let Some(r) = self.directory.get(&hash) {
+            return Ok(r.clone());
+        }
+        let ms = self.timeout.as_millis() as u64;
+        let supervisor = self.supervisor.get();
+        match ractor::call_t!(supervisor, |reply| KeysMsg::Resolve { hash, reply }, ms) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(ResolveError::NotFound)) => Err(AdmitError::UnknownKey),
+            Ok(Err(ResolveError::Unavailable(e))) => Err(AdmitError::Unavailable(e)),
+            Err(e) => Err(AdmitError::Unavailable(format!("keys supervisor: {e}"))),
+        }
+    }
+
+    /// Admits one call of `model` with the key whose hash is `hash`. A key actor that died
+    /// between lookup and call is resolved again (its supervisor restarts it).
+    pub async fn admit(
+        &self,
+        hash: KeyHash,
+        model: &str,
+        estimated_tokens: u64,
+    ) -> Result<(Admission, KeyRef), AdmitError> {
+        let ms = self.timeout.as_millis() as u64;
+        let mut last = String::new();
+        for attempt in 0..3 {
+            let key = self.resolve(hash).await?;
+            let model = model.to_owned();
+            match ractor::call_t!(
+                key,
+                |reply| KeyMsg::Admit {
+                    model,
+                    estimated_tokens,
+                    reply
+                },
+                ms
+            ) {
+                Ok(Ok(admission)) => return Ok((admission, key)),
+                Ok(Err(denied)) => return Err(AdmitError::Denied(denied)),
+                Err(ractor::RactorErr::Timeout) => {
+                    return Err(AdmitError::Unavailable("key actor timed out".into()));
+                }
+                Err(e) => {
+                    // The actor died: drop it from the directory and resolve again.
+                    self.directory
+                        .remove_if(&hash, |_, r| r.get_id() == key.get_id());
+                    last = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(2 << attempt)).await;
+                }
+            }
+        }
+        Err(AdmitError::Unavailable(format!(
+            "key actor unavailable: {last}"
+        )))
+    }
+
+    pub async fn stats(&self) -> Option<SupervisorStats> {
+        let supervisor = self.supervisor.get();
+        ractor::call_t!(supervisor, KeysMsg::Stats, 1_000).ok()
+    }
+
+    /// Pushes a key's new state to its live actor, if any. Returns once later calls are
+    /// sure to see it.
+    pub async fn changed(
+        &self,
+        old_hash: Option<KeyHash>,
+        record: Option<KeyRecord>,
+    ) -> Result<(), String> {
+        let supervisor = self.supervisor.get();
+        ractor::call_t!(
+            supervisor,
+            |reply| KeysMsg::Changed {
+                old_hash,
+                record,
+                reply: Some(reply)
+            },
+            self.timeout.as_millis() as u64
+        )
+        .map_err(|e| format!("keys supervisor: {e}"))
+    }
+
+    /// The key's current view (for `/v1/models`), or why it cannot be had.
+    pub async fn describe(&self, hash: KeyHash) -> Result<KeyView, AdmitError> {
+        let ms = self.timeout.as_millis() as u64;
+        let key = self.resolve(hash).await?;
+        ractor::call_t!(key, |reply| KeyMsg::Describe { reply }, ms)
+            .map_err(|e| AdmitError::Unavailable(format!("key actor: {e}")))
+    }
+}

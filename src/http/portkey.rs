@@ -1,0 +1,286 @@
+//! Portkey configs of tenants and users (platform admin), through the brief's functions
+//! `create/update/deactivate/activate_portkey_config` and `get_active_portkey_config`.
+//! A user's active config, else its tenant's, replaces the model's plan for its calls.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{Caller, IdPath, JsonBody, MaybeJson};
+use super::keys::Reason;
+use super::types::{ErrorBody, query};
+use crate::app::AppState;
+use crate::db;
+use crate::db::portkey::PortkeyRow;
+use crate::upstream::plan::Plan;
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("portkey config not found".into())
+}
+
+fn sql_error(e: sqlx::Error) -> ApiError {
+    if db::is_code(&e, "P0002") {
+        ApiError::NotFound("portkey config, user or tenant not found".into())
+    } else if db::is_code(&e, "22023") {
+        ApiError::bad_request(
+            e.as_database_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_else(|| "invalid config".into()),
+        )
+    } else if db::is_code(&e, "23503") {
+        ApiError::NotFound("tenant or user not found".into())
+    } else {
+        e.into()
+    }
+}
+
+async fn reload(app: &AppState) -> Result<(), ApiError> {
+    app.reload_config()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("saved, but the reload failed: {e}")))
+}
+
+fn check_plan(config: &Value) -> Result<(), ApiError> {
+    Plan::from_json(config)
+        .map(|_| ())
+        .map_err(ApiError::bad_request)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConfig {
+    /// The tenant the config applies to (all its users without a config of their own).
+    pub tenant_id: Option<Uuid>,
+    /// The user it applies to (overrides the tenant's).
+    pub user_id: Option<Uuid>,
+    #[schema(example = "eu-fallback")]
+    pub config_name: String,
+    /// A Portkey-format plan.
+    #[schema(value_type = Object)]
+    pub config: Value,
+    /// When it takes effect (default now).
+    pub effective_from: Option<DateTime<Utc>>,
+    pub notes: Option<String>,
+}
+
+/// Creates a tenant's or user's Portkey config (`data.create_portkey_config`).
+#[utoipa::path(post, path = "/api/admin/portkey-configs", tag = "pricing",
+    request_body = CreateConfig, security(("jwt" = [])),
+    responses((status = 201, body = PortkeyRow), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn create(
+    State(app): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateConfig>,
+) -> Result<(StatusCode, axum::Json<PortkeyRow>), ApiError> {
+    caller.require_platform_admin()?;
+    if body.config_name.trim().is_empty() || body.config_name.chars().count() > 128 {
+        return Err(ApiError::bad_request(
+            "config_name must be 1 to 128 characters",
+        ));
+    }
+    if body.tenant_id.is_none() && body.user_id.is_none() {
+        return Err(ApiError::bad_request("give a tenant_id or a user_id"));
+    }
+    check_plan(&body.config)?;
+    let id = db::portkey::create(
+        &app.pool,
+        db::portkey::NewConfig {
+            tenant_id: body.tenant_id,
+            user_id: body.user_id,
+            name: body.config_name.trim(),
+            json: &body.config,
+            effective_from: body.effective_from,
+            notes: body.notes.as_deref(),
+            by: caller.id(),
+        },
+    )
+    .await
+    .map_err(sql_error)?;
+    reload(&app).await?;
+    let row = db::portkey::get(&app.pool, id)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok((StatusCode::CREATED, axum::Json(row)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConfigFilter {
+    pub tenant_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ConfigList {
+    pub data: Vec<PortkeyRow>,
+}
+
+/// Portkey configs, newest first, optionally of one tenant or user.
+#[utoipa::path(get, path = "/api/admin/portkey-configs", tag = "pricing",
+    params(ConfigFilter), security(("jwt" = [])),
+    responses((status = 200, body = ConfigList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list(
+    State(app): State<AppState>,
+    caller: Caller,
+    q: Result<Query<ConfigFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<ConfigList>, ApiError> {
+    caller.require_platform_admin()?;
+    let q = query(q)?;
+    let (limit, offset) = super::types::Page {
+        limit: q.limit,
+        offset: q.offset,
+    }
+    .bounds()?;
+    let data = db::portkey::list(&app.pool, q.tenant_id, q.user_id, limit, offset).await?;
+    Ok(axum::Json(ConfigList { data }))
+}
+
+/// One Portkey config.
+#[utoipa::path(get, path = "/api/admin/portkey-configs/{id}", tag = "pricing",
+    params(("id" = Uuid, Path)), security(("jwt" = [])),
+    responses((status = 200, body = PortkeyRow), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<axum::Json<PortkeyRow>, ApiError> {
+    caller.require_platform_admin()?;
+    db::portkey::get(&app.pool, id)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(not_found)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<Value>,
+    pub effective_from: Option<DateTime<Utc>>,
+    pub notes: Option<String>,
+}
+
+/// Changes a config (`data.update_portkey_config`); the next call uses it.
+#[utoipa::path(put, path = "/api/admin/portkey-configs/{id}", tag = "pricing",
+    params(("id" = Uuid, Path)), request_body = UpdateConfig, security(("jwt" = [])),
+    responses((status = 200, body = PortkeyRow), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn update(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    JsonBody(body): JsonBody<UpdateConfig>,
+) -> Result<axum::Json<PortkeyRow>, ApiError> {
+    caller.require_platform_admin()?;
+    if let Some(config) = &body.config {
+        check_plan(config)?;
+    }
+    db::portkey::update(
+        &app.pool,
+        id,
+        body.config.as_ref(),
+        body.effective_from,
+        body.notes.as_deref(),
+        caller.id(),
+    )
+    .await
+    .map_err(sql_error)?;
+    reload(&app).await?;
+    db::portkey::get(&app.pool, id)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(not_found)
+}
+
+async fn set_active(
+    app: AppState,
+    caller: Caller,
+    id: Uuid,
+    active: bool,
+    MaybeJson(body): MaybeJson<Reason>,
+) -> Result<axum::Json<PortkeyRow>, ApiError> {
+    caller.require_platform_admin()?;
+    let reason = body.and_then(|b| b.reason);
+    db::portkey::set_active(&app.pool, id, active, reason.as_deref(), caller.id())
+        .await
+        .map_err(sql_error)?;
+    reload(&app).await?;
+    db::portkey::get(&app.pool, id)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(not_found)
+}
+
+/// Deactivates a config (`data.deactivate_portkey_config`).
+#[utoipa::path(post, path = "/api/admin/portkey-configs/{id}/deactivate", tag = "pricing",
+    params(("id" = Uuid, Path)), request_body(content = Reason, description = "optional"),
+    security(("jwt" = [])),
+    responses((status = 200, body = PortkeyRow), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn deactivate(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    body: MaybeJson<Reason>,
+) -> Result<axum::Json<PortkeyRow>, ApiError> {
+    set_active(app, caller, id, false, body).await
+}
+
+/// Activates a config again (`data.activate_portkey_config`).
+#[utoipa::path(post, path = "/api/admin/portkey-configs/{id}/activate", tag = "pricing",
+    params(("id" = Uuid, Path)), request_body(content = Reason, description = "optional"),
+    security(("jwt" = [])),
+    responses((status = 200, body = PortkeyRow), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn activate(
+    State(app): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    body: MaybeJson<Reason>,
+) -> Result<axum::Json<PortkeyRow>, ApiError> {
+    set_active(app, caller, id, true, body).await
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ActiveQuery {
+    pub tenant_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ActiveConfig {
+    /// `{config_id, config_name, scope, config_json}` or `null`.
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<Value>,
+}
+
+/// The config that applies to a (tenant, user) now (`data.get_active_portkey_config`).
+#[utoipa::path(get, path = "/api/admin/portkey-configs/active", tag = "pricing",
+    params(ActiveQuery), security(("jwt" = [])),
+    responses((status = 200, body = ActiveConfig), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn active(
+    State(app): State<AppState>,
+    caller: Caller,
+    q: Result<Query<ActiveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<ActiveConfig>, ApiError> {
+    caller.require_platform_admin()?;
+    let q = query(q)?;
+    let config = db::portkey::active(&app.pool, q.tenant_id, q.user_id).await?;
+    Ok(axum::Json(ActiveConfig { config }))
+}
