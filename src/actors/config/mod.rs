@@ -91,7 +91,7 @@ pub enum ConfigMsg {
     /// change committed before this message is in place.
     Reload(RpcReplyPort<Result<(), String>>),
     /// A load finished (sent by the actor's own task).
-    Loaded(Result<Snapshot, String>),
+    Loaded(Result<Box<Snapshot>, String>),
     /// A notification from the listener.
     Notified { channel: String, payload: String },
     /// The listener (re)connected: notifications may have been lost.
@@ -178,6 +178,7 @@ impl ConfigState {
         tokio::spawn(async move {
             let result = db::config::load_snapshot(&pool)
                 .await
+                .map(Box::new)
                 .map_err(|e| e.to_string());
             let _ = myself.cast(ConfigMsg::Loaded(result));
         });
@@ -202,7 +203,7 @@ impl ConfigState {
         let _ = self.args.keys.get().cast(KeysMsg::Refresh);
     }
 
-    fn loaded(&mut self, myself: &ConfigRef, result: Result<Snapshot, String>) {
+    fn loaded(&mut self, myself: &ConfigRef, result: Result<Box<Snapshot>, String>) {
         let outcome = match result {
             Ok(snapshot) => {
                 for config in snapshot
@@ -218,7 +219,7 @@ impl ConfigState {
                     let wait = (at - Utc::now()).to_std().unwrap_or_default();
                     myself.send_after(wait + Duration::from_millis(5), || ConfigMsg::Tick);
                 }
-                self.args.snapshot.store(Arc::new(snapshot));
+                self.args.snapshot.store(Arc::new(*snapshot));
                 self.stats.reloads += 1;
                 self.stats.last_reload_at = Some(Utc::now());
                 Ok(())
