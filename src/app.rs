@@ -94,7 +94,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
     let balance_directory: crate::actors::balances::BalanceDirectory = Arc::default();
 
     let cache = match &redis {
-        Some(conn) => Cache::new(conn.clone()),
+        Some(conn) => Cache::new(conn.clone(), pool.clone()),
         None => Cache::disabled(),
     };
     let (root, tree) = Root::start(RootArgs {

@@ -5,18 +5,22 @@
 //!
 //! - operations on one key run in order on one of a few shard tasks (a read queued after
 //!   a delete sees the delete), each with a short timeout;
-//! - a failure marks Redis down: reads answer "miss" at once and writes are skipped, which
-//!   marks the cache dirty (it may now hold something stale);
-//! - a monitor pings Redis; when it answers again, a dirty cache is purged before it is
-//!   trusted, and `recovered` wakes whoever repopulates it. The cache starts dirty, so
-//!   entries left by an earlier run are never trusted.
+//! - a failure marks Redis down: reads answer "miss" at once and writes are skipped;
+//! - before the cache is trusted again (and at start), a monitor sweeps it: the entries of
+//!   every key changed in PostgreSQL since the cache went down (at start: within the
+//!   entries' time to live) are deleted, so whatever a skipped or lost write left stale is
+//!   gone. Then `recovered` wakes whoever repopulates it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -41,24 +45,25 @@ enum Op {
 pub struct CacheStats {
     pub enabled: bool,
     pub up: bool,
-    pub dirty: bool,
+    /// Entries changed since this time must be swept before the cache is trusted.
+    pub sweep_from: Option<DateTime<Utc>>,
     pub hits: u64,
     pub misses: u64,
     pub writes: u64,
     pub errors: u64,
-    pub purges: u64,
+    pub sweeps: u64,
 }
 
 struct Inner {
     shards: Vec<mpsc::UnboundedSender<Op>>,
     up: AtomicBool,
-    dirty: AtomicBool,
+    sweep_from: Mutex<Option<DateTime<Utc>>>,
     recovered: Notify,
     hits: AtomicU64,
     misses: AtomicU64,
     writes: AtomicU64,
     errors: AtomicU64,
-    purges: AtomicU64,
+    sweeps: AtomicU64,
 }
 
 /// A handle on the cache; cheap to clone. Without Redis every read is a miss.
@@ -74,8 +79,9 @@ fn portkey_name(id: Uuid) -> String {
 }
 
 impl Cache {
-    /// A cache over `conn`; spawns the shard tasks and the monitor.
-    pub fn new(conn: ConnectionManager) -> Self {
+    /// A cache over `conn`; spawns the shard tasks and the monitor, which sweeps with
+    /// `pool` before the cache is first used.
+    pub fn new(conn: ConnectionManager, pool: PgPool) -> Self {
         let mut shards = Vec::with_capacity(SHARDS);
         let mut receivers = Vec::with_capacity(SHARDS);
         for _ in 0..SHARDS {
@@ -86,18 +92,21 @@ impl Cache {
         let inner = Arc::new(Inner {
             shards,
             up: AtomicBool::new(false),
-            dirty: AtomicBool::new(true),
+            // Entries older than their time to live are gone; younger ones may be stale.
+            sweep_from: Mutex::new(Some(
+                Utc::now() - chrono::Duration::seconds(TTL_SECS as i64 + 60),
+            )),
             recovered: Notify::new(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            purges: AtomicU64::new(0),
+            sweeps: AtomicU64::new(0),
         });
         for rx in receivers {
             tokio::spawn(shard(Arc::downgrade(&inner), conn.clone(), rx));
         }
-        tokio::spawn(monitor(Arc::downgrade(&inner), conn));
+        tokio::spawn(monitor(Arc::downgrade(&inner), conn, pool));
         Self(Some(inner))
     }
 
@@ -156,12 +165,11 @@ impl Cache {
         }
     }
 
-    /// Marks everything cached as untrusted: it is purged before the next use (after a
-    /// listener reconnect, when notifications may have been lost).
-    pub fn invalidate_all(&self) {
+    /// Distrusts the entries of keys changed since `since` (notifications after it may have
+    /// been lost): they are swept before the cache is used again.
+    pub fn invalidate_since(&self, since: DateTime<Utc>) {
         if let Some(inner) = &self.0 {
-            inner.dirty.store(true, Ordering::Release);
-            inner.up.store(false, Ordering::Release);
+            inner.distrust(since);
         }
     }
 
@@ -172,23 +180,31 @@ impl Cache {
         CacheStats {
             enabled: true,
             up: i.up.load(Ordering::Acquire),
-            dirty: i.dirty.load(Ordering::Acquire),
+            sweep_from: i.sweep_from.lock().ok().and_then(|g| *g),
             hits: i.hits.load(Ordering::Relaxed),
             misses: i.misses.load(Ordering::Relaxed),
             writes: i.writes.load(Ordering::Relaxed),
             errors: i.errors.load(Ordering::Relaxed),
-            purges: i.purges.load(Ordering::Relaxed),
+            sweeps: i.sweeps.load(Ordering::Relaxed),
         }
     }
 }
 
 impl Inner {
+    fn distrust(&self, since: DateTime<Utc>) {
+        if let Ok(mut from) = self.sweep_from.lock() {
+            *from = Some(from.map_or(since, |f| f.min(since)));
+        }
+        self.up.store(false, Ordering::Release);
+    }
+
     fn failed(&self, what: &str, e: impl std::fmt::Display) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        self.dirty.store(true, Ordering::Release);
-        if self.up.swap(false, Ordering::AcqRel) {
+        if self.up.load(Ordering::Acquire) {
             tracing::warn!(error = %e, op = what, "Redis unavailable; serving from PostgreSQL");
         }
+        // Writes from now on are skipped: sweep what changes from (a little before) now.
+        self.distrust(Utc::now() - chrono::Duration::seconds(5));
     }
 }
 
@@ -200,12 +216,9 @@ async fn shard(
     while let Some(op) = rx.recv().await {
         let Some(inner) = inner.upgrade() else { break };
         if !inner.up.load(Ordering::Acquire) {
-            match op {
-                Op::GetKey(_, tx) => {
-                    let _ = tx.send(None);
-                }
-                // A write that cannot happen leaves something stale behind.
-                _ => inner.dirty.store(true, Ordering::Release),
+            // Reads miss; a skipped write is covered by the sweep before the cache is up.
+            if let Op::GetKey(_, tx) = op {
+                let _ = tx.send(None);
             }
             continue;
         }
@@ -261,33 +274,50 @@ async fn shard(
     }
 }
 
-/// Deletes every entry this cache owns.
-async fn purge(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
-    for pattern in ["virtual_key:*", "portkey_config:*"] {
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(conn)
-                .await?;
-            if !keys.is_empty() {
-                conn.del::<_, ()>(keys).await?;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
+/// Deletes every entry that may be stale because its key or config changed since
+/// `since`: entries under a key's previous hash, and entries whose version differs from
+/// the database's (or whose key is no longer active). Entries that match stay.
+async fn sweep(
+    conn: &mut ConnectionManager,
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<(), String> {
+    let (changed, _) = crate::db::keys::changed_since(pool, since)
+        .await
+        .map_err(|e| e.to_string())?;
+    let configs = crate::db::portkey::changed_since(pool, since)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stale: Vec<String> = configs.into_iter().map(portkey_name).collect();
+    stale.extend(
+        changed
+            .iter()
+            .filter_map(|c| c.previous.as_ref().map(key_name)),
+    );
+    for chunk in changed.chunks(500) {
+        let names: Vec<String> = chunk.iter().map(|c| key_name(&c.hash)).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&names)
+            .query_async(conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        for ((c, name), value) in chunk.iter().zip(names).zip(values) {
+            let Some(json) = value else { continue };
+            let current = serde_json::from_str::<KeyRecord>(&json)
+                .is_ok_and(|r| r.updated_at == c.updated_at && c.is_active);
+            if !current {
+                stale.push(name);
             }
         }
+    }
+    for chunk in stale.chunks(1000) {
+        conn.del::<_, ()>(chunk).await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
-async fn monitor(inner: std::sync::Weak<Inner>, mut conn: ConnectionManager) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+async fn monitor(inner: std::sync::Weak<Inner>, mut conn: ConnectionManager, pool: PgPool) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { break };
@@ -302,20 +332,26 @@ async fn monitor(inner: std::sync::Weak<Inner>, mut conn: ConnectionManager) {
         if !matches!(pong, Ok(Ok(_))) {
             continue;
         }
-        if inner.dirty.swap(false, Ordering::AcqRel) {
-            match tokio::time::timeout(Duration::from_secs(30), purge(&mut conn)).await {
+        let from = inner.sweep_from.lock().ok().and_then(|mut g| g.take());
+        if let Some(since) = from {
+            match tokio::time::timeout(Duration::from_secs(30), sweep(&mut conn, &pool, since))
+                .await
+            {
                 Ok(Ok(())) => {
-                    inner.purges.fetch_add(1, Ordering::Relaxed);
+                    inner.sweeps.fetch_add(1, Ordering::Relaxed);
                 }
-                _ => {
-                    inner.dirty.store(true, Ordering::Release);
+                other => {
+                    tracing::warn!(result = ?other.map(|r| r.err()), "sweeping the Redis cache failed");
+                    inner.distrust(since);
                     continue;
                 }
             }
         }
+        // Distrusted again while sweeping: sweep again before going up.
+        if inner.sweep_from.lock().ok().is_some_and(|g| g.is_some()) {
+            continue;
+        }
         inner.up.store(true, Ordering::Release);
-        // Writes skipped while it was down had nothing left to change: the purge removed it.
-        inner.dirty.store(false, Ordering::Release);
         tracing::info!("Redis cache available");
         inner.recovered.notify_waiters();
     }

@@ -192,26 +192,42 @@ pub async fn find_many_by_id(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<KeyRecor
     rows.iter().map(key_record).collect()
 }
 
-/// Hashes (current and previous) of keys changed at or after `since`, with the database's
-/// clock now (the `since` of the next call).
+/// A key changed at or after some time.
+#[derive(Debug, Clone)]
+pub struct ChangedKey {
+    pub hash: KeyHash,
+    /// The hash before its last rotation, if any.
+    pub previous: Option<KeyHash>,
+    pub updated_at: DateTime<Utc>,
+    pub is_active: bool,
+}
+
+/// Keys changed at or after `since`, with the database's clock now (the `since` of the
+/// next call).
 pub async fn changed_since(
     pool: &PgPool,
     since: DateTime<Utc>,
-) -> Result<(Vec<KeyHash>, DateTime<Utc>), sqlx::Error> {
+) -> Result<(Vec<ChangedKey>, DateTime<Utc>), sqlx::Error> {
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
-    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT virtual_key_hash, previous_hash FROM data.virtual_key WHERE updated_at >= $1",
+    let rows: Vec<(String, Option<String>, DateTime<Utc>, bool)> = sqlx::query_as(
+        "SELECT virtual_key_hash, previous_hash, updated_at, is_active FROM data.virtual_key
+         WHERE updated_at >= $1",
     )
     .bind(since)
     .fetch_all(pool)
     .await?;
-    let hashes = rows
+    let changed = rows
         .into_iter()
-        .flat_map(|(h, p)| [Some(h), p])
-        .flatten()
-        .filter_map(|h| KeyHash::from_hex(&h))
+        .filter_map(|(h, p, updated_at, is_active)| {
+            Some(ChangedKey {
+                hash: KeyHash::from_hex(&h)?,
+                previous: p.as_deref().and_then(KeyHash::from_hex),
+                updated_at,
+                is_active,
+            })
+        })
         .collect();
-    Ok((hashes, now))
+    Ok((changed, now))
 }
 
 /// What `PATCH /api/virtual-keys/{id}` may change. For limits, `Some(None)` removes the

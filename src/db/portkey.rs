@@ -159,6 +159,14 @@ pub async fn list(
     rows.iter().map(row).collect()
 }
 
+/// Ids of the configs changed at or after `since`.
+pub async fn changed_since(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM data.portkey_configs WHERE updated_at >= $1")
+        .bind(since)
+        .fetch_all(pool)
+        .await
+}
+
 /// `data.get_active_portkey_config`, redacted.
 pub async fn active(
     pool: &PgPool,

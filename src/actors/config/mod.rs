@@ -83,6 +83,8 @@ pub struct ConfigState {
     stats: ConfigStats,
     /// Database time of the last incremental key check.
     keys_checked_at: Option<DateTime<Utc>>,
+    /// When the listener lost its connection (notifications since may be lost).
+    listener_lost_at: Option<DateTime<Utc>>,
     _listener: AbortOnDrop,
 }
 
@@ -100,8 +102,8 @@ pub enum ConfigMsg {
     ListenerDown(String),
     /// Periodic safety net.
     Tick,
-    /// The keys changed since the last periodic check (their current and previous hashes).
-    KeysChanged(Vec<KeyHash>, DateTime<Utc>),
+    /// The keys changed since the last periodic check.
+    KeysChanged(Vec<db::keys::ChangedKey>, DateTime<Utc>),
     /// Replies with statistics.
     Stats(RpcReplyPort<ConfigStats>),
 }
@@ -192,12 +194,13 @@ impl ConfigState {
         }
     }
 
-    /// Reloads everything: after a reconnect (`purge`: Redis too) or as the safety net.
-    fn resync(&mut self, myself: &ConfigRef, purge: bool) {
+    /// Reloads everything: the snapshot and every live key; with `lost_since`, also the
+    /// Redis entries of keys changed since then (notifications may have been lost).
+    fn resync(&mut self, myself: &ConfigRef, lost_since: Option<DateTime<Utc>>) {
         self.stats.resyncs += 1;
         self.stats.last_resync_at = Some(Utc::now());
-        if purge {
-            self.args.cache.invalidate_all();
+        if let Some(since) = lost_since {
+            self.args.cache.invalidate_since(since);
         }
         self.reload(myself);
         let _ = self.args.keys.get().cast(KeysMsg::Refresh);
@@ -265,7 +268,8 @@ impl ConfigState {
             self.stats.malformed_notifications += 1;
             tracing::warn!(%channel, error = %e, bytes = payload.len(),
                 "unreadable notification; reloading everything");
-            self.resync(myself, true);
+            // The unreadable one may have been any key change of the last moments.
+            self.resync(myself, Some(Utc::now() - chrono::Duration::seconds(60)));
         }
     }
 
@@ -277,8 +281,8 @@ impl ConfigState {
         tokio::spawn(async move {
             let since = since.unwrap_or(DateTime::<Utc>::MIN_UTC);
             match db::keys::changed_since(&pool, since).await {
-                Ok((hashes, now)) => {
-                    let _ = myself.cast(ConfigMsg::KeysChanged(hashes, now));
+                Ok((changed, now)) => {
+                    let _ = myself.cast(ConfigMsg::KeysChanged(changed, now));
                 }
                 Err(e) => tracing::warn!(error = %e, "checking changed keys failed"),
             }
@@ -306,6 +310,7 @@ impl Actor for ConfigActor {
             next: Vec::new(),
             stats: ConfigStats::default(),
             keys_checked_at: None,
+            listener_lost_at: None,
             _listener: AbortOnDrop(listener),
         };
         // A restarted ConfigActor may have missed changes: reload at once.
@@ -333,28 +338,36 @@ impl Actor for ConfigActor {
             ConfigMsg::ListenerUp => {
                 state.stats.listener_connected = true;
                 state.stats.listener_connects += 1;
-                let reconnect = state.stats.listener_connects > 1;
-                if reconnect {
+                let lost = if state.stats.listener_connects > 1 {
                     tracing::warn!("configuration listener reconnected; reloading everything");
-                }
-                state.resync(&myself, reconnect);
+                    let since = state.listener_lost_at.take().unwrap_or_else(Utc::now);
+                    Some(since - chrono::Duration::seconds(5))
+                } else {
+                    None
+                };
+                state.resync(&myself, lost);
             }
             ConfigMsg::ListenerDown(e) => {
                 if state.stats.listener_connected {
                     tracing::warn!(error = %e, "configuration listener lost its connection");
                 }
+                state.listener_lost_at.get_or_insert_with(Utc::now);
                 state.stats.listener_connected = false;
                 state.stats.last_listener_error = Some(e);
             }
             ConfigMsg::Tick => {
-                state.resync(&myself, false);
+                state.resync(&myself, None);
                 state.check_keys(&myself);
             }
-            ConfigMsg::KeysChanged(hashes, now) => {
-                // Any cached key changed since the last check may be stale: drop it.
+            ConfigMsg::KeysChanged(changed, now) => {
+                // Safety net: a key changed since the last check whose notification went
+                // astray may be cached stale. Drop its entries; the next use re-reads it.
                 if state.keys_checked_at.is_some() {
-                    for h in hashes {
-                        state.args.cache.del_key(h);
+                    for c in changed {
+                        state.args.cache.del_key(c.hash);
+                        if let Some(p) = c.previous {
+                            state.args.cache.del_key(p);
+                        }
                     }
                 }
                 state.keys_checked_at = Some(now);
