@@ -170,9 +170,13 @@ async fn connect_redis(config: &Config) -> Option<ConnectionManager> {
             return None;
         }
     };
+    // Reconnect attempts stay frequent, so the cache is back soon after Redis is.
     let cfg = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)));
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500))
+        .set_number_of_retries(2);
     match tokio::time::timeout(
         Duration::from_secs(3),
         ConnectionManager::new_with_config(client, cfg),
