@@ -1,0 +1,38 @@
+# Sourced by the benchmark scripts: builds the release binary, starts the loopback mock
+# upstream and a gateway on a fresh database, and prepares a funded user with a key.
+# Leaves: BIN, GW (URL), PGURL, DB, MOCK_PORT, ADMIN, USER_ID, TOKEN, KEY, work (temp dir).
+set -euo pipefail
+MOCK_PORT="${MOCK_PORT:-19001}"
+GW_PORT="${GW_PORT:-13001}"
+DB="${DB:-neuropia_bench}"
+PGURL="postgres://postgres@127.0.0.1:5432"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/neuropia/target}"
+
+scripts/services.sh >/dev/null
+command -v jq >/dev/null || { echo "jq is needed: apt-get install -y jq" >&2; exit 1; }
+cargo build --release --locked -q ${BENCH_BUILD_ARGS:-}
+BIN="$CARGO_TARGET_DIR/release/neuropia"
+GW="http://127.0.0.1:$GW_PORT"
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null
+"$BIN" mock-upstream --bind "127.0.0.1:$MOCK_PORT" >"$work/mock.log" 2>&1 &
+pids+=($!)
+RUST_LOG=warn DATABASE_URL="$PGURL/$DB" NEUROPIA_BIND="127.0.0.1:$GW_PORT" \
+  JWT_SECRET=bench-secret-0123456789 NEUROPIA_ADMIN_EMAIL=admin@bench.local \
+  NEUROPIA_ADMIN_PASSWORD=bench-password-1 ${BENCH_GATEWAY_ENV:-} "$BIN" serve >"$work/gw.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do curl -sf "$GW/health" >/dev/null && break; sleep 0.2; done
+
+api() { curl -sf -X "$1" "$GW$2" -H 'content-type: application/json' ${3:+-H "authorization: Bearer $3"} ${4:+-d "$4"}; }
+ADMIN=$(api POST /api/auth/login "" '{"email":"admin@bench.local","password":"bench-password-1"}' | jq -r .token)
+api PUT /api/admin/model-configs "$ADMIN" "{\"model\":\"bench\",\"config\":{\"targets\":[{\"provider\":\"openai\",\"custom_host\":\"http://127.0.0.1:$MOCK_PORT/v1\",\"override_params\":{\"model\":\"bench\"}}]}}" >/dev/null
+api PUT /api/admin/provider-rates "$ADMIN" '{"provider":"openai","model":"bench","input_rate":"0.000001","output_rate":"0.000002"}' >/dev/null
+USER_ID=$(api POST /api/auth/register "" '{"email":"load@bench.local","password":"bench-password-1","username":"load"}' | jq -r .user_id)
+api POST "/api/users/$USER_ID/topups" "$ADMIN" '{"amount":"1000000"}' >/dev/null
+TOKEN=$(api POST /api/auth/login "" '{"email":"load@bench.local","password":"bench-password-1"}' | jq -r .token)
+KEY=$(api POST "/api/users/$USER_ID/virtual-keys" "$TOKEN" '{"name":"bench"}' | jq -r .virtual_key)
