@@ -23,6 +23,7 @@ use crate::journal::Journal;
 use crate::snapshot::SnapshotHandle;
 use crate::throttle::LoginThrottle;
 use crate::upstream::Upstreams;
+use crate::upstream::breaker::{BreakerDirectory, BreakerSettings, UpstreamsArgs};
 
 /// Handles shared by every handler. Cheap to clone.
 #[derive(Clone)]
@@ -90,6 +91,8 @@ pub async fn build(config: Config) -> Result<AppState, String> {
         .map_err(|e| format!("loading configuration: {e}"))?
         .handle();
     let journal = Arc::new(Journal::new());
+    let breakers: BreakerDirectory = Arc::default();
+    tokio::task::spawn_blocking(crate::tokens::warm_up);
     let key_directory = Arc::default();
     let balance_directory: crate::actors::balances::BalanceDirectory = Arc::default();
 
@@ -117,6 +120,13 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             snapshot: snapshot.clone(),
             journal_max: config.journal_max,
         },
+        upstreams: UpstreamsArgs {
+            directory: breakers.clone(),
+            settings: BreakerSettings {
+                failures_to_open: config.breaker_failures,
+                cooldown: Duration::from_millis(config.breaker_cooldown_ms),
+            },
+        },
         ledger: LedgerArgs {
             pool: pool.clone(),
             journal: journal.clone(),
@@ -129,7 +139,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
 
     let timeout = config.actor_timeout();
     let state = AppState(Arc::new(AppInner {
-        upstreams: Upstreams::new(&config)?,
+        upstreams: Upstreams::new(&config, breakers, tree.upstreams.clone())?,
         throttle: LoginThrottle::new(
             config.login_max_failures,
             config.login_max_failures_per_addr,

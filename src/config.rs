@@ -107,6 +107,35 @@ pub struct Config {
     #[arg(long, env = "OPENAI_API_KEY")]
     pub openai_api_key: Option<Secret>,
 
+    /// Platform key for Anthropic (Messages API).
+    #[arg(long, env = "ANTHROPIC_API_KEY")]
+    pub anthropic_api_key: Option<Secret>,
+
+    /// `direct`: the built-in router executes routing plans. `portkey`: a Portkey gateway
+    /// at PORTKEY_GATEWAY_URL does, given the plan in `x-portkey-config`.
+    #[arg(long, env = "UPSTREAM_MODE", value_enum, default_value = "direct")]
+    pub upstream_mode: crate::upstream::UpstreamMode,
+
+    /// The Portkey gateway used with UPSTREAM_MODE=portkey.
+    #[arg(
+        long,
+        env = "PORTKEY_GATEWAY_URL",
+        default_value = "http://127.0.0.1:8787"
+    )]
+    pub portkey_gateway_url: String,
+
+    /// Consecutive failures (transport errors, timeouts, 5xx) that open a target's circuit.
+    #[arg(long, env = "NEUROPIA_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+
+    /// How long an open circuit refuses calls before one probe is let through, in ms.
+    #[arg(long, env = "NEUROPIA_BREAKER_COOLDOWN_MS", default_value_t = 10_000)]
+    pub breaker_cooldown_ms: u64,
+
+    /// Pause between the chunks of the built-in mock provider's streams, in ms.
+    #[arg(long, env = "NEUROPIA_MOCK_STREAM_PACE_MS", default_value_t = 0)]
+    pub mock_stream_pace_ms: u64,
+
     /// Enable fault injection (`POST /api/admin/faults`). Never in production.
     #[arg(long, env = "NEUROPIA_FAULTS", value_parser = FalseyValueParser::new())]
     pub faults: bool,
@@ -164,6 +193,14 @@ impl Config {
         }
         if self.ledger_batch_rows == 0 || self.ledger_flush_ms == 0 {
             return Err("ledger batch rows and flush interval must be positive".into());
+        }
+        if self.breaker_failures == 0 || self.breaker_cooldown_ms == 0 {
+            return Err("breaker failures and cooldown must be positive".into());
+        }
+        if !(self.portkey_gateway_url.starts_with("http://")
+            || self.portkey_gateway_url.starts_with("https://"))
+        {
+            return Err("PORTKEY_GATEWAY_URL must be an http(s) URL".into());
         }
         if self.config_resync_secs == 0 {
             return Err("NEUROPIA_CONFIG_RESYNC_SECS must be positive".into());

@@ -1,43 +1,37 @@
-//! Token counting without a model tokenizer: about four characters per token, the usual
-//! rule of thumb for English with GPT-style BPE. Used for reservations (an estimate made
-//! before the call), for upstreams that report no usage, and by the mock provider.
+//! Token counting with OpenAI's `o200k_base` BPE (tiktoken-rs, tables embedded: works
+//! offline). Used for reservations (the prompt estimate made before the call), for answers
+//! whose upstream reported no usage, and by the mock provider. For non-OpenAI models it is
+//! an estimate, which is what a reservation needs.
 
 use serde_json::Value;
+use tiktoken_rs::CoreBPE;
 
-/// Tokens in a piece of text: words of up to four characters count one, longer words one
-/// per started four characters; every punctuation mark counts one.
-pub fn count(text: &str) -> u32 {
-    let mut tokens: u32 = 0;
-    let mut word = 0u32;
-    let flush = |word: &mut u32, tokens: &mut u32| {
-        if *word > 0 {
-            *tokens = tokens.saturating_add(word.div_ceil(4));
-            *word = 0;
-        }
-    };
-    for c in text.chars() {
-        if c.is_alphanumeric() {
-            word += 1;
-        } else {
-            flush(&mut word, &mut tokens);
-            if !c.is_whitespace() {
-                tokens = tokens.saturating_add(1);
-            }
-        }
-    }
-    flush(&mut word, &mut tokens);
-    tokens
+fn bpe() -> &'static CoreBPE {
+    tiktoken_rs::o200k_base_singleton()
 }
 
-/// Prompt tokens of a chat request's `messages`: the text of every message (string
-/// contents and text parts) plus a small per-message overhead, as OpenAI counts it.
+/// Loads the tokenizer's tables (a few hundred milliseconds) so the first request does not.
+pub fn warm_up() {
+    let _ = count("warm up");
+}
+
+/// Tokens in a piece of text.
+pub fn count(text: &str) -> u32 {
+    if text.is_empty() {
+        return 0;
+    }
+    u32::try_from(bpe().encode_ordinary(text).len()).unwrap_or(u32::MAX)
+}
+
+/// Prompt tokens of a chat request's `messages`, as OpenAI counts them: the text of every
+/// message (string contents and text parts) plus 3 per message and 3 for the reply.
 pub fn prompt(messages: &Value) -> u32 {
     let Some(list) = messages.as_array() else {
         return 0;
     };
     let mut total: u32 = 3;
     for m in list {
-        total = total.saturating_add(4);
+        total = total.saturating_add(3);
         match m.get("content") {
             Some(Value::String(s)) => total = total.saturating_add(count(s)),
             Some(Value::Array(parts)) => {
@@ -50,7 +44,7 @@ pub fn prompt(messages: &Value) -> u32 {
             _ => {}
         }
         if let Some(name) = m.get("name").and_then(Value::as_str) {
-            total = total.saturating_add(count(name));
+            total = total.saturating_add(1 + count(name));
         }
     }
     total
@@ -62,20 +56,20 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn counts_words_and_punctuation() {
+    fn counts_with_the_o200k_tokenizer() {
         assert_eq!(count(""), 0);
-        assert_eq!(count("Hello, world!"), 2 + 2 + 2);
-        assert_eq!(count("a bb ccc dddd"), 4);
-        assert_eq!(count("internationalization"), 5);
+        // "Hello" "," " world" "!"
+        assert_eq!(count("Hello, world!"), 4);
+        assert!(count("internationalization") <= 3);
     }
 
     #[test]
     fn prompt_adds_message_overhead() {
-        let m = json!([{"role": "user", "content": "hi there"}]);
-        // "hi" is one token, "there" two (five characters).
-        assert_eq!(prompt(&m), 3 + 4 + 3);
-        let parts = json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]);
-        assert_eq!(prompt(&parts), 3 + 4 + 1);
+        let m = json!([{"role": "user", "content": "Hello, world!"}]);
+        assert_eq!(prompt(&m), 3 + 3 + 4);
+        let parts =
+            json!([{"role": "user", "content": [{"type": "text", "text": "Hello, world!"}]}]);
+        assert_eq!(prompt(&parts), 3 + 3 + 4);
         assert_eq!(prompt(&json!("nope")), 0);
     }
 }

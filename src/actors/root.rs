@@ -16,6 +16,7 @@ use super::balances::{BalanceSupervisor, BalancesArgs, BalancesMsg};
 use super::config::{ConfigActor, ConfigArgs, ConfigMsg};
 use super::keys::{KeySupervisor, KeysArgs, KeysMsg};
 use super::ledger::{LedgerArgs, LedgerMsg, LedgerWriter};
+use crate::upstream::breaker::{UpstreamSupervisor, UpstreamsArgs, UpstreamsMsg};
 
 /// A reference to an actor that its supervisor may replace.
 pub struct Live<M: ractor::Message>(Arc<ArcSwap<ActorRef<M>>>);
@@ -47,6 +48,7 @@ pub struct Tree {
     pub keys: Live<KeysMsg>,
     pub balances: Live<BalancesMsg>,
     pub ledger: Live<LedgerMsg>,
+    pub upstreams: Live<UpstreamsMsg>,
 }
 
 /// What the ConfigActor needs besides the key supervisor (which the root supplies).
@@ -78,6 +80,7 @@ pub struct RootArgs {
     pub keys: KeysArgs,
     pub balances: BalancesArgs,
     pub ledger: LedgerArgs,
+    pub upstreams: UpstreamsArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,6 +89,7 @@ pub enum Child {
     Keys,
     Balances,
     Ledger,
+    Upstreams,
 }
 
 impl Child {
@@ -95,6 +99,7 @@ impl Child {
             Self::Keys => "keys",
             Self::Balances => "balances",
             Self::Ledger => "ledger",
+            Self::Upstreams => "upstreams",
         }
     }
 }
@@ -158,6 +163,9 @@ async fn spawn_child(
         Child::Ledger => LedgerWriter::spawn(args.ledger.clone(), me)
             .await?
             .get_cell(),
+        Child::Upstreams => UpstreamSupervisor::spawn(args.upstreams.clone(), me)
+            .await?
+            .get_cell(),
     })
 }
 
@@ -176,26 +184,34 @@ impl Actor for Root {
         let keys_live = Live::new(keys.clone());
         let config = ConfigActor::spawn(args.config.args(keys_live.clone()), me.clone()).await?;
         let balances = BalanceSupervisor::spawn(args.balances.clone(), me.clone()).await?;
-        let ledger = LedgerWriter::spawn(args.ledger.clone(), me).await?;
+        let ledger = LedgerWriter::spawn(args.ledger.clone(), me.clone()).await?;
+        let upstreams = UpstreamSupervisor::spawn(args.upstreams.clone(), me).await?;
         let mut by_actor = HashMap::new();
         by_actor.insert(config.get_id(), Child::Config);
         by_actor.insert(keys.get_id(), Child::Keys);
         by_actor.insert(balances.get_id(), Child::Balances);
         by_actor.insert(ledger.get_id(), Child::Ledger);
+        by_actor.insert(upstreams.get_id(), Child::Upstreams);
         let now = Instant::now();
-        let records = [Child::Config, Child::Keys, Child::Balances, Child::Ledger]
-            .into_iter()
-            .map(|c| {
-                (
-                    c,
-                    ChildRecord {
-                        restarts: 0,
-                        started_at: now,
-                        last_failure: None,
-                    },
-                )
-            })
-            .collect();
+        let records = [
+            Child::Config,
+            Child::Keys,
+            Child::Balances,
+            Child::Ledger,
+            Child::Upstreams,
+        ]
+        .into_iter()
+        .map(|c| {
+            (
+                c,
+                ChildRecord {
+                    restarts: 0,
+                    started_at: now,
+                    last_failure: None,
+                },
+            )
+        })
+        .collect();
         Ok(RootState {
             args,
             tree: Tree {
@@ -203,6 +219,7 @@ impl Actor for Root {
                 keys: keys_live,
                 balances: Live::new(balances),
                 ledger: Live::new(ledger),
+                upstreams: Live::new(upstreams),
             },
             by_actor,
             records,
@@ -265,6 +282,7 @@ impl Actor for Root {
                     Child::Keys => state.tree.keys.set(new.into()),
                     Child::Balances => state.tree.balances.set(new.into()),
                     Child::Ledger => state.tree.ledger.set(new.into()),
+                    Child::Upstreams => state.tree.upstreams.set(new.into()),
                 }
                 if let Some(rec) = state.records.get_mut(&which) {
                     rec.restarts += 1;

@@ -44,9 +44,26 @@ pub struct Target {
     /// Relative weight for `loadbalance`.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub weight: f64,
-    /// Per-target timeout in milliseconds.
+    /// Per-target timeout in milliseconds (overrides the plan's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<u64>,
+    /// Per-target retries (overrides the plan's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+/// Portkey's retry setting: retry an attempt that failed with one of `on_status_codes`
+/// (or could not reach the upstream) up to `attempts` more times, with exponential
+/// backoff and jitter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    pub attempts: u32,
+    #[serde(default = "default_retry_codes")]
+    pub on_status_codes: Vec<u16>,
+}
+
+fn default_retry_codes() -> Vec<u16> {
+    vec![429, 500, 502, 503, 504]
 }
 
 fn one() -> f64 {
@@ -80,12 +97,18 @@ pub struct Plan {
     #[serde(default)]
     pub strategy: Strategy,
     pub targets: Vec<Target>,
+    /// Retries for every target without its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Timeout in milliseconds for every target without its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<u64>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub metadata: Map<String, Value>,
 }
 
 /// Providers the direct router knows how to call without a `custom_host`.
-pub const KNOWN_PROVIDERS: &[&str] = &["mock", "openai", "dashscope"];
+pub const KNOWN_PROVIDERS: &[&str] = &["mock", "openai", "dashscope", "anthropic"];
 
 impl Plan {
     /// The one-target plan for `model` on `provider`.
@@ -101,7 +124,10 @@ impl Plan {
                 override_params,
                 weight: 1.0,
                 request_timeout: None,
+                retry: None,
             }],
+            retry: None,
+            request_timeout: None,
             metadata: Map::new(),
         }
     }
@@ -151,6 +177,26 @@ impl Plan {
                 return Err("request_timeout must be positive".into());
             }
         }
+        for retry in self
+            .targets
+            .iter()
+            .filter_map(|t| t.retry.as_ref())
+            .chain(self.retry.as_ref())
+        {
+            if retry.attempts > 5 {
+                return Err("retry.attempts is at most 5".into());
+            }
+            if retry
+                .on_status_codes
+                .iter()
+                .any(|c| !(400..600).contains(c))
+            {
+                return Err("retry.on_status_codes must be HTTP error statuses".into());
+            }
+        }
+        if self.request_timeout == Some(0) {
+            return Err("request_timeout must be positive".into());
+        }
         if self.strategy.mode == Mode::Loadbalance && self.targets.iter().all(|t| t.weight == 0.0) {
             return Err("loadbalance needs a target with a positive weight".into());
         }
@@ -174,6 +220,16 @@ impl Plan {
 }
 
 impl Target {
+    /// The retries that apply to this target in `plan`.
+    pub fn retry<'a>(&'a self, plan: &'a Plan) -> Option<&'a Retry> {
+        self.retry.as_ref().or(plan.retry.as_ref())
+    }
+
+    /// The timeout that applies to this target in `plan`, in milliseconds.
+    pub fn timeout_ms(&self, plan: &Plan) -> Option<u64> {
+        self.request_timeout.or(plan.request_timeout)
+    }
+
     /// The upstream model this target calls for a request that asked for `requested`.
     pub fn model<'a>(&'a self, requested: &'a str) -> &'a str {
         self.override_params
@@ -227,6 +283,29 @@ mod tests {
         assert!(
             Plan::from_json(&json!({"targets": [{"provider": "x", "custom_host": "http://h/v1"}]}))
                 .is_ok()
+        );
+        assert!(
+            Plan::from_json(&json!({"retry": {"attempts": 9},
+            "targets": [{"provider": "mock"}]}))
+            .is_err()
+        );
+        let plan = Plan::from_json(&json!({"strategy": {"mode": "fallback"}, "retry": {"attempts": 2}, "request_timeout": 900,
+            "targets": [{"provider": "mock"}, {"provider": "openai", "request_timeout": 50,
+                "retry": {"attempts": 1, "on_status_codes": [503]}}]}))
+        .expect("plan");
+        assert_eq!(
+            plan.targets[0]
+                .retry(&plan)
+                .map(|r| r.on_status_codes.len()),
+            Some(5)
+        );
+        assert_eq!(plan.targets[1].retry(&plan).map(|r| r.attempts), Some(1));
+        assert_eq!(
+            (
+                plan.targets[0].timeout_ms(&plan),
+                plan.targets[1].timeout_ms(&plan)
+            ),
+            (Some(900), Some(50))
         );
     }
 }

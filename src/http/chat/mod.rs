@@ -1,24 +1,23 @@
 //! `POST /v1/chat/completions` (alias `/api/chat/completions`) and `GET /v1/models`.
 //!
 //! The paid path: key actor admits -> balance actor reserves -> the plan runs upstream ->
-//! balance actor settles the exact charge into the journal -> the answer goes back.
-//! From the reservation on, the work runs in its own task: a client that hangs up does not
-//! cancel a call the upstream is already answering, and that call is still billed.
+//! balance actor settles the exact charge into the journal -> the answer goes back, whole
+//! or as a stream. From the reservation on the work runs in a task of its own ([`call`]).
+
+mod call;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{VirtualKey, body_bytes, parse_json};
 use super::types::ErrorBody;
-use crate::actors::balances::{BalanceError, ChargeRequest, Refusal};
+use crate::actors::balances::{BalanceError, Refusal};
 use crate::actors::keys::{AdmitError, Denied, KeyMsg};
 use crate::app::AppState;
 use crate::billing::{AccountStatus, Decimal, Usage};
-use crate::journal::UsageRecord;
 use crate::snapshot::Snapshot;
 use crate::tokens;
 use crate::upstream::UpstreamError;
@@ -28,6 +27,7 @@ struct ChatRequest {
     model: String,
     prompt_tokens: u32,
     max_tokens: Option<u32>,
+    stream: bool,
 }
 
 fn check(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
@@ -48,12 +48,11 @@ fn check(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
             return Err(ApiError::bad_request("every message needs a string role"));
         }
     }
-    if body.get("stream").and_then(Value::as_bool) == Some(true) {
-        return Err(ApiError::BadRequest {
-            message: "stream: true is not supported by this gateway yet".into(),
-            code: "unsupported_parameter",
-        });
-    }
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::bad_request("stream must be a boolean")),
+    };
     let max_tokens = match body
         .get("max_tokens")
         .or_else(|| body.get("max_completion_tokens"))
@@ -70,6 +69,7 @@ fn check(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
         model: model.to_owned(),
         prompt_tokens: tokens::prompt(body.get("messages").unwrap_or(&Value::Null)),
         max_tokens,
+        stream,
     })
 }
 
@@ -123,10 +123,13 @@ fn balance_error(e: BalanceError) -> ApiError {
     }
 }
 
-fn upstream_error(e: UpstreamError) -> ApiError {
+pub(crate) fn upstream_error(e: UpstreamError) -> ApiError {
     match e {
         UpstreamError::Client { status, message } => ApiError::UpstreamClient { status, message },
-        UpstreamError::Failed(m) => ApiError::BadGateway(m),
+        UpstreamError::Failed { message, .. } => ApiError::BadGateway(message),
+        UpstreamError::CircuitOpen(target) => ApiError::Unavailable(format!(
+            "the upstream is failing; circuit open for {target}"
+        )),
         UpstreamError::Timeout => {
             ApiError::GatewayTimeout("the upstream did not answer in time".into())
         }
@@ -197,6 +200,7 @@ async fn chat(
             model,
             prompt_tokens,
             max_tokens,
+            stream,
         },
         body,
     ) = match parsed {
@@ -254,87 +258,23 @@ async fn chat(
         forget_estimate();
         return Err(balance_error(e));
     }
-
-    // From here on the call runs to its end even if the client goes away.
-    let task = tokio::spawn(async move {
-        let rid = request_id.to_string();
-        let result = app.upstreams.execute(&plan, &body, &model, &rid).await;
-        let reply = match result {
-            Ok(reply) => reply,
-            Err(e) => {
-                app.balances.release(user_id, request_id);
-                key.cast(KeyMsg::Record {
-                    estimated_tokens,
-                    actual_tokens: 0,
-                })
-                .ok();
-                return Err(upstream_error(e));
-            }
-        };
-        key.cast(KeyMsg::Record {
-            estimated_tokens,
-            actual_tokens: reply.usage.total(),
-        })
-        .ok();
-        // Bill on the rates current now for the provider and model that answered; if they
-        // vanished mid-call, on those the call was admitted with (checked above).
-        let current = app.snapshot.load();
-        let price = current
-            .price(tenant_id, user_id, &reply.provider, &reply.model)
-            .or_else(|| snap.price(tenant_id, user_id, &reply.provider, &reply.model));
-        let (charge, price) = match price {
-            Some(p) => (p.charge(reply.usage), p),
-            None => {
-                tracing::error!(%request_id, provider = %reply.provider, model = %reply.model,
-                    "no rate for the target that answered; charging the reservation");
-                let p = crate::billing::Price {
-                    input_rate: Decimal::ZERO,
-                    output_rate: Decimal::ZERO,
-                    markup_percent: Decimal::ZERO,
-                };
-                let c = crate::billing::Charge {
-                    platform_cost: reserve,
-                    amount: reserve,
-                };
-                (c, p)
-            }
-        };
-        let amount = charge.amount;
-        let settled = app
-            .balances
-            .settle(
-                user_id,
-                ChargeRequest {
-                    request_id,
-                    amount,
-                    usage: UsageRecord {
-                        tenant_id,
-                        virtual_key_id: admission.key_id,
-                        provider: reply.provider,
-                        model: reply.model,
-                        usage: reply.usage,
-                        input_rate: price.input_rate,
-                        output_rate: price.output_rate,
-                        markup_percent: price.markup_percent,
-                        platform_cost: charge.platform_cost,
-                        usage_source: reply.usage_source,
-                    },
-                },
-            )
-            .await;
-        if let Err(e) = settled {
-            tracing::error!(%request_id, %user_id, error = ?e, "a served call could not be charged");
-        }
-        Ok(reply.body)
-    });
-    let body = task
+    let call = call::Call {
+        app: app.clone(),
+        key,
+        key_id: admission.key_id,
+        user_id,
+        tenant_id,
+        request_id,
+        estimated_tokens,
+        reserve,
+        snap,
+        plan,
+        model,
+    };
+    // Detached: the call runs to its end (and is billed) even if the client goes away.
+    tokio::spawn(call.run(body, stream))
         .await
-        .map_err(|e| ApiError::internal(format!("chat task: {e}")))??;
-    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-    if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
-        response.headers_mut().insert("x-request-id", v);
-    }
-    Ok(response)
+        .map_err(|e| ApiError::internal(format!("chat task: {e}")))?
 }
 
 /// The models this key may call, OpenAI-shaped.

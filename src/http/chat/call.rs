@@ -1,0 +1,194 @@
+//! One admitted, reserved call: running it upstream and billing it, whole or streamed.
+//!
+//! Everything here runs in a task of its own, detached from the client's connection: a
+//! client that hangs up does not cancel a call the upstream is already answering, and the
+//! call is still billed (for a stream, the upstream is read to its end first).
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::upstream_error;
+use crate::actors::balances::ChargeRequest;
+use crate::actors::keys::{KeyMsg, KeyRef};
+use crate::app::AppState;
+use crate::billing::{Charge, Decimal, Price, Usage};
+use crate::http::error::ApiError;
+use crate::journal::UsageRecord;
+use crate::snapshot::Snapshot;
+use crate::tokens;
+use crate::upstream::plan::Plan;
+use crate::upstream::stream::pump;
+use crate::upstream::{Answer, StreamReply};
+
+pub struct Call {
+    pub app: AppState,
+    pub key: KeyRef,
+    pub key_id: Uuid,
+    pub user_id: Uuid,
+    pub tenant_id: Uuid,
+    pub request_id: Uuid,
+    pub estimated_tokens: u64,
+    pub reserve: Decimal,
+    /// The snapshot the call was admitted with (rates if they vanish meanwhile).
+    pub snap: Arc<Snapshot>,
+    pub plan: Arc<Plan>,
+    pub model: String,
+}
+
+impl Call {
+    /// Nothing was produced: drop the reservation and the tpm estimate.
+    fn nothing(&self) {
+        self.app.balances.release(self.user_id, self.request_id);
+        self.key
+            .cast(KeyMsg::Record {
+                estimated_tokens: self.estimated_tokens,
+                actual_tokens: 0,
+            })
+            .ok();
+    }
+
+    /// Charges what the call used, at the rates of the target that answered.
+    async fn bill(&self, provider: String, model: String, usage: Usage, source: &'static str) {
+        self.key
+            .cast(KeyMsg::Record {
+                estimated_tokens: self.estimated_tokens,
+                actual_tokens: usage.total(),
+            })
+            .ok();
+        // Rates current now; if they vanished mid-call, those the call was admitted with.
+        let (t, u) = (self.tenant_id, self.user_id);
+        let price = self
+            .app
+            .snapshot
+            .load()
+            .price(t, u, &provider, &model)
+            .or_else(|| self.snap.price(t, u, &provider, &model));
+        let (charge, price) = match price {
+            Some(p) => (p.charge(usage), p),
+            None => {
+                tracing::error!(request_id = %self.request_id, %provider, %model,
+                    "no rate for the target that answered; charging the reservation");
+                let free = Price {
+                    input_rate: Decimal::ZERO,
+                    output_rate: Decimal::ZERO,
+                    markup_percent: Decimal::ZERO,
+                };
+                let whole = Charge {
+                    platform_cost: self.reserve,
+                    amount: self.reserve,
+                };
+                (whole, free)
+            }
+        };
+        let settled = self
+            .app
+            .balances
+            .settle(
+                self.user_id,
+                ChargeRequest {
+                    request_id: self.request_id,
+                    amount: charge.amount,
+                    usage: UsageRecord {
+                        tenant_id: self.tenant_id,
+                        virtual_key_id: self.key_id,
+                        provider,
+                        model,
+                        usage,
+                        input_rate: price.input_rate,
+                        output_rate: price.output_rate,
+                        markup_percent: price.markup_percent,
+                        platform_cost: charge.platform_cost,
+                        usage_source: source,
+                    },
+                },
+            )
+            .await;
+        if let Err(e) = settled {
+            tracing::error!(request_id = %self.request_id, user_id = %self.user_id, error = ?e,
+                "a served call could not be charged");
+        }
+    }
+
+    /// Runs the call; returns the response to send (its billing may still be running).
+    pub async fn run(self, body: Map<String, Value>, stream: bool) -> Result<Response, ApiError> {
+        let rid = self.request_id.to_string();
+        let answer = self
+            .app
+            .upstreams
+            .execute(&self.plan, &body, &self.model, &rid, stream)
+            .await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                self.nothing();
+                return Err(upstream_error(e));
+            }
+        };
+        let mut response = match answer {
+            Answer::Whole(reply) => {
+                let out = reply.body.clone();
+                self.bill(reply.provider, reply.model, reply.usage, reply.usage_source)
+                    .await;
+                ([(header::CONTENT_TYPE, "application/json")], out).into_response()
+            }
+            Answer::Stream(reply) => {
+                let wants_usage = body
+                    .get("stream_options")
+                    .and_then(|o| o.get("include_usage"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let messages = body.get("messages").cloned().unwrap_or(Value::Null);
+                let (tx, rx) = mpsc::channel(64);
+                tokio::spawn(self.stream(reply, wants_usage, messages, tx));
+                let chunks = futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|c| (c, rx))
+                });
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/event-stream"),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    Body::from_stream(chunks),
+                )
+                    .into_response()
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&rid) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+        Ok(response)
+    }
+
+    /// Pumps a stream to the client, then bills what the upstream produced: its reported
+    /// usage, or the tokens counted in what it delivered.
+    async fn stream(
+        self,
+        reply: StreamReply,
+        wants_usage: bool,
+        messages: Value,
+        tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) {
+        let (provider, model) = (reply.provider.clone(), reply.model.clone());
+        let out = pump(reply, wants_usage, tx).await;
+        if out.client_gone {
+            tracing::info!(request_id = %self.request_id, "client left mid-stream; billed in full");
+        }
+        let (usage, source) = match out.usage {
+            Some(u) => (u, "upstream"),
+            None => (
+                Usage {
+                    input_tokens: tokens::prompt(&messages),
+                    output_tokens: tokens::count(&out.text),
+                },
+                "estimated",
+            ),
+        };
+        self.bill(provider, model, usage, source).await;
+    }
+}

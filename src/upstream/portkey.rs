@@ -1,0 +1,144 @@
+//! `UPSTREAM_MODE=portkey`: the plan goes to a Portkey gateway in `x-portkey-config`, with
+//! the platform keys filled in, and Portkey calls the providers. Which target answered
+//! comes back in `x-portkey-last-used-option-index` (`config.targets[1]`); the call is billed
+//! at that target's rates. Portkey speaks OpenAI's format for every provider, streams too.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Map, Value};
+
+use super::plan::Plan;
+use super::{
+    Answer, DASHSCOPE_BASE, Resolved, StreamReply, UpstreamError, Upstreams, Wire, reported_usage,
+    status_error, transport_error, whole,
+};
+
+/// The target index named by `x-portkey-last-used-option-index` (`config` alone: 0).
+pub fn target_index(header: Option<&str>) -> usize {
+    header
+        .and_then(|h| h.split("targets[").nth(1))
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The config Portkey executes: the plan, with platform keys injected. DashScope goes as
+/// an OpenAI-compatible host (its compatible mode).
+fn config(up: &Upstreams, plan: &Plan) -> Result<Value, UpstreamError> {
+    let mut config =
+        serde_json::to_value(plan).map_err(|e| UpstreamError::failed(e.to_string()))?;
+    let targets = config
+        .get_mut("targets")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| UpstreamError::failed("plan without targets"))?;
+    for (t, out) in plan.targets.iter().zip(targets.iter_mut()) {
+        if t.provider == "mock" && t.custom_host.is_none() {
+            return Err(UpstreamError::failed(
+                "the built-in mock provider cannot be reached through Portkey",
+            ));
+        }
+        if t.api_key.is_none()
+            && let Some(k) = up.env_key(&t.provider)
+        {
+            out["api_key"] = Value::String(k.expose().to_owned());
+        }
+        if t.provider == "dashscope" {
+            out["provider"] = Value::String("openai".into());
+            if t.custom_host.is_none() {
+                out["custom_host"] = Value::String(DASHSCOPE_BASE.into());
+            }
+        }
+    }
+    Ok(config)
+}
+
+pub async fn execute(
+    up: &Upstreams,
+    plan: &Plan,
+    body: &Map<String, Value>,
+    requested: &str,
+    request_id: &str,
+    stream: bool,
+) -> Result<Answer, UpstreamError> {
+    let config = config(up, plan)?;
+    let mut req = body.clone();
+    req.insert("model".into(), Value::String(requested.to_owned()));
+    if stream {
+        req.insert("stream".into(), Value::Bool(true));
+        let mut options = req
+            .get("stream_options")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        options.insert("include_usage".into(), Value::Bool(true));
+        req.insert("stream_options".into(), Value::Object(options));
+    }
+    let timeout = plan
+        .request_timeout
+        .map(Duration::from_millis)
+        .unwrap_or(up.default_timeout);
+    let mut call = up
+        .client
+        .post(format!("{}/v1/chat/completions", up.portkey_url))
+        .header("content-type", "application/json")
+        .header("x-request-id", request_id)
+        .header("x-portkey-config", config.to_string())
+        .body(serde_json::to_vec(&req).map_err(|e| UpstreamError::failed(e.to_string()))?);
+    if !stream {
+        call = call.timeout(timeout);
+    }
+    let response = tokio::time::timeout(timeout, call.send())
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
+        .map_err(transport_error)?;
+    let index = target_index(
+        response
+            .headers()
+            .get("x-portkey-last-used-option-index")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let target = plan.targets.get(index).unwrap_or(&plan.targets[0]);
+    let resolved = Resolved {
+        provider: target.provider.clone(),
+        wire: Wire::OpenAi,
+        base: up.portkey_url.clone(),
+        key: None,
+        model: target.model(requested).to_owned(),
+    };
+    let status = response.status();
+    if !status.is_success() {
+        let bytes = response.bytes().await.unwrap_or_default();
+        return Err(status_error(status, &bytes));
+    }
+    if stream {
+        return Ok(Answer::Stream(StreamReply {
+            provider: resolved.provider,
+            model: resolved.model,
+            wire: Wire::OpenAi,
+            body: response
+                .bytes_stream()
+                .map(|c| c.map_err(|e| e.to_string()))
+                .boxed(),
+            idle_timeout: timeout,
+        }));
+    }
+    let bytes = response.bytes().await.map_err(transport_error)?;
+    let parsed: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| UpstreamError::failed("Portkey answered with invalid JSON"))?;
+    let usage = reported_usage(&parsed);
+    Ok(Answer::Whole(whole(&resolved, &req, bytes, usage)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answering_target_is_read_from_portkeys_header() {
+        assert_eq!(target_index(Some("config.targets[2]")), 2);
+        assert_eq!(target_index(Some("config.targets[1].targets[0]")), 1);
+        assert_eq!(target_index(Some("config")), 0);
+        assert_eq!(target_index(None), 0);
+    }
+}

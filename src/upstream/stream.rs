@@ -1,0 +1,322 @@
+//! Streaming: the upstream's SSE goes to the client event by event, never buffered whole.
+//!
+//! The pump runs in its own task. It forwards each event as it arrives (translating
+//! Anthropic events into OpenAI chunks), watches for the final usage, and keeps what was
+//! delivered so an answer without usage can be counted. When the client goes away it keeps
+//! reading the upstream to its end, so what the upstream produced is billed; when the
+//! upstream breaks mid-stream it sends the client an SSE error event and stops. Either way
+//! it returns what to bill.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::anthropic::{StreamTranslator, Translated};
+use super::sse::{self, Parser};
+use super::{StreamReply, Wire};
+use crate::billing::Usage;
+
+/// What a finished stream used and delivered.
+#[derive(Debug, Default)]
+pub struct StreamOutcome {
+    /// Usage reported by the upstream, if it reported any.
+    pub usage: Option<Usage>,
+    /// The answer's text, for counting when no usage came.
+    pub text: String,
+    /// The upstream stream failed before its end.
+    pub broke: bool,
+    /// The client went away before the end.
+    pub client_gone: bool,
+}
+
+/// Sends to the client; after the first failure (client gone) sends nothing more.
+struct Client {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    gone: bool,
+}
+
+impl Client {
+    async fn send(&mut self, bytes: Bytes) {
+        if !self.gone && self.tx.send(Ok(bytes)).await.is_err() {
+            self.gone = true;
+        }
+    }
+}
+
+fn error_event(message: &str) -> Bytes {
+    sse::data(
+        &json!({"error": {"message": message, "type": "api_error", "code": "upstream_error"}})
+            .to_string(),
+    )
+}
+
+fn openai_usage(v: &Value) -> Option<Usage> {
+    let u = v.get("usage").filter(|u| !u.is_null())?;
+    let get = |k: &str| {
+        u.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    Some(Usage {
+        input_tokens: get("prompt_tokens")?,
+        output_tokens: get("completion_tokens")?,
+    })
+}
+
+fn delta_text(v: &Value, into: &mut String) {
+    for c in v
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
+            into.push_str(t);
+        }
+    }
+}
+
+/// Pumps `reply` to `tx`. `client_wants_usage`: the client asked for
+/// `stream_options.include_usage` (the gateway always asks the upstream for it).
+pub async fn pump(
+    mut reply: StreamReply,
+    client_wants_usage: bool,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> StreamOutcome {
+    let mut out = StreamOutcome::default();
+    let mut client = Client { tx, gone: false };
+    let mut parser = Parser::default();
+    let mut anthropic = StreamTranslator::default();
+    let mut done = false;
+    loop {
+        let next = tokio::time::timeout(reply.idle_timeout, reply.body.next()).await;
+        let events = match next {
+            Ok(Some(Ok(bytes))) => parser.push(&bytes),
+            Ok(None) => {
+                let rest = parser.finish().into_iter().collect::<Vec<_>>();
+                if rest.is_empty() {
+                    break;
+                }
+                done = true;
+                rest
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(provider = %reply.provider, error = %e, "upstream stream broke");
+                out.broke = true;
+                client.send(error_event("the upstream stream broke")).await;
+                break;
+            }
+            Err(_) => {
+                out.broke = true;
+                client
+                    .send(error_event("the upstream stream stalled"))
+                    .await;
+                break;
+            }
+        };
+        for event in events {
+            match reply.wire {
+                Wire::OpenAi => {
+                    if event.data.trim() == "[DONE]" {
+                        client.send(sse::data("[DONE]")).await;
+                        continue;
+                    }
+                    let v: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                    if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
+                        out.broke = true;
+                        let m = e
+                            .get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("upstream error");
+                        client.send(error_event(m)).await;
+                        continue;
+                    }
+                    if let Some(u) = openai_usage(&v) {
+                        out.usage = Some(u);
+                    }
+                    delta_text(&v, &mut out.text);
+                    let usage_only = v
+                        .get("choices")
+                        .and_then(Value::as_array)
+                        .is_some_and(|c| c.is_empty());
+                    if usage_only && !client_wants_usage {
+                        continue;
+                    }
+                    client.send(sse::data(&event.data)).await;
+                }
+                Wire::Anthropic => match anthropic.event(&event.data) {
+                    Translated::Chunks(chunks) => {
+                        for c in chunks {
+                            if let Ok(v) = serde_json::from_str::<Value>(&c) {
+                                delta_text(&v, &mut out.text);
+                            }
+                            client.send(sse::data(&c)).await;
+                        }
+                        out.usage = anthropic.usage();
+                        if anthropic.done {
+                            if client_wants_usage && let Some(c) = anthropic.usage_chunk() {
+                                client.send(sse::data(&c)).await;
+                            }
+                            client.send(sse::data("[DONE]")).await;
+                        }
+                    }
+                    Translated::Error(m) => {
+                        out.broke = true;
+                        client.send(error_event(&m)).await;
+                    }
+                },
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    if reply.wire == Wire::Anthropic && !anthropic.done {
+        // The usage of an unfinished Anthropic stream has no final output count.
+        out.usage = None;
+    }
+    out.client_gone = client.gone;
+    out
+}
+
+/// A stream of chunks for the in-process mock provider: one chunk per word, then the usage
+/// chunk, then `[DONE]`.
+pub fn mock_chunks(
+    answer: &Value,
+    usage: Usage,
+    pace: Duration,
+) -> futures::stream::BoxStream<'static, Result<Bytes, String>> {
+    let model = answer["model"].clone();
+    let text = answer["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0,
+            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        .to_string()
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    for w in words {
+        events.push(chunk(json!({"content": w}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    events.push(
+        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0,
+            "model": answer["model"], "choices": [],
+            "usage": {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+                "total_tokens": usage.total()}})
+        .to_string(),
+    );
+    events.push("[DONE]".into());
+    futures::stream::iter(events)
+        .then(move |e| async move {
+            if !pace.is_zero() {
+                tokio::time::sleep(pace).await;
+            }
+            Ok(sse::data(&e))
+        })
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(wire: Wire, chunks: Vec<Result<&'static str, &'static str>>) -> StreamReply {
+        StreamReply {
+            provider: "p".into(),
+            model: "m".into(),
+            wire,
+            body: futures::stream::iter(chunks.into_iter().map(|c| {
+                c.map(|s| Bytes::from_static(s.as_bytes()))
+                    .map_err(str::to_owned)
+            }))
+            .boxed(),
+            idle_timeout: Duration::from_secs(5),
+        }
+    }
+
+    async fn collect(mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> String {
+        let mut s = String::new();
+        while let Some(Ok(b)) = rx.recv().await {
+            s.push_str(&String::from_utf8_lossy(&b));
+        }
+        s
+    }
+
+    const OPENAI: &[&str] = &[
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+        "data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n",
+        "data: [DONE]\n\n",
+    ];
+
+    #[tokio::test]
+    async fn openai_streams_pass_through_and_hide_the_added_usage_chunk() {
+        let (tx, rx) = mpsc::channel(16);
+        let out = pump(
+            reply(Wire::OpenAi, OPENAI.iter().map(|c| Ok(*c)).collect()),
+            false,
+            tx,
+        )
+        .await;
+        assert_eq!(
+            out.usage,
+            Some(Usage {
+                input_tokens: 5,
+                output_tokens: 2
+            })
+        );
+        assert_eq!(out.text, "Hello");
+        let sent = collect(rx).await;
+        assert!(sent.contains("Hel") && sent.ends_with("data: [DONE]\n\n"));
+        assert!(!sent.contains("usage"), "{sent}");
+        let (tx, rx) = mpsc::channel(16);
+        pump(
+            reply(Wire::OpenAi, OPENAI.iter().map(|c| Ok(*c)).collect()),
+            true,
+            tx,
+        )
+        .await;
+        assert!(collect(rx).await.contains("\"usage\""));
+    }
+
+    #[tokio::test]
+    async fn a_broken_upstream_gets_an_error_event_and_a_gone_client_is_drained() {
+        let (tx, rx) = mpsc::channel(16);
+        let out = pump(
+            reply(Wire::OpenAi, vec![Ok(OPENAI[0]), Err("reset")]),
+            false,
+            tx,
+        )
+        .await;
+        assert!(out.broke && out.usage.is_none());
+        assert_eq!(out.text, "Hel");
+        assert!(collect(rx).await.contains("upstream_error"));
+
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let out = pump(
+            reply(Wire::OpenAi, OPENAI.iter().map(|c| Ok(*c)).collect()),
+            false,
+            tx,
+        )
+        .await;
+        assert!(out.client_gone);
+        assert_eq!(
+            out.usage,
+            Some(Usage {
+                input_tokens: 5,
+                output_tokens: 2
+            }),
+            "read to the end"
+        );
+    }
+}
