@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use crate::actors::root::RootMsg;
 use crate::app::AppState;
+use crate::upstream::breaker::{BreakerMsg, UpstreamsMsg};
 
 fn status(s: ActorStatus) -> &'static str {
     match s {
@@ -48,6 +49,7 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, axum::Json<Valu
         "keys": status(t.keys.get().get_status()),
         "balances": status(t.balances.get().get_status()),
         "ledger": status(t.ledger.get().get_status()),
+        "upstreams": status(t.upstreams.get().get_status()),
         "restarts": restarts,
         "key_actors": app.keys.stats().await,
         "balance_actors": app.balances.stats().await,
@@ -64,9 +66,19 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, axum::Json<Valu
         1_000
     )
     .ok();
+    let mut upstreams = Vec::new();
+    if let Ok(breakers) = ractor::call_t!(t.upstreams.get(), UpstreamsMsg::Views, 1_000) {
+        for b in breakers {
+            if let Ok(view) = ractor::call_t!(b, BreakerMsg::View, 1_000) {
+                upstreams.push(view);
+            }
+        }
+    }
+    upstreams.sort_by(|a, b| a.target.cmp(&b.target));
     (
         code,
         axum::Json(json!({
+            "upstreams": upstreams,
             "config": config,
             "cache": app.cache.stats(),
             "status": if ok && redis != "unreachable" { "ok" } else { "degraded" },

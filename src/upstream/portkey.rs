@@ -38,10 +38,13 @@ fn config(up: &Upstreams, plan: &Plan) -> Result<Value, UpstreamError> {
                 "the built-in mock provider cannot be reached through Portkey",
             ));
         }
-        if t.api_key.is_none()
-            && let Some(k) = up.env_key(&t.provider)
-        {
-            out["api_key"] = Value::String(k.expose().to_owned());
+        if t.api_key.is_none() {
+            // Portkey requires a key on every target; a keyless custom host gets a dummy.
+            let key = up
+                .env_key(&t.provider)
+                .map(|k| k.expose())
+                .unwrap_or("unused");
+            out["api_key"] = Value::String(key.to_owned());
         }
         if t.provider == "dashscope" {
             out["provider"] = Value::String("openai".into());

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +47,102 @@ pub struct MockState {
     pub completion_tokens: AtomicU64,
     pub authorizations: Mutex<Vec<String>>,
     pub bodies: Mutex<Vec<Value>>,
+    /// Headers of Anthropic calls: (x-api-key, anthropic-version).
+    pub anthropic_headers: Mutex<Vec<(String, String)>>,
+    /// Fail this many calls (with `fail_status`, default 503) before answering normally.
+    pub fail_next: AtomicUsize,
+    /// Streams: leave the usage out even when asked for it.
+    pub stream_without_usage: AtomicBool,
+    /// Streams: break the connection after this many chunks (0: never).
+    pub break_after: AtomicUsize,
+    /// Streams: pause between chunks.
+    pub chunk_delay_ms: AtomicU64,
+    /// Streams: chunks fully sent (counted as they leave).
+    pub chunks_sent: AtomicUsize,
+}
+
+/// The answer's words, one stream chunk each.
+pub const ANSWER: &str = "Hello from the mock.";
+
+fn status_now(s: &MockState) -> Option<u16> {
+    let fail = s.fail_status.load(Ordering::SeqCst);
+    if fail != 0 {
+        return Some(fail);
+    }
+    let left = s.fail_next.load(Ordering::SeqCst);
+    if left > 0 {
+        s.fail_next.fetch_sub(1, Ordering::SeqCst);
+        return Some(503);
+    }
+    None
+}
+
+/// An SSE body from `events`, paced and possibly broken per the mock's settings.
+fn sse_body(s: Arc<MockState>, events: Vec<String>) -> Response {
+    let stream = futures::stream::unfold(
+        (s, events.into_iter(), 0usize),
+        |(s, mut it, n)| async move {
+            let delay = s
+                .delay_ms
+                .load(Ordering::SeqCst)
+                .max(s.chunk_delay_ms.load(Ordering::SeqCst));
+            let brk = s.break_after.load(Ordering::SeqCst);
+            if delay > 0 && n > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            if brk > 0 && n == brk {
+                return Some((
+                    Err(std::io::Error::other("mock breaks the stream")),
+                    (s, it, n + 1),
+                ));
+            }
+            let event = it.next()?;
+            s.chunks_sent.fetch_add(1, Ordering::SeqCst);
+            Some((Ok::<_, std::io::Error>(Bytes::from(event)), (s, it, n + 1)))
+        },
+    );
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn openai_stream(s: Arc<MockState>, req: &Value) -> Response {
+    let model = req.get("model").cloned().unwrap_or(Value::Null);
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
+            "created": 1, "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for w in ANSWER.split_inclusive(' ') {
+        events.push(chunk(json!({"content": w}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    let wants = req
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        == Some(true);
+    if wants && !s.stream_without_usage.load(Ordering::SeqCst) {
+        let (p, c) = (
+            s.prompt_tokens.load(Ordering::SeqCst),
+            s.completion_tokens.load(Ordering::SeqCst),
+        );
+        events.push(format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
+            "created": 1, "model": model, "choices": [],
+            "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
+        ));
+    }
+    events.push("data: [DONE]\n\n".into());
+    sse_body(s, events)
 }
 
 pub struct MockUpstream {
@@ -72,18 +168,21 @@ async fn mock_chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: By
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     s.bodies.lock().unwrap().push(req.clone());
+    let stream = req.get("stream").and_then(Value::as_bool) == Some(true);
     let delay = s.delay_ms.load(Ordering::SeqCst);
-    if delay > 0 {
+    if delay > 0 && !stream {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let fail = s.fail_status.load(Ordering::SeqCst);
-    if fail != 0 {
+    if let Some(fail) = status_now(&s) {
         let status = StatusCode::from_u16(fail).unwrap();
         // DashScope compatible mode's error shape.
         let body = json!({"error": {"message": format!("mock failure {fail}"),
             "type": "invalid_request_error", "code": "mock_error"},
             "request_id": "mock"});
         return (status, axum::Json(body)).into_response();
+    }
+    if stream {
+        return openai_stream(s.clone(), &req);
     }
     let (p, c) = (
         s.prompt_tokens.load(Ordering::SeqCst),
@@ -102,6 +201,79 @@ async fn mock_chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: By
     .into_response()
 }
 
+/// Anthropic Messages, as documented: `x-api-key`, `anthropic-version`, usage in
+/// `input_tokens`/`output_tokens`, errors as `{"type": "error", "error": {...}}`, and the
+/// `message_start` ... `message_stop` stream.
+async fn mock_messages(
+    State(s): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.calls.fetch_add(1, Ordering::SeqCst);
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    s.anthropic_headers
+        .lock()
+        .unwrap()
+        .push((h("x-api-key"), h("anthropic-version")));
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    s.bodies.lock().unwrap().push(req.clone());
+    if let Some(fail) = status_now(&s) {
+        let kind = if fail == 529 {
+            "overloaded_error"
+        } else {
+            "invalid_request_error"
+        };
+        let body = json!({"type": "error", "error": {"type": kind, "message": format!("mock failure {fail}")}});
+        return (StatusCode::from_u16(fail).unwrap(), axum::Json(body)).into_response();
+    }
+    let (p, c) = (
+        s.prompt_tokens.load(Ordering::SeqCst),
+        s.completion_tokens.load(Ordering::SeqCst),
+    );
+    let model = req.get("model").cloned().unwrap_or(Value::Null);
+    if req.get("stream").and_then(Value::as_bool) == Some(true) {
+        let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+        let mut events = vec![
+            ev(
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+                "role": "assistant", "model": model, "content": [], "usage": {"input_tokens": p, "output_tokens": 1}}}),
+            ),
+            ev(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+            ),
+            ev("ping", json!({"type": "ping"})),
+        ];
+        for w in ANSWER.split_inclusive(' ') {
+            events.push(ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": w}}),
+            ));
+        }
+        events.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+        events.push(ev("message_delta", json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": c}})));
+        events.push(ev("message_stop", json!({"type": "message_stop"})));
+        return sse_body(s.clone(), events);
+    }
+    axum::Json(json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": ANSWER}], "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": p, "output_tokens": c}}))
+    .into_response()
+}
+
 /// Starts a mock upstream answering 12 prompt and 8 completion tokens.
 pub async fn mock_upstream() -> MockUpstream {
     let state = Arc::new(MockState::default());
@@ -110,6 +282,7 @@ pub async fn mock_upstream() -> MockUpstream {
     let app = Router::new()
         .route("/compatible-mode/v1/chat/completions", post(mock_chat))
         .route("/v1/chat/completions", post(mock_chat))
+        .route("/v1/messages", post(mock_messages))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
