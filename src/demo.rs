@@ -56,7 +56,7 @@ pub async fn seed(app: &AppState) -> Result<Seeded, String> {
     db::config::upsert_rate(pool, "mock", DEMO_MODEL, &rate)
         .await
         .map_err(err)?;
-    db::config::upsert_model_config(pool, DEMO_MODEL, &Plan::single("mock", DEMO_MODEL))
+    db::config::upsert_model_config(pool, DEMO_MODEL, &Plan::single("mock", DEMO_MODEL), None)
         .await
         .map_err(err)?;
     app.reload_config().await?;

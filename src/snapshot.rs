@@ -21,6 +21,8 @@ pub struct ModelRoute {
     pub model: String,
     pub provider: String,
     pub plan: Arc<Plan>,
+    /// Output ceiling for calls that set no `max_tokens` (also sent upstream).
+    pub default_max_tokens: Option<u32>,
 }
 
 /// An active Portkey config of a tenant or a user (the brief's `data.portkey_configs`).
@@ -139,6 +141,7 @@ mod tests {
                 model: "m".into(),
                 provider: "mock".into(),
                 plan: Arc::new(Plan::single("mock", "m")),
+                default_max_tokens: None,
             }),
         );
         assert_eq!(

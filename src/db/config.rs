@@ -35,14 +35,17 @@ pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
             .insert(model, rate);
     }
 
-    let rows =
-        sqlx::query("SELECT model, provider, config FROM data.model_configs WHERE is_active")
-            .fetch_all(pool)
-            .await?;
+    let rows = sqlx::query(
+        "SELECT model, provider, config, default_max_tokens FROM data.model_configs
+             WHERE is_active",
+    )
+    .fetch_all(pool)
+    .await?;
     for r in rows {
         let model: String = r.try_get("model")?;
         let provider: String = r.try_get("provider")?;
         let config: serde_json::Value = r.try_get("config")?;
+        let default_max_tokens: Option<i32> = r.try_get("default_max_tokens")?;
         match Plan::from_json(&config) {
             Ok(plan) => {
                 snap.models.insert(
@@ -51,6 +54,7 @@ pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
                         model,
                         provider,
                         plan: Arc::new(plan),
+                        default_max_tokens: default_max_tokens.and_then(|n| u32::try_from(n).ok()),
                     }),
                 );
             }
@@ -159,6 +163,7 @@ pub async fn upsert_model_config(
     pool: &PgPool,
     model: &str,
     plan: &Plan,
+    default_max_tokens: Option<i32>,
 ) -> Result<(), sqlx::Error> {
     let provider = plan
         .targets
@@ -167,13 +172,16 @@ pub async fn upsert_model_config(
         .unwrap_or("");
     let config = serde_json::to_value(plan).map_err(|e| sqlx::Error::Encode(e.into()))?;
     sqlx::query(
-        "INSERT INTO data.model_configs (model, provider, config) VALUES ($1, $2, $3)
+        "INSERT INTO data.model_configs (model, provider, config, default_max_tokens)
+         VALUES ($1, $2, $3, $4)
          ON CONFLICT (model) DO UPDATE SET provider = EXCLUDED.provider,
-             config = EXCLUDED.config, is_active = true, updated_at = now()",
+             config = EXCLUDED.config, default_max_tokens = EXCLUDED.default_max_tokens,
+             is_active = true, updated_at = now()",
     )
     .bind(model)
     .bind(provider)
     .bind(config)
+    .bind(default_max_tokens)
     .execute(pool)
     .await?;
     Ok(())

@@ -152,6 +152,9 @@ pub struct PutModelConfig {
     pub config: Option<Value>,
     /// Shorthand for a one-target plan on this provider.
     pub provider: Option<String>,
+    /// Output ceiling for calls that set no `max_tokens`: reserved, and sent upstream.
+    #[schema(example = 1024)]
+    pub default_max_tokens: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -160,6 +163,7 @@ pub struct ModelConfigView {
     /// The plan, platform keys as `***`.
     #[schema(value_type = Object)]
     pub config: Value,
+    pub default_max_tokens: Option<u32>,
 }
 
 /// Sets the routing plan of a public model name; the next call uses it.
@@ -188,11 +192,21 @@ pub async fn put_model_config(
             ));
         }
     };
-    db::config::upsert_model_config(&app.pool, &body.model, &plan).await?;
+    let default_max_tokens = body
+        .default_max_tokens
+        .map(|n| {
+            i32::try_from(n)
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| ApiError::bad_request("default_max_tokens must be 1 to 1000000"))
+        })
+        .transpose()?;
+    db::config::upsert_model_config(&app.pool, &body.model, &plan, default_max_tokens).await?;
     reload(&app).await?;
     Ok(axum::Json(ModelConfigView {
         model: body.model,
         config: plan.redacted(),
+        default_max_tokens: default_max_tokens.and_then(|n| u32::try_from(n).ok()),
     }))
 }
 
@@ -217,6 +231,7 @@ pub async fn list_model_configs(
         .map(|r| ModelConfigView {
             model: r.model.clone(),
             config: r.plan.redacted(),
+            default_max_tokens: r.default_max_tokens,
         })
         .collect();
     data.sort_by(|a, b| a.model.cmp(&b.model));

@@ -213,14 +213,22 @@ async fn chat(
     };
     let snap = app.snapshot.load_full();
 
-    if snap.model(&model).is_none() {
+    let Some(route) = snap.model(&model) else {
         app.keys.describe(hash).await.map_err(admit_error)?;
         return Err(ApiError::NotFound(format!(
             "model {model:?} does not exist"
         )));
+    };
+    let mut body = body;
+    if max_tokens.is_none()
+        && let Some(ceiling) = route.default_max_tokens
+    {
+        // The model's ceiling goes upstream, so the reservation bounds the answer.
+        body.insert("max_tokens".into(), Value::from(ceiling));
     }
-
-    let max_out = max_tokens.unwrap_or(app.config.default_max_tokens);
+    let max_out = max_tokens
+        .or(route.default_max_tokens)
+        .unwrap_or(app.config.default_max_tokens);
     let worst = Usage {
         input_tokens: prompt_tokens,
         output_tokens: max_out,

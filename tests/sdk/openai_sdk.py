@@ -1,0 +1,49 @@
+"""The official OpenAI Python SDK, unchanged, pointed at the gateway.
+
+Run by tests/sdk.rs with GW (gateway base URL), KEY (a virtual key) and MODEL; prints one
+JSON object with what it saw.
+"""
+import json
+import os
+
+import openai
+from openai import OpenAI
+
+gw, key, model = os.environ["GW"], os.environ["KEY"], os.environ["MODEL"]
+client = OpenAI(base_url=f"{gw}/v1", api_key=key, max_retries=0)
+messages = [{"role": "user", "content": "Hello from the SDK"}]
+
+out = {"sdk_version": openai.__version__}
+r = client.chat.completions.create(model=model, messages=messages, max_tokens=16)
+out["plain"] = r.choices[0].message.content
+out["plain_usage"] = r.usage.total_tokens
+
+chunks, usage = [], None
+stream = client.chat.completions.create(
+    model=model, messages=messages, stream=True, stream_options={"include_usage": True}
+)
+for c in stream:
+    if c.choices and c.choices[0].delta.content:
+        chunks.append(c.choices[0].delta.content)
+    if c.usage:
+        usage = c.usage.total_tokens
+out["stream"] = "".join(chunks)
+out["stream_usage"] = usage
+
+out["models"] = [m.id for m in client.models.list()]
+
+try:
+    OpenAI(base_url=f"{gw}/v1", api_key="vk_wrong", max_retries=0).chat.completions.create(
+        model=model, messages=messages
+    )
+    out["bad_key"] = "accepted"
+except openai.AuthenticationError as e:
+    out["bad_key"] = e.status_code
+
+try:
+    client.chat.completions.create(model="no-such-model", messages=messages)
+    out["bad_model"] = "accepted"
+except openai.NotFoundError as e:
+    out["bad_model"] = e.status_code
+
+print(json.dumps(out))
