@@ -596,7 +596,7 @@ impl TestApp {
     }
 }
 
-/// A chat body whose prompt estimate (>= 12 tokens) covers the mock's 12 prompt tokens,
+/// A chat body whose prompt estimate (16 tokens) covers the mock's 12 prompt tokens,
 /// with `max_tokens` equal to the mock's 8 completion tokens: reservations then cover the
 /// actual charge.
 pub fn chat_body(model: &str) -> Value {
