@@ -11,6 +11,7 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+use crate::actors::Probe;
 use crate::actors::balances::{Balances, BalancesArgs};
 use crate::actors::keys::{Keys, KeysArgs};
 use crate::actors::ledger::LedgerArgs;
@@ -43,6 +44,7 @@ pub struct AppInner {
     pub root: RootRef,
     pub upstreams: Upstreams,
     pub throttle: LoginThrottle,
+    pub started: std::time::Instant,
 }
 
 impl Deref for AppState {
@@ -112,6 +114,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             pool: pool.clone(),
             directory: Arc::clone(&key_directory),
             cache: cache.clone(),
+            probe: Probe::new(),
         },
         balances: BalancesArgs {
             pool: pool.clone(),
@@ -119,6 +122,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             journal: journal.clone(),
             snapshot: snapshot.clone(),
             journal_max: config.journal_max,
+            probe: Probe::new(),
         },
         upstreams: UpstreamsArgs {
             directory: breakers.clone(),
@@ -126,6 +130,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
                 failures_to_open: config.breaker_failures,
                 cooldown: Duration::from_millis(config.breaker_cooldown_ms),
             },
+            probe: Probe::new(),
         },
         ledger: LedgerArgs {
             pool: pool.clone(),
@@ -133,12 +138,15 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             balances: balance_directory.clone(),
             flush_every: Duration::from_millis(config.ledger_flush_ms),
             batch_rows: config.ledger_batch_rows,
+            probe: Probe::new(),
         },
     })
     .await?;
 
     let timeout = config.actor_timeout();
+    crate::metrics::install();
     let state = AppState(Arc::new(AppInner {
+        started: std::time::Instant::now(),
         upstreams: Upstreams::new(&config, breakers, tree.upstreams.clone())?,
         throttle: LoginThrottle::new(
             config.login_max_failures,

@@ -20,6 +20,7 @@
 //! - [`snapshot`]: the routing snapshot read lock-free on the hot path.
 //! - [`billing`]: money, prices, charges, the account status machine.
 //! - [`auth`]: passwords, JWTs, virtual-key hashes.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`throttle`]: login throttling per email and client address.
 //! - [`tokens`]: token estimates.
 //! - [`demo`]: the demo tenant, user and key of `neuropia serve --demo`.
@@ -34,6 +35,7 @@ pub mod db;
 pub mod demo;
 pub mod http;
 pub mod journal;
+pub mod metrics;
 pub mod snapshot;
 pub mod throttle;
 pub mod tokens;

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sqlx::PgPool;
 
-use super::Fault;
 use super::balances::{BalanceDirectory, BalanceMsg};
+use super::{Gate, Held, Probe};
 use crate::db;
 use crate::journal::{EntryData, Journal};
 
@@ -29,6 +29,7 @@ pub struct LedgerArgs {
     pub balances: BalanceDirectory,
     pub flush_every: Duration,
     pub batch_rows: usize,
+    pub probe: Arc<Probe>,
 }
 
 /// What operators see of the ledger.
@@ -47,6 +48,9 @@ pub struct LedgerStats {
 
 pub struct LedgerState {
     args: LedgerArgs,
+    held: Held<LedgerMsg>,
+    /// Writes fail until then (an injected `db_fail`).
+    fail_until: Option<Instant>,
     flushing: bool,
     scheduled: bool,
     consecutive_failures: u32,
@@ -73,8 +77,11 @@ pub enum LedgerMsg {
     Drain(RpcReplyPort<()>),
     /// Replies with statistics.
     Stats(RpcReplyPort<LedgerStats>),
-    /// Injected fault.
-    Fault(Fault),
+    /// Makes every write fail for `for_ms` (injected `db_fail`); failed batches are
+    /// retried with backoff as for a real outage. No reply.
+    FailWrites { for_ms: u64 },
+    /// Does nothing (applies an injected fault at once).
+    Poke,
 }
 
 pub type LedgerRef = ActorRef<LedgerMsg>;
@@ -127,8 +134,13 @@ impl LedgerState {
         }
         self.flushing = true;
         let (args, myself) = (self.args.clone(), myself.clone());
+        let injected = self.fail_until.is_some_and(|t| t > Instant::now());
         tokio::spawn(async move {
-            let result = write(args, batch).await;
+            let result = if injected {
+                Err("injected fault: database writes fail".to_owned())
+            } else {
+                write(args, batch).await
+            };
             let _ = myself.cast(LedgerMsg::Done(result));
         });
     }
@@ -169,6 +181,8 @@ impl Actor for LedgerWriter {
         myself.send_interval(SAFETY_TICK, || LedgerMsg::Kick);
         Ok(LedgerState {
             args,
+            held: Held::default(),
+            fail_until: None,
             flushing: false,
             scheduled: false,
             consecutive_failures: 0,
@@ -183,6 +197,18 @@ impl Actor for LedgerWriter {
         msg: LedgerMsg,
         state: &mut LedgerState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Gate::Swallow = state
+            .args
+            .probe
+            .gate(
+                "ledger",
+                !matches!(msg, LedgerMsg::Kick | LedgerMsg::Flush | LedgerMsg::Done(_)),
+            )
+            .await
+        {
+            state.held.hold(msg);
+            return Ok(());
+        }
         match msg {
             LedgerMsg::Kick => {
                 if !state.flushing && state.args.journal.depth() > 0 {
@@ -237,7 +263,11 @@ impl Actor for LedgerWriter {
                 stats.journal_depth = state.args.journal.depth();
                 let _ = reply.send(stats);
             }
-            LedgerMsg::Fault(Fault::Panic) => panic!("injected fault: ledger panics"),
+            LedgerMsg::FailWrites { for_ms } => {
+                state.fail_until = Some(Instant::now() + Duration::from_millis(for_ms));
+                tracing::warn!(for_ms, "injected fault: ledger writes fail");
+            }
+            LedgerMsg::Poke => {}
         }
         Ok(())
     }

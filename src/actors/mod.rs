@@ -19,20 +19,16 @@ pub mod balances;
 pub mod config;
 pub mod keys;
 pub mod ledger;
+pub mod probe;
 pub mod root;
+
+pub use probe::{Fault, Gate, Handle, Held, Probe};
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Instant;
 
 use ractor::{ActorId, RpcReplyPort};
-
-/// Faults an operator or a test can inject into an actor (with `NEUROPIA_FAULTS=1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// Panic while handling this message: the actor dies and its supervisor restarts it.
-    Panic,
-}
 
 /// Why a supervisor could not hand out a child.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +44,21 @@ pub enum ResolveError {
 pub struct SupervisorStats {
     pub live: usize,
     pub restarts: u64,
+}
+
+/// One child as shown in the operators' tree.
+pub struct ChildInfo<M: ractor::Message> {
+    pub name: String,
+    pub restarts: u32,
+    pub last_failure: Option<String>,
+    /// `None` while the child is being restarted.
+    pub handle: Option<Handle<M>>,
+}
+
+/// A page of a supervisor's children, by name.
+pub struct ChildPage<M: ractor::Message> {
+    pub total: usize,
+    pub children: Vec<ChildInfo<M>>,
 }
 
 /// What a supervisor remembers about one child, alive or being restarted.
@@ -145,6 +156,31 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
         }
         if let Some(meta) = self.meta.remove(old) {
             self.meta.insert(new, meta);
+        }
+    }
+
+    /// Children `offset..offset + limit`, sorted by name.
+    pub fn page<M: ractor::Message>(
+        &self,
+        directory: &dashmap::DashMap<K, Handle<M>>,
+        offset: usize,
+        limit: usize,
+    ) -> ChildPage<M> {
+        let mut all: Vec<(&K, &ChildMeta)> = self.meta.iter().collect();
+        all.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        ChildPage {
+            total: all.len(),
+            children: all
+                .into_iter()
+                .skip(offset)
+                .take(limit)
+                .map(|(k, m)| ChildInfo {
+                    name: m.name.clone(),
+                    restarts: m.restarts,
+                    last_failure: m.last_failure.clone(),
+                    handle: directory.get(k).map(|h| h.clone()),
+                })
+                .collect(),
         }
     }
 

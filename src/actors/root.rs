@@ -16,10 +16,11 @@ use super::balances::{BalanceSupervisor, BalancesArgs, BalancesMsg};
 use super::config::{ConfigActor, ConfigArgs, ConfigMsg};
 use super::keys::{KeySupervisor, KeysArgs, KeysMsg};
 use super::ledger::{LedgerArgs, LedgerMsg, LedgerWriter};
+use super::{Handle, Probe};
 use crate::upstream::breaker::{UpstreamSupervisor, UpstreamsArgs, UpstreamsMsg};
 
 /// A reference to an actor that its supervisor may replace.
-pub struct Live<M: ractor::Message>(Arc<ArcSwap<ActorRef<M>>>);
+pub struct Live<M: ractor::Message>(Arc<ArcSwap<Handle<M>>>);
 
 impl<M: ractor::Message> Clone for Live<M> {
     fn clone(&self) -> Self {
@@ -28,15 +29,15 @@ impl<M: ractor::Message> Clone for Live<M> {
 }
 
 impl<M: ractor::Message> Live<M> {
-    fn new(r: ActorRef<M>) -> Self {
+    pub fn new(r: Handle<M>) -> Self {
         Self(Arc::new(ArcSwap::from_pointee(r)))
     }
 
-    pub fn get(&self) -> ActorRef<M> {
+    pub fn get(&self) -> Handle<M> {
         (**self.0.load()).clone()
     }
 
-    fn set(&self, r: ActorRef<M>) {
+    fn set(&self, r: Handle<M>) {
         self.0.store(Arc::new(r));
     }
 }
@@ -62,8 +63,9 @@ pub struct ConfigBase {
 }
 
 impl ConfigBase {
-    fn args(&self, keys: Live<KeysMsg>) -> ConfigArgs {
+    fn args(&self, keys: Live<KeysMsg>, probe: Arc<Probe>) -> ConfigArgs {
         ConfigArgs {
+            probe,
             pool: self.pool.clone(),
             snapshot: self.snapshot.clone(),
             keys,
@@ -126,6 +128,8 @@ pub enum RootMsg {
     Drain(RpcReplyPort<()>),
     /// Replies with each child's name and restart count.
     Restarts(RpcReplyPort<Vec<(&'static str, u32)>>),
+    /// Replies with each child's name and record, for the operators' tree.
+    Children(RpcReplyPort<Vec<(&'static str, ChildRecord)>>),
 }
 
 pub type RootRef = ActorRef<RootMsg>;
@@ -144,29 +148,66 @@ impl Root {
     }
 }
 
+/// Spawns one child with a new probe.
 async fn spawn_child(
     which: Child,
     args: &RootArgs,
-    tree: &Tree,
+    keys: Option<&Live<KeysMsg>>,
     me: ractor::ActorCell,
-) -> Result<ractor::ActorCell, ractor::SpawnErr> {
-    Ok(match which {
-        Child::Config => ConfigActor::spawn(args.config.args(tree.keys.clone()), me)
-            .await?
-            .get_cell(),
-        Child::Keys => KeySupervisor::spawn(args.keys.clone(), me)
-            .await?
-            .get_cell(),
-        Child::Balances => BalanceSupervisor::spawn(args.balances.clone(), me)
-            .await?
-            .get_cell(),
-        Child::Ledger => LedgerWriter::spawn(args.ledger.clone(), me)
-            .await?
-            .get_cell(),
-        Child::Upstreams => UpstreamSupervisor::spawn(args.upstreams.clone(), me)
-            .await?
-            .get_cell(),
-    })
+) -> Result<(ractor::ActorCell, Arc<Probe>), ractor::SpawnErr> {
+    let probe = Probe::new();
+    let p = probe.clone();
+    let cell = match which {
+        Child::Config => {
+            let keys = keys.ok_or_else(|| {
+                ractor::SpawnErr::StartupFailed("config needs the keys supervisor".into())
+            })?;
+            ConfigActor::spawn(args.config.args(keys.clone(), p), me)
+                .await?
+                .get_cell()
+        }
+        Child::Keys => KeySupervisor::spawn(
+            KeysArgs {
+                probe: p,
+                ..args.keys.clone()
+            },
+            me,
+        )
+        .await?
+        .get_cell(),
+        Child::Balances => BalanceSupervisor::spawn(
+            BalancesArgs {
+                probe: p,
+                ..args.balances.clone()
+            },
+            me,
+        )
+        .await?
+        .get_cell(),
+        Child::Ledger => LedgerWriter::spawn(
+            LedgerArgs {
+                probe: p,
+                ..args.ledger.clone()
+            },
+            me,
+        )
+        .await?
+        .get_cell(),
+        Child::Upstreams => UpstreamSupervisor::spawn(
+            UpstreamsArgs {
+                probe: p,
+                ..args.upstreams.clone()
+            },
+            me,
+        )
+        .await?
+        .get_cell(),
+    };
+    Ok((cell, probe))
+}
+
+fn handle<M: ractor::Message>((cell, probe): (ractor::ActorCell, Arc<Probe>)) -> Handle<M> {
+    Handle::new(cell.into(), probe)
 }
 
 impl Actor for Root {
@@ -180,12 +221,17 @@ impl Actor for Root {
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
         let me = myself.get_cell();
-        let keys = KeySupervisor::spawn(args.keys.clone(), me.clone()).await?;
+        let keys: Handle<KeysMsg> =
+            handle(spawn_child(Child::Keys, &args, None, me.clone()).await?);
         let keys_live = Live::new(keys.clone());
-        let config = ConfigActor::spawn(args.config.args(keys_live.clone()), me.clone()).await?;
-        let balances = BalanceSupervisor::spawn(args.balances.clone(), me.clone()).await?;
-        let ledger = LedgerWriter::spawn(args.ledger.clone(), me.clone()).await?;
-        let upstreams = UpstreamSupervisor::spawn(args.upstreams.clone(), me).await?;
+        let config: Handle<ConfigMsg> =
+            handle(spawn_child(Child::Config, &args, Some(&keys_live), me.clone()).await?);
+        let balances: Handle<BalancesMsg> =
+            handle(spawn_child(Child::Balances, &args, None, me.clone()).await?);
+        let ledger: Handle<LedgerMsg> =
+            handle(spawn_child(Child::Ledger, &args, None, me.clone()).await?);
+        let upstreams: Handle<UpstreamsMsg> =
+            handle(spawn_child(Child::Upstreams, &args, None, me).await?);
         let mut by_actor = HashMap::new();
         by_actor.insert(config.get_id(), Child::Config);
         by_actor.insert(keys.get_id(), Child::Keys);
@@ -236,6 +282,15 @@ impl Actor for Root {
             RootMsg::Tree(reply) => {
                 let _ = reply.send(state.tree.clone());
             }
+            RootMsg::Children(reply) => {
+                let mut list: Vec<(&'static str, ChildRecord)> = state
+                    .records
+                    .iter()
+                    .map(|(c, r)| (c.name(), r.clone()))
+                    .collect();
+                list.sort_by_key(|(n, _)| *n);
+                let _ = reply.send(list);
+            }
             RootMsg::Restarts(reply) => {
                 let mut list: Vec<(&'static str, u32)> = state
                     .records
@@ -274,15 +329,22 @@ impl Actor for Root {
             return Ok(());
         };
         tracing::warn!(actor = which.name(), failure = ?failure, "child exited; restarting");
-        match spawn_child(which, &state.args, &state.tree, myself.get_cell()).await {
+        match spawn_child(
+            which,
+            &state.args,
+            Some(&state.tree.keys),
+            myself.get_cell(),
+        )
+        .await
+        {
             Ok(new) => {
-                state.by_actor.insert(new.get_id(), which);
+                state.by_actor.insert(new.0.get_id(), which);
                 match which {
-                    Child::Config => state.tree.config.set(new.into()),
-                    Child::Keys => state.tree.keys.set(new.into()),
-                    Child::Balances => state.tree.balances.set(new.into()),
-                    Child::Ledger => state.tree.ledger.set(new.into()),
-                    Child::Upstreams => state.tree.upstreams.set(new.into()),
+                    Child::Config => state.tree.config.set(handle(new)),
+                    Child::Keys => state.tree.keys.set(handle(new)),
+                    Child::Balances => state.tree.balances.set(handle(new)),
+                    Child::Ledger => state.tree.ledger.set(handle(new)),
+                    Child::Upstreams => state.tree.upstreams.set(handle(new)),
                 }
                 if let Some(rec) = state.records.get_mut(&which) {
                     rec.restarts += 1;

@@ -6,15 +6,11 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use super::access;
 use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody};
 use super::types::ErrorBody;
-use crate::actors::Fault;
-use crate::actors::balances::BalanceError;
-use crate::actors::ledger::LedgerMsg;
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::billing::{AmountRule, Decimal, Rate, de_money, de_patch_money};
@@ -281,72 +277,4 @@ pub async fn update_user(
         .await?
         .map(axum::Json)
         .ok_or_else(access::user_not_found)
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct InjectFault {
-    /// `balance:<user_id>` or `ledger`.
-    #[schema(example = "ledger")]
-    pub actor: String,
-    /// `panic`.
-    #[schema(example = "panic")]
-    pub fault: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Injected {
-    pub actor: String,
-    pub fault: String,
-    pub injected: bool,
-}
-
-/// Injects a fault into a named actor; exists only with `NEUROPIA_FAULTS=1`.
-#[utoipa::path(post, path = "/api/admin/faults", tag = "operations",
-    request_body = InjectFault, security(("jwt" = [])),
-    responses((status = 200, body = Injected), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
-pub async fn inject_fault(
-    State(app): State<AppState>,
-    caller: Caller,
-    JsonBody(body): JsonBody<InjectFault>,
-) -> Result<axum::Json<Injected>, ApiError> {
-    if !app.config.faults {
-        return Err(ApiError::NotFound("fault injection is disabled".into()));
-    }
-    caller.require_platform_admin()?;
-    let fault = match body.fault.as_str() {
-        "panic" => Fault::Panic,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "unknown fault kind {other:?}"
-            )));
-        }
-    };
-    let unknown = || ApiError::NotFound(format!("no actor named {:?}", body.actor));
-    if body.actor == "ledger" {
-        app.tree
-            .ledger
-            .get()
-            .cast(LedgerMsg::Fault(fault))
-            .map_err(|_| unknown())?;
-    } else if let Some(id) = body.actor.strip_prefix("balance:") {
-        let user_id = Uuid::parse_str(id).map_err(|_| unknown())?;
-        app.balances
-            .inject(user_id, fault)
-            .await
-            .map_err(|e| match e {
-                BalanceError::UnknownUser => unknown(),
-                other => ApiError::Unavailable(format!("{other:?}")),
-            })?;
-    } else {
-        return Err(unknown());
-    }
-    tracing::warn!(actor = %body.actor, fault = %body.fault, "fault injected");
-    Ok(axum::Json(Injected {
-        actor: body.actor,
-        fault: body.fault,
-        injected: true,
-    }))
 }

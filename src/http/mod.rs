@@ -13,6 +13,7 @@ pub mod extract;
 pub mod health;
 pub mod keys;
 pub mod money;
+pub mod ops;
 pub mod portkey;
 pub mod tenants;
 pub mod types;
@@ -109,7 +110,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(portkey::get, portkey::update))
         .routes(routes!(portkey::deactivate))
         .routes(routes!(portkey::activate))
-        .routes(routes!(admin::inject_fault))
+        .routes(routes!(ops::inject_fault))
+        .routes(routes!(ops::actors))
+        .routes(routes!(ops::actors_view))
         .split_for_parts()
 }
 

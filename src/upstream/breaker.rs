@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::actors::{ChildInfo, ChildPage, Gate, Handle, Held, Probe};
+
 const CLOSED: u8 = 0;
 const CLOSED_FAILING: u8 = 1;
 const OPEN: u8 = 2;
@@ -63,9 +65,12 @@ pub struct BreakerArgs {
     pub target: String,
     pub settings: BreakerSettings,
     pub shared: Arc<AtomicU8>,
+    pub probe: Arc<Probe>,
 }
 
 pub struct BreakerStateData {
+    probe: Arc<Probe>,
+    held: Held<BreakerMsg>,
     target: String,
     settings: BreakerSettings,
     shared: Arc<AtomicU8>,
@@ -84,6 +89,8 @@ pub enum BreakerMsg {
     Report { ok: bool },
     /// Replies with the breaker's state.
     View(RpcReplyPort<BreakerView>),
+    /// Does nothing (applies an injected fault at once).
+    Poke,
 }
 
 pub type BreakerRef = ActorRef<BreakerMsg>;
@@ -169,6 +176,8 @@ impl Actor for BreakerActor {
         a: BreakerArgs,
     ) -> Result<BreakerStateData, ActorProcessingErr> {
         let s = BreakerStateData {
+            probe: a.probe,
+            held: Held::default(),
             target: a.target,
             settings: a.settings,
             shared: a.shared,
@@ -189,7 +198,13 @@ impl Actor for BreakerActor {
         msg: BreakerMsg,
         s: &mut BreakerStateData,
     ) -> Result<(), ActorProcessingErr> {
+        let name = format!("upstream:{}", s.target);
+        if let Gate::Swallow = s.probe.gate(&name, true).await {
+            s.held.hold(msg);
+            return Ok(());
+        }
         match msg {
+            BreakerMsg::Poke => {}
             BreakerMsg::Permit(reply) => {
                 let _ = reply.send(s.permit(Instant::now()));
             }
@@ -205,7 +220,7 @@ impl Actor for BreakerActor {
 /// A live breaker as the router sees it.
 #[derive(Clone)]
 pub struct Breaker {
-    pub actor: BreakerRef,
+    pub actor: Handle<BreakerMsg>,
     pub shared: Arc<AtomicU8>,
 }
 
@@ -241,12 +256,15 @@ pub struct UpstreamSupervisor;
 pub struct UpstreamsArgs {
     pub directory: BreakerDirectory,
     pub settings: BreakerSettings,
+    pub probe: Arc<Probe>,
 }
 
 pub struct UpstreamsState {
     args: UpstreamsArgs,
+    held: Held<UpstreamsMsg>,
     by_actor: HashMap<ActorId, String>,
-    restarts: u64,
+    /// Restarts and last failure per target.
+    records: HashMap<String, (u32, Option<String>)>,
 }
 
 pub enum UpstreamsMsg {
@@ -255,8 +273,16 @@ pub enum UpstreamsMsg {
         target: String,
         reply: RpcReplyPort<Option<Breaker>>,
     },
-    /// Replies with every breaker's view.
-    Views(RpcReplyPort<Vec<BreakerRef>>),
+    /// Replies with every breaker.
+    Views(RpcReplyPort<Vec<Handle<BreakerMsg>>>),
+    /// Replies with a page of children for the operators' tree.
+    Children {
+        offset: usize,
+        limit: usize,
+        reply: RpcReplyPort<ChildPage<BreakerMsg>>,
+    },
+    /// Does nothing (applies an injected fault at once).
+    Poke,
 }
 
 pub type UpstreamsRef = ActorRef<UpstreamsMsg>;
@@ -277,15 +303,21 @@ async fn spawn_breaker(
     target: &str,
 ) -> Option<Breaker> {
     let shared = Arc::new(AtomicU8::new(CLOSED));
+    let probe = Probe::new();
     let args = BreakerArgs {
         target: target.to_owned(),
         settings: state.args.settings,
         shared: shared.clone(),
+        probe: probe.clone(),
     };
     let (actor, _) = Actor::spawn_linked(None, BreakerActor, args, myself.get_cell())
         .await
         .ok()?;
-    let breaker = Breaker { actor, shared };
+    let breaker = Breaker {
+        actor: Handle::new(actor, probe),
+        shared,
+    };
+    state.records.entry(target.to_owned()).or_insert((0, None));
     state
         .by_actor
         .insert(breaker.actor.get_id(), target.to_owned());
@@ -309,8 +341,9 @@ impl Actor for UpstreamSupervisor {
         args.directory.clear();
         Ok(UpstreamsState {
             args,
+            held: Held::default(),
             by_actor: HashMap::new(),
-            restarts: 0,
+            records: HashMap::new(),
         })
     }
 
@@ -320,7 +353,35 @@ impl Actor for UpstreamSupervisor {
         msg: UpstreamsMsg,
         state: &mut UpstreamsState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Gate::Swallow = state.args.probe.gate("upstreams", true).await {
+            state.held.hold(msg);
+            return Ok(());
+        }
         match msg {
+            UpstreamsMsg::Poke => {}
+            UpstreamsMsg::Children {
+                offset,
+                limit,
+                reply,
+            } => {
+                let mut names: Vec<&String> = state.records.keys().collect();
+                names.sort();
+                let page = ChildPage {
+                    total: names.len(),
+                    children: names
+                        .into_iter()
+                        .skip(offset)
+                        .take(limit)
+                        .map(|t| ChildInfo {
+                            name: format!("upstream:{t}"),
+                            restarts: state.records.get(t).map_or(0, |r| r.0),
+                            last_failure: state.records.get(t).and_then(|r| r.1.clone()),
+                            handle: state.args.directory.get(t).map(|b| b.actor.clone()),
+                        })
+                        .collect(),
+                };
+                let _ = reply.send(page);
+            }
             UpstreamsMsg::Get { target, reply } => {
                 let found = match state.args.directory.get(&target).map(|b| b.clone()) {
                     Some(b) => Some(b),
@@ -352,7 +413,9 @@ impl Actor for UpstreamSupervisor {
             && let Some(target) = state.by_actor.remove(&cell.get_id())
         {
             tracing::warn!(%target, error = %err, "breaker failed; restarting it closed");
-            state.restarts += 1;
+            let record = state.records.entry(target.clone()).or_insert((0, None));
+            record.0 += 1;
+            record.1 = Some(err.to_string());
             state.args.directory.remove(&target);
             spawn_breaker(state, &myself, &target).await;
         }
@@ -366,6 +429,8 @@ mod tests {
 
     fn data() -> BreakerStateData {
         BreakerStateData {
+            probe: Probe::new(),
+            held: Held::default(),
             target: "t".into(),
             settings: BreakerSettings {
                 failures_to_open: 3,

@@ -140,7 +140,7 @@ pub struct Upstreams {
     anthropic_key: Option<Secret>,
     default_timeout: Duration,
     default_max_tokens: u32,
-    breakers: BreakerDirectory,
+    pub breakers: BreakerDirectory,
     supervisor: Live<UpstreamsMsg>,
     pub mode: UpstreamMode,
     portkey_url: String,

@@ -13,7 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::actors::Fault;
+use crate::actors::{Gate, Held, Probe};
 use crate::billing::{AccountStatus, Decimal};
 use crate::db::ledger::BalanceAfter;
 use crate::db::users::StoredBalance;
@@ -35,9 +35,12 @@ pub struct BalanceArgs {
     pub journal: Arc<Journal>,
     pub snapshot: SnapshotHandle,
     pub journal_max: usize,
+    pub probe: Arc<Probe>,
 }
 
 pub struct BalanceState {
+    probe: Arc<Probe>,
+    held: Held<BalanceMsg>,
     user_id: Uuid,
     tenant_id: Uuid,
     durable_balance: Decimal,
@@ -87,11 +90,13 @@ pub struct CreditReply {
 }
 
 /// A read-only view for the API and operators.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BalanceView {
     pub user_id: Uuid,
+    #[serde(serialize_with = "crate::billing::ser_money")]
     pub balance: Decimal,
     pub status: AccountStatus,
+    #[serde(serialize_with = "crate::billing::ser_money")]
     pub reserved: Decimal,
     pub open_reservations: usize,
     /// Entries applied here but not yet committed to PostgreSQL.
@@ -134,8 +139,8 @@ pub enum BalanceMsg {
     Durable(BalanceAfter),
     /// Replies with the current view.
     Get { reply: RpcReplyPort<BalanceView> },
-    /// Injected fault.
-    Fault(Fault),
+    /// Does nothing (applies an injected fault at once).
+    Poke,
 }
 
 pub type BalanceRef = ActorRef<BalanceMsg>;
@@ -144,6 +149,8 @@ impl BalanceState {
     fn new(args: BalanceArgs) -> Self {
         let stored = args.loaded.stored;
         let mut s = Self {
+            probe: args.probe,
+            held: Held::default(),
             user_id: args.user_id,
             tenant_id: stored.tenant_id,
             durable_balance: stored.balance,
@@ -315,6 +322,14 @@ impl Actor for BalanceActor {
         msg: BalanceMsg,
         state: &mut BalanceState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Gate::Swallow = state
+            .probe
+            .gate(&format!("balance:{}", state.user_id), true)
+            .await
+        {
+            state.held.hold(msg);
+            return Ok(());
+        }
         match msg {
             BalanceMsg::Reserve {
                 request_id,
@@ -339,9 +354,7 @@ impl Actor for BalanceActor {
             BalanceMsg::Get { reply } => {
                 let _ = reply.send(state.view());
             }
-            BalanceMsg::Fault(Fault::Panic) => {
-                panic!("injected fault: balance:{} panics", state.user_id)
-            }
+            BalanceMsg::Poke => {}
         }
         Ok(())
     }
@@ -369,6 +382,7 @@ mod tests {
             journal: Arc::new(Journal::new()),
             snapshot: Snapshot::default().handle(),
             journal_max: 1000,
+            probe: Probe::new(),
         })
     }
 

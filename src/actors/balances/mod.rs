@@ -23,13 +23,18 @@ pub use balance::{
 };
 
 use super::root::Live;
-use super::{ChildBook, Fault, ResolveError, SupervisorStats};
+use super::{
+    ChildBook, ChildPage, Fault, Gate, Handle, Held, Probe, ResolveError, SupervisorStats,
+};
 use crate::billing::Decimal;
 use crate::db;
 use crate::journal::{EntryKind, Journal};
 use crate::snapshot::SnapshotHandle;
 
-pub type BalanceDirectory = Arc<DashMap<Uuid, BalanceRef>>;
+pub type BalanceDirectory = Arc<DashMap<Uuid, BalanceHandle>>;
+
+/// A live balance actor with its probe.
+pub type BalanceHandle = Handle<BalanceMsg>;
 
 pub struct BalanceSupervisor;
 
@@ -40,11 +45,13 @@ pub struct BalancesArgs {
     pub journal: Arc<Journal>,
     pub snapshot: SnapshotHandle,
     pub journal_max: usize,
+    pub probe: Arc<Probe>,
 }
 
 pub struct BalancesState {
     args: BalancesArgs,
-    book: ChildBook<Uuid, BalanceRef>,
+    held: Held<BalancesMsg>,
+    book: ChildBook<Uuid, BalanceHandle>,
 }
 
 pub enum BalancesMsg {
@@ -52,7 +59,7 @@ pub enum BalancesMsg {
     /// money) if needed; `NotFound` when the user does not exist.
     Resolve {
         user_id: Uuid,
-        reply: RpcReplyPort<Result<BalanceRef, ResolveError>>,
+        reply: RpcReplyPort<Result<BalanceHandle, ResolveError>>,
     },
     /// A load finished; `guard` keeps ledger commits out until the actor is registered.
     Loaded {
@@ -62,6 +69,14 @@ pub enum BalancesMsg {
     },
     /// Replies with the count of live children and restarts.
     Stats(RpcReplyPort<SupervisorStats>),
+    /// Replies with a page of children for the operators' tree.
+    Children {
+        offset: usize,
+        limit: usize,
+        reply: RpcReplyPort<ChildPage<BalanceMsg>>,
+    },
+    /// Does nothing (applies an injected fault at once).
+    Poke,
 }
 
 pub type BalancesRef = ActorRef<BalancesMsg>;
@@ -123,6 +138,7 @@ impl Actor for BalanceSupervisor {
         args.directory.clear();
         Ok(BalancesState {
             args,
+            held: Held::default(),
             book: ChildBook::default(),
         })
     }
@@ -133,7 +149,24 @@ impl Actor for BalanceSupervisor {
         msg: BalancesMsg,
         state: &mut BalancesState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Gate::Swallow = state
+            .args
+            .probe
+            .gate("balances", !matches!(msg, BalancesMsg::Loaded { .. }))
+            .await
+        {
+            state.held.hold(msg);
+            return Ok(());
+        }
         match msg {
+            BalancesMsg::Poke => {}
+            BalancesMsg::Children {
+                offset,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(state.book.page(&state.args.directory, offset, limit));
+            }
             BalancesMsg::Resolve { user_id, reply } => {
                 if let Some(r) = state.args.directory.get(&user_id) {
                     let _ = reply.send(Ok(r.clone()));
@@ -154,16 +187,19 @@ impl Actor for BalanceSupervisor {
                     // Another load already put a live actor in place: keep that one.
                     (Some(live), _) => Ok(live),
                     (None, Ok(Some(loaded))) => {
+                        let probe = Probe::new();
                         let args = BalanceArgs {
                             user_id,
                             loaded,
                             journal: state.args.journal.clone(),
                             snapshot: state.args.snapshot.clone(),
                             journal_max: state.args.journal_max,
+                            probe: probe.clone(),
                         };
                         match Actor::spawn_linked(None, BalanceActor, args, myself.get_cell()).await
                         {
-                            Ok((child, _)) => {
+                            Ok((actor, _)) => {
+                                let child = Handle::new(actor, probe);
                                 let name = format!("balance:{user_id}");
                                 state.book.started(user_id, child.get_id(), name);
                                 state.args.directory.insert(user_id, child.clone());
@@ -244,7 +280,12 @@ impl Balances {
         self.timeout.as_millis() as u64
     }
 
-    async fn resolve(&self, user_id: Uuid) -> Result<BalanceRef, BalanceError> {
+    /// The user's live actor (spawning it if needed).
+    pub async fn handle(&self, user_id: Uuid) -> Result<BalanceHandle, BalanceError> {
+        self.resolve(user_id).await
+    }
+
+    async fn resolve(&self, user_id: Uuid) -> Result<BalanceHandle, BalanceError> {
         if let Some(r) = self.directory.get(&user_id) {
             return Ok(r.clone());
         }
@@ -369,11 +410,12 @@ impl Balances {
         ractor::call_t!(supervisor, BalancesMsg::Stats, 1_000).ok()
     }
 
-    /// Sends `fault` to the user's live actor (spawning it first if needed).
+    /// Injects `fault` into the user's live actor (spawning it first if needed).
     pub async fn inject(&self, user_id: Uuid, fault: Fault) -> Result<(), BalanceError> {
         let actor = self.resolve(user_id).await?;
+        actor.probe.inject(fault);
         actor
-            .cast(BalanceMsg::Fault(fault))
+            .cast(BalanceMsg::Poke)
             .map_err(|e| BalanceError::Unavailable(e.to_string()))
     }
 }

@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use super::keys::KeysMsg;
 use super::root::Live;
+use super::{Gate, Held, Probe};
 use crate::auth::KeyHash;
 use crate::cache::Cache;
 use crate::config::Secret;
@@ -38,6 +39,7 @@ pub struct ConfigActor;
 
 #[derive(Clone)]
 pub struct ConfigArgs {
+    pub probe: Arc<Probe>,
     pub pool: PgPool,
     pub snapshot: SnapshotHandle,
     pub keys: Live<KeysMsg>,
@@ -73,6 +75,7 @@ impl Drop for AbortOnDrop {
 
 pub struct ConfigState {
     args: ConfigArgs,
+    held: Held<ConfigMsg>,
     loading: bool,
     /// A reload was asked for while one was running: run another when it ends.
     again: bool,
@@ -106,6 +109,11 @@ pub enum ConfigMsg {
     KeysChanged(Vec<db::keys::ChangedKey>, DateTime<Utc>),
     /// Replies with statistics.
     Stats(RpcReplyPort<ConfigStats>),
+    /// Terminates the LISTEN connection's backend (injected `listener_disconnect`); the
+    /// listener reconnects and everything is reloaded. No reply.
+    DropListener,
+    /// Does nothing (applies an injected fault at once).
+    Poke,
 }
 
 pub type ConfigRef = ActorRef<ConfigMsg>;
@@ -304,6 +312,7 @@ impl Actor for ConfigActor {
         myself.send_interval(args.resync_every, || ConfigMsg::Tick);
         let mut state = ConfigState {
             args,
+            held: Held::default(),
             loading: false,
             again: false,
             waiters: Vec::new(),
@@ -324,7 +333,29 @@ impl Actor for ConfigActor {
         msg: ConfigMsg,
         state: &mut ConfigState,
     ) -> Result<(), ActorProcessingErr> {
+        let counted = matches!(
+            msg,
+            ConfigMsg::Reload(_) | ConfigMsg::Stats(_) | ConfigMsg::DropListener | ConfigMsg::Poke
+        );
+        if let Gate::Swallow = state.args.probe.gate("config", counted).await {
+            state.held.hold(msg);
+            return Ok(());
+        }
         match msg {
+            ConfigMsg::Poke => {}
+            ConfigMsg::DropListener => {
+                let pool = state.args.pool.clone();
+                tokio::spawn(async move {
+                    let killed = sqlx::query_scalar::<_, Option<bool>>(
+                        "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity
+                         WHERE application_name = 'neuropia-listener'
+                           AND datname = current_database()",
+                    )
+                    .fetch_one(&pool)
+                    .await;
+                    tracing::warn!(result = ?killed, "injected fault: listener connection terminated");
+                });
+            }
             ConfigMsg::Reload(reply) => {
                 if state.loading {
                     state.next.push(reply);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Admission, Denied, KeyDirectory, KeyMsg, KeyRef, KeyView, KeysMsg};
+use super::{Admission, Denied, KeyDirectory, KeyHandle, KeyMsg, KeyView, KeysMsg};
 use crate::actors::root::Live;
 use crate::actors::{ResolveError, SupervisorStats};
 use crate::auth::KeyHash;
@@ -25,7 +25,7 @@ pub struct Keys {
 }
 
 impl Keys {
-    async fn resolve(&self, hash: KeyHash) -> Result<KeyRef, AdmitError> {
+    async fn resolve(&self, hash: KeyHash) -> Result<KeyHandle, AdmitError> {
         if let Some(r) = self.directory.get(&hash) {
             return Ok(r.clone());
         }
@@ -46,7 +46,7 @@ impl Keys {
         hash: KeyHash,
         model: &str,
         estimated_tokens: u64,
-    ) -> Result<(Admission, KeyRef), AdmitError> {
+    ) -> Result<(Admission, KeyHandle), AdmitError> {
         let ms = self.timeout.as_millis() as u64;
         let mut last = String::new();
         for attempt in 0..3 {

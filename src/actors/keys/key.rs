@@ -12,18 +12,24 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use uuid::Uuid;
 
 use super::window::TokenWindow;
-use crate::actors::Fault;
+use crate::actors::{Gate, Held, Probe};
 use crate::db::keys::KeyRecord;
+use std::sync::Arc;
 
 pub struct KeyActor;
 
 pub struct KeyArgs {
     pub record: KeyRecord,
+    pub probe: Arc<Probe>,
 }
 
 pub struct KeyState {
+    probe: Arc<Probe>,
+    held: Held<KeyMsg>,
     record: KeyRecord,
     rpm: Option<DefaultDirectRateLimiter>,
+    /// Requests admitted over the last 60 s (governor cannot be read without spending).
+    rpm_seen: TokenWindow,
     tpm: Option<TokenWindow>,
     clock: DefaultClock,
 }
@@ -68,8 +74,10 @@ pub enum KeyMsg {
     Replace(Box<KeyRecord>),
     /// Replies with what the key is and may do.
     Describe { reply: RpcReplyPort<KeyView> },
-    /// Injected fault.
-    Fault(Fault),
+    /// Replies with a summary of the key's state for operators.
+    Summary(RpcReplyPort<serde_json::Value>),
+    /// Does nothing (applies an injected fault at once).
+    Poke,
 }
 
 /// A read-only view of a key.
@@ -89,13 +97,32 @@ fn rpm_limiter(rpm: Option<u32>) -> Option<DefaultDirectRateLimiter> {
 }
 
 impl KeyState {
-    fn new(record: KeyRecord) -> Self {
+    fn new(record: KeyRecord, probe: Arc<Probe>) -> Self {
         Self {
+            probe,
+            held: Held::default(),
             rpm: rpm_limiter(record.rpm),
+            rpm_seen: TokenWindow::new(u64::MAX),
             tpm: record.tpm.map(TokenWindow::new),
             record,
             clock: DefaultClock::default(),
         }
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        let now = Instant::now();
+        serde_json::json!({
+            "key_id": self.record.id,
+            "user_id": self.record.user_id,
+            "is_active": self.record.is_active,
+            "allowed_models": self.record.allowed_models.len(),
+            "rpm_limit": self.record.rpm,
+            "requests_last_minute": self.rpm_seen.used(now),
+            "rpm_headroom": self.record.rpm.map(|l| u64::from(l).saturating_sub(self.rpm_seen.used(now))),
+            "tpm_limit": self.record.tpm,
+            "tpm_used": self.tpm.as_ref().map(|w| w.used(now)),
+            "tpm_headroom": self.tpm.as_ref().map(|w| w.limit().saturating_sub(w.used(now))),
+        })
     }
 
     fn replace(&mut self, record: KeyRecord) {
@@ -135,6 +162,7 @@ impl KeyState {
         if let Some(w) = &mut self.tpm {
             w.take(now, estimated_tokens);
         }
+        self.rpm_seen.take(now, 1);
         Ok(Admission {
             key_id: r.id,
             user_id: r.user_id,
@@ -153,7 +181,7 @@ impl Actor for KeyActor {
         _myself: ActorRef<KeyMsg>,
         args: KeyArgs,
     ) -> Result<KeyState, ActorProcessingErr> {
-        Ok(KeyState::new(args.record))
+        Ok(KeyState::new(args.record, args.probe))
     }
 
     async fn handle(
@@ -162,6 +190,14 @@ impl Actor for KeyActor {
         msg: KeyMsg,
         state: &mut KeyState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Gate::Swallow = state
+            .probe
+            .gate(&format!("key:{}", state.record.id), true)
+            .await
+        {
+            state.held.hold(msg);
+            return Ok(());
+        }
         match msg {
             KeyMsg::Admit {
                 model,
@@ -188,9 +224,10 @@ impl Actor for KeyActor {
                     allowed_models: r.allowed_models.clone(),
                 });
             }
-            KeyMsg::Fault(Fault::Panic) => {
-                panic!("injected fault: key:{} panics", state.record.id)
+            KeyMsg::Summary(reply) => {
+                let _ = reply.send(state.summary());
             }
+            KeyMsg::Poke => {}
         }
         Ok(())
     }
@@ -218,7 +255,7 @@ mod tests {
 
     #[test]
     fn rpm_allows_exactly_the_quota_in_a_burst() {
-        let mut s = KeyState::new(record(Some(30), None, &[]));
+        let mut s = KeyState::new(record(Some(30), None, &[]), Probe::new());
         let served = (0..100).filter(|_| s.admit("m", 10).is_ok()).count();
         assert_eq!(served, 30);
         match s.admit("m", 10) {
@@ -231,7 +268,7 @@ mod tests {
 
     #[test]
     fn allow_list_and_active_flag_are_enforced() {
-        let mut s = KeyState::new(record(None, None, &["a"]));
+        let mut s = KeyState::new(record(None, None, &["a"]), Probe::new());
         assert!(s.admit("a", 1).is_ok());
         assert_eq!(s.admit("b", 1), Err(Denied::ModelNotAllowed));
         s.record.is_active = false;
@@ -240,7 +277,7 @@ mod tests {
 
     #[test]
     fn replacing_the_record_applies_at_once() {
-        let mut s = KeyState::new(record(Some(1), Some(100), &[]));
+        let mut s = KeyState::new(record(Some(1), Some(100), &[]), Probe::new());
         assert!(s.admit("m", 60).is_ok());
         let mut changed = s.record.clone();
         changed.is_active = false;
@@ -259,7 +296,7 @@ mod tests {
 
     #[test]
     fn tpm_refusals_do_not_spend_rpm() {
-        let mut s = KeyState::new(record(Some(2), Some(100), &[]));
+        let mut s = KeyState::new(record(Some(2), Some(100), &[]), Probe::new());
         assert!(s.admit("m", 100).is_ok());
         assert!(matches!(s.admit("m", 1), Err(Denied::Tpm { .. })));
         assert!(matches!(

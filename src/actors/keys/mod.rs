@@ -28,13 +28,16 @@ pub use facade::{AdmitError, Keys};
 pub use key::{Admission, Denied, KeyActor, KeyArgs, KeyMsg, KeyRef, KeyView};
 pub use window::TokenWindow;
 
-use super::{ChildBook, ResolveError, SupervisorStats};
+use super::{ChildBook, ChildPage, Gate, Handle, Held, Probe, ResolveError, SupervisorStats};
 use crate::auth::KeyHash;
 use crate::cache::Cache;
 use crate::db;
 use crate::db::keys::KeyRecord;
 
-pub type KeyDirectory = Arc<DashMap<KeyHash, KeyRef>>;
+pub type KeyDirectory = Arc<DashMap<KeyHash, KeyHandle>>;
+
+/// A live key actor with its probe.
+pub type KeyHandle = Handle<KeyMsg>;
 
 pub struct KeySupervisor;
 
@@ -43,11 +46,13 @@ pub struct KeysArgs {
     pub pool: PgPool,
     pub directory: KeyDirectory,
     pub cache: Cache,
+    pub probe: Arc<Probe>,
 }
 
 pub struct KeysState {
     args: KeysArgs,
-    book: ChildBook<KeyHash, KeyRef>,
+    held: Held<KeysMsg>,
+    book: ChildBook<KeyHash, KeyHandle>,
     /// Key id of each live child, by hash.
     ids: HashMap<KeyHash, Uuid>,
     /// Keys that changed while being loaded: their load may have read the old row.
@@ -68,7 +73,7 @@ pub enum KeysMsg {
     /// the key) if needed; `NotFound` when no such key exists.
     Resolve {
         hash: KeyHash,
-        reply: RpcReplyPort<Result<KeyRef, ResolveError>>,
+        reply: RpcReplyPort<Result<KeyHandle, ResolveError>>,
     },
     /// A load finished (sent by the supervisor's own load task).
     Loaded {
@@ -92,6 +97,19 @@ pub enum KeysMsg {
     Refreshed(Vec<(KeyHash, Option<KeyRecord>)>),
     /// Replies with the count of live children and restarts.
     Stats(RpcReplyPort<SupervisorStats>),
+    /// Replies with a page of children for the operators' tree.
+    Children {
+        offset: usize,
+        limit: usize,
+        reply: RpcReplyPort<ChildPage<KeyMsg>>,
+    },
+    /// Replies with the live actor of the key with this id, if any (fault injection).
+    Find {
+        key_id: Uuid,
+        reply: RpcReplyPort<Option<KeyHandle>>,
+    },
+    /// Does nothing (applies an injected fault at once).
+    Poke,
 }
 
 pub type KeysRef = ActorRef<KeysMsg>;
@@ -187,7 +205,7 @@ impl KeysState {
             None => {
                 self.args.directory.remove(&at);
                 self.args.cache.del_key(at);
-                actor.stop(Some("key deleted".into()));
+                actor.actor.stop(Some("key deleted".into()));
             }
         }
     }
@@ -197,7 +215,7 @@ impl KeysState {
         myself: &KeysRef,
         hash: KeyHash,
         result: Result<Option<(KeyRecord, Source)>, String>,
-    ) -> Result<KeyRef, ResolveError> {
+    ) -> Result<KeyHandle, ResolveError> {
         if let Some(live) = self.args.directory.get(&hash).map(|r| r.clone()) {
             // Another load already put a live actor in place: keep that one.
             return Ok(live);
@@ -219,9 +237,15 @@ impl KeysState {
             self.args.cache.set_key(&record);
         }
         let name = format!("key:{id}");
-        let (child, _) = Actor::spawn_linked(None, KeyActor, KeyArgs { record }, myself.get_cell())
+        let probe = Probe::new();
+        let args = KeyArgs {
+            record,
+            probe: probe.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, KeyActor, args, myself.get_cell())
             .await
             .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
+        let child = Handle::new(actor, probe);
         self.book.started(hash, child.get_id(), name);
         self.ids.insert(hash, id);
         self.args.directory.insert(hash, child.clone());
@@ -276,6 +300,7 @@ impl Actor for KeySupervisor {
         });
         Ok(KeysState {
             args,
+            held: Held::default(),
             book: ChildBook::default(),
             ids: HashMap::new(),
             stale: HashSet::new(),
@@ -289,7 +314,35 @@ impl Actor for KeySupervisor {
         msg: KeysMsg,
         state: &mut KeysState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Gate::Swallow = state
+            .args
+            .probe
+            .gate(
+                "keys",
+                !matches!(msg, KeysMsg::Loaded { .. } | KeysMsg::Refreshed(_)),
+            )
+            .await
+        {
+            state.held.hold(msg);
+            return Ok(());
+        }
         match msg {
+            KeysMsg::Poke => {}
+            KeysMsg::Children {
+                offset,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(state.book.page(&state.args.directory, offset, limit));
+            }
+            KeysMsg::Find { key_id, reply } => {
+                let found = state
+                    .ids
+                    .iter()
+                    .find(|(_, id)| **id == key_id)
+                    .and_then(|(h, _)| state.args.directory.get(h).map(|r| r.clone()));
+                let _ = reply.send(found);
+            }
             KeysMsg::Resolve { hash, reply } => {
                 if let Some(r) = state.args.directory.get(&hash) {
                     let _ = reply.send(Ok(r.clone()));

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::upstream_error;
 use crate::actors::balances::ChargeRequest;
-use crate::actors::keys::{KeyMsg, KeyRef};
+use crate::actors::keys::{KeyHandle, KeyMsg};
 use crate::app::AppState;
 use crate::billing::{Charge, Decimal, Price, Usage};
 use crate::http::error::ApiError;
@@ -28,7 +28,7 @@ use crate::upstream::{Answer, StreamReply};
 
 pub struct Call {
     pub app: AppState,
-    pub key: KeyRef,
+    pub key: KeyHandle,
     pub key_id: Uuid,
     pub user_id: Uuid,
     pub tenant_id: Uuid,

@@ -1,0 +1,240 @@
+//! What operators and testers see of, and do to, one actor.
+//!
+//! ractor has no mailbox length, so every actor has a [`Probe`] shared with whoever sends
+//! to it: senders count what they send (through [`Handle`]), the actor counts what it
+//! handles, and the difference is the backlog. The probe also carries the faults injected
+//! into the actor (`panic_next`, `delay`, `drop`), which the actor applies at the start of
+//! each message ([`Probe::gate`]) without the fault having to wait in the mailbox.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::concurrency::Duration as RDuration;
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, Message, MessagingErr, RpcReplyPort};
+
+/// A fault to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Panic while handling the next message (`panic`: as soon as possible).
+    PanicNext(u32),
+    /// Hold each message `ms` milliseconds before handling it, for `for_ms`.
+    Delay { ms: u64, for_ms: u64 },
+    /// Swallow the next `n` messages without handling or answering them (callers time out).
+    Drop(u32),
+}
+
+#[derive(Debug, Default)]
+pub struct Probe {
+    sent: AtomicU64,
+    handled: AtomicU64,
+    panic_next: AtomicU32,
+    drop_next: AtomicU32,
+    delay_ms: AtomicU64,
+    /// Milliseconds since `origin` until which messages are delayed.
+    delay_until: AtomicU64,
+    injected: AtomicU64,
+    origin: Option<Instant>,
+}
+
+/// What the actor does with a message.
+pub enum Gate {
+    Handle,
+    Swallow,
+}
+
+/// A probe's figures.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ProbeStats {
+    pub uptime_secs: f64,
+    pub messages_handled: u64,
+    pub backlog: u64,
+    pub faults_injected: u64,
+}
+
+impl Probe {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            origin: Some(Instant::now()),
+            ..Self::default()
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin
+            .map(|o| o.elapsed().as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn unsent(&self) {
+        self.sent.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Called by the actor at the start of each message: applies injected faults.
+    /// `counted`: the message came through a [`Handle`] (not a timer or the actor's own
+    /// task), so it counts against the backlog.
+    pub async fn gate(&self, actor: &str, counted: bool) -> Gate {
+        if counted {
+            self.handled.fetch_add(1, Ordering::Relaxed);
+        }
+        if self
+            .panic_next
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("injected fault: {actor} panics");
+        }
+        if self
+            .drop_next
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Gate::Swallow;
+        }
+        if self.delay_until.load(Ordering::Acquire) > self.now_ms() {
+            let ms = self.delay_ms.load(Ordering::Acquire);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Gate::Handle
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        match fault {
+            Fault::PanicNext(n) => {
+                self.panic_next.fetch_add(n, Ordering::AcqRel);
+            }
+            Fault::Drop(n) => {
+                self.drop_next.fetch_add(n, Ordering::AcqRel);
+            }
+            Fault::Delay { ms, for_ms } => {
+                self.delay_ms.store(ms, Ordering::Release);
+                self.delay_until
+                    .store(self.now_ms() + for_ms, Ordering::Release);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> ProbeStats {
+        let handled = self.handled.load(Ordering::Relaxed);
+        ProbeStats {
+            uptime_secs: self
+                .origin
+                .map(|o| o.elapsed().as_secs_f64())
+                .unwrap_or(0.0),
+            messages_handled: handled,
+            backlog: self.sent.load(Ordering::Relaxed).saturating_sub(handled),
+            faults_injected: self.injected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Messages an actor swallowed under a `drop` fault: held (so their callers' reply ports
+/// stay open and they time out, as with a lost message) and let go after a minute.
+pub struct Held<M>(Vec<(Instant, M)>);
+
+impl<M> Default for Held<M> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<M> Held<M> {
+    pub fn hold(&mut self, msg: M) {
+        self.0
+            .retain(|(at, _)| at.elapsed() < Duration::from_secs(60));
+        self.0.push((Instant::now(), msg));
+    }
+}
+
+/// An actor reference that counts what is sent to it.
+pub struct Handle<M: Message> {
+    pub actor: ActorRef<M>,
+    pub probe: Arc<Probe>,
+}
+
+impl<M: Message> Clone for Handle<M> {
+    fn clone(&self) -> Self {
+        Self {
+            actor: self.actor.clone(),
+            probe: self.probe.clone(),
+        }
+    }
+}
+
+impl<M: Message> Handle<M> {
+    pub fn new(actor: ActorRef<M>, probe: Arc<Probe>) -> Self {
+        Self { actor, probe }
+    }
+
+    pub fn cast(&self, msg: M) -> Result<(), MessagingErr<M>> {
+        self.probe.sent();
+        let r = self.actor.cast(msg);
+        if r.is_err() {
+            self.probe.unsent();
+        }
+        r
+    }
+
+    /// Same as `ActorRef::call` (so `ractor::call_t!` works on a handle).
+    pub async fn call<R, F>(
+        &self,
+        msg_builder: F,
+        timeout: Option<RDuration>,
+    ) -> Result<CallResult<R>, MessagingErr<M>>
+    where
+        F: FnOnce(RpcReplyPort<R>) -> M,
+        R: Send + 'static,
+    {
+        self.probe.sent();
+        let r = self.actor.call(msg_builder, timeout).await;
+        if r.is_err() {
+            self.probe.unsent();
+        }
+        r
+    }
+
+    pub fn get_id(&self) -> ractor::ActorId {
+        self.actor.get_id()
+    }
+
+    pub fn get_status(&self) -> ractor::ActorStatus {
+        self.actor.get_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn faults_apply_in_order_and_count() {
+        let p = Probe::new();
+        p.inject(Fault::Drop(2));
+        assert!(matches!(p.gate("a", true).await, Gate::Swallow));
+        assert!(matches!(p.gate("a", true).await, Gate::Swallow));
+        assert!(matches!(p.gate("a", true).await, Gate::Handle));
+        p.inject(Fault::Delay {
+            ms: 30,
+            for_ms: 10_000,
+        });
+        let t = Instant::now();
+        assert!(matches!(p.gate("a", true).await, Gate::Handle));
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        p.inject(Fault::PanicNext(1));
+        let panicked = tokio::spawn({
+            let p = p.clone();
+            async move { p.gate("a", true).await }
+        })
+        .await
+        .is_err();
+        assert!(panicked);
+        let s = p.stats();
+        assert_eq!((s.messages_handled, s.faults_injected), (5, 3));
+    }
+}

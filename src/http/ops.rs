@@ -1,0 +1,448 @@
+//! Operations: the live supervision tree (JSON, an HTML view, `neuropia actors`) and fault
+//! injection (only with `NEUROPIA_FAULTS=1`).
+
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::Html;
+use futures::future::join_all;
+use ractor::ActorStatus;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{Caller, JsonBody};
+use super::types::{ErrorBody, query};
+use crate::actors::balances::{BalanceError, BalanceMsg, BalancesMsg};
+use crate::actors::config::ConfigMsg;
+use crate::actors::keys::{KeyMsg, KeysMsg};
+use crate::actors::ledger::LedgerMsg;
+use crate::actors::root::RootMsg;
+use crate::actors::{ChildPage, Fault, Handle, Probe};
+use crate::app::AppState;
+use crate::upstream::breaker::{BreakerMsg, UpstreamsMsg};
+
+const SUMMARY_MS: u64 = 500;
+
+fn status(s: ActorStatus) -> &'static str {
+    match s {
+        ActorStatus::Unstarted => "unstarted",
+        ActorStatus::Starting => "starting",
+        ActorStatus::Running => "running",
+        ActorStatus::Upgrading => "upgrading",
+        ActorStatus::Draining => "draining",
+        ActorStatus::Stopping => "stopping",
+        ActorStatus::Stopped => "stopped",
+    }
+}
+
+/// One actor in the tree.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Node {
+    /// The registry name (`config`, `keys`, `key:<id>`, `balance:<user_id>`, ...).
+    pub name: String,
+    /// `running`, `stopped`, ... or `restarting` while its supervisor restarts it.
+    pub status: String,
+    pub restarts: u32,
+    pub uptime_secs: Option<f64>,
+    pub messages_handled: Option<u64>,
+    /// Messages sent to it and not yet handled.
+    pub backlog: Option<u64>,
+    pub faults_injected: Option<u64>,
+    pub last_failure: Option<String>,
+    /// What the actor holds: a key's rpm/tpm headroom, a balance, the journal depth, ...
+    #[schema(value_type = Object)]
+    pub state: Value,
+    /// How many children it has (the page below may show fewer).
+    pub children_total: usize,
+    #[schema(no_recursion)]
+    pub children: Vec<Node>,
+}
+
+fn node<M: ractor::Message>(
+    name: &str,
+    handle: Option<&Handle<M>>,
+    restarts: u32,
+    last_failure: Option<String>,
+    state: Value,
+) -> Node {
+    let stats = handle.map(|h| h.probe.stats());
+    Node {
+        name: name.to_owned(),
+        status: handle
+            .map_or("restarting", |h| status(h.get_status()))
+            .to_owned(),
+        restarts,
+        uptime_secs: stats.map(|s| (s.uptime_secs * 10.0).round() / 10.0),
+        messages_handled: stats.map(|s| s.messages_handled),
+        backlog: stats.map(|s| s.backlog),
+        faults_injected: stats.map(|s| s.faults_injected),
+        last_failure,
+        state,
+        children_total: 0,
+        children: Vec::new(),
+    }
+}
+
+/// Asks an actor for a JSON summary, without waiting long.
+async fn summary<M: ractor::Message, R: Serialize + Send + 'static>(
+    handle: &Handle<M>,
+    make: impl FnOnce(ractor::RpcReplyPort<R>) -> M,
+) -> Value {
+    match handle
+        .call(make, Some(Duration::from_millis(SUMMARY_MS)))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(v)) => serde_json::to_value(v).unwrap_or(Value::Null),
+        _ => json!({"unavailable": "no answer within 500 ms"}),
+    }
+}
+
+async fn children<M: ractor::Message, R: Serialize + Send + 'static>(
+    page: ChildPage<M>,
+    make: impl Fn(ractor::RpcReplyPort<R>) -> M + Copy,
+) -> (usize, Vec<Node>) {
+    let nodes = page.children.into_iter().map(|c| async move {
+        let state = match &c.handle {
+            Some(h) => summary(h, make).await,
+            None => Value::Null,
+        };
+        node(
+            &c.name,
+            c.handle.as_ref(),
+            c.restarts,
+            c.last_failure,
+            state,
+        )
+    });
+    (page.total, join_all(nodes).await)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TreeQuery {
+    /// Children shown per supervisor (1 to 1000, default 50).
+    pub limit: Option<usize>,
+    /// Children skipped per supervisor (default 0), to page through large trees.
+    pub offset: Option<usize>,
+}
+
+/// Builds the live tree.
+pub async fn tree(app: &AppState, limit: usize, offset: usize) -> Result<Node, ApiError> {
+    let t = &app.tree;
+    let records = ractor::call_t!(app.root, RootMsg::Children, 1_000)
+        .map_err(|e| ApiError::Unavailable(format!("root: {e}")))?;
+    let record = |name: &str| {
+        records
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, r)| (r.restarts, r.last_failure.clone()))
+            .unwrap_or((0, None))
+    };
+    let ms = SUMMARY_MS;
+
+    let config = t.config.get();
+    let (r, f) = record("config");
+    let config_node = node(
+        "config",
+        Some(&config),
+        r,
+        f,
+        summary(&config, ConfigMsg::Stats).await,
+    );
+
+    let keys = t.keys.get();
+    let (r, f) = record("keys");
+    let mut keys_node = node(
+        "keys",
+        Some(&keys),
+        r,
+        f,
+        summary(&keys, KeysMsg::Stats).await,
+    );
+    if let Ok(page) = ractor::call_t!(
+        keys,
+        |reply| KeysMsg::Children {
+            offset,
+            limit,
+            reply
+        },
+        ms
+    ) {
+        (keys_node.children_total, keys_node.children) = children(page, KeyMsg::Summary).await;
+    }
+
+    let balances = t.balances.get();
+    let (r, f) = record("balances");
+    let mut balances_node = node(
+        "balances",
+        Some(&balances),
+        r,
+        f,
+        summary(&balances, BalancesMsg::Stats).await,
+    );
+    if let Ok(page) = ractor::call_t!(
+        balances,
+        |reply| BalancesMsg::Children {
+            offset,
+            limit,
+            reply
+        },
+        ms
+    ) {
+        (balances_node.children_total, balances_node.children) =
+            children(page, |reply| BalanceMsg::Get { reply }).await;
+    }
+
+    let ledger = t.ledger.get();
+    let (r, f) = record("ledger");
+    let ledger_node = node(
+        "ledger",
+        Some(&ledger),
+        r,
+        f,
+        summary(&ledger, LedgerMsg::Stats).await,
+    );
+
+    let upstreams = t.upstreams.get();
+    let (r, f) = record("upstreams");
+    let mut upstreams_node = node("upstreams", Some(&upstreams), r, f, Value::Null);
+    if let Ok(page) = ractor::call_t!(
+        upstreams,
+        |reply| UpstreamsMsg::Children {
+            offset,
+            limit,
+            reply
+        },
+        ms
+    ) {
+        (upstreams_node.children_total, upstreams_node.children) =
+            children(page, BreakerMsg::View).await;
+    }
+
+    let kids = vec![
+        config_node,
+        keys_node,
+        balances_node,
+        ledger_node,
+        upstreams_node,
+    ];
+    Ok(Node {
+        name: "neuropia".into(),
+        status: status(app.root.get_status()).into(),
+        restarts: 0,
+        uptime_secs: Some((app.started.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+        messages_handled: None,
+        backlog: None,
+        faults_injected: None,
+        last_failure: None,
+        state: json!({"journal_depth": app.journal.depth()}),
+        children_total: kids.len(),
+        children: kids,
+    })
+}
+
+/// The live supervision tree (platform admin).
+#[utoipa::path(get, path = "/api/admin/actors", tag = "operations",
+    params(TreeQuery), security(("jwt" = [])),
+    responses((status = 200, body = Node), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn actors(
+    State(app): State<AppState>,
+    caller: Caller,
+    q: Result<Query<TreeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<Node>, ApiError> {
+    caller.require_platform_admin()?;
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    Ok(axum::Json(tree(&app, limit, q.offset.unwrap_or(0)).await?))
+}
+
+/// An HTML page that draws the tree and refreshes itself (it asks for a platform admin's
+/// token and keeps it in the browser's local storage).
+#[utoipa::path(get, path = "/api/admin/actors/view", tag = "operations",
+    responses((status = 200, description = "text/html")))]
+pub async fn actors_view() -> Html<&'static str> {
+    Html(include_str!("actors.html"))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InjectFault {
+    /// `config`, `keys`, `balances`, `ledger`, `upstreams`, `key:<key id>`,
+    /// `balance:<user id>` or `upstream:<provider>@<base url>`.
+    #[schema(example = "ledger")]
+    pub actor: String,
+    /// `panic`, `panic_next`, `delay`, `drop`, `db_fail` (ledger) or
+    /// `listener_disconnect` (config).
+    #[schema(example = "panic")]
+    pub fault: String,
+    /// `panic_next`, `drop`: how many messages (default 1).
+    pub count: Option<u32>,
+    /// `delay`: milliseconds per message.
+    pub ms: Option<u64>,
+    /// `delay`, `db_fail`: for how long, in seconds (default 10).
+    pub seconds: Option<f64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Injected {
+    pub actor: String,
+    pub fault: String,
+    pub injected: bool,
+}
+
+/// A named actor's probe and a way to wake it.
+enum Target {
+    Config(Handle<ConfigMsg>),
+    Keys(Handle<KeysMsg>),
+    Balances(Handle<BalancesMsg>),
+    Ledger(Handle<LedgerMsg>),
+    Upstreams(Handle<UpstreamsMsg>),
+    Key(Handle<KeyMsg>),
+    Balance(Handle<BalanceMsg>),
+    Breaker(Handle<BreakerMsg>),
+}
+
+impl Target {
+    fn probe(&self) -> &Probe {
+        match self {
+            Self::Config(h) => &h.probe,
+            Self::Keys(h) => &h.probe,
+            Self::Balances(h) => &h.probe,
+            Self::Ledger(h) => &h.probe,
+            Self::Upstreams(h) => &h.probe,
+            Self::Key(h) => &h.probe,
+            Self::Balance(h) => &h.probe,
+            Self::Breaker(h) => &h.probe,
+        }
+    }
+
+    fn poke(&self) {
+        let _ = match self {
+            Self::Config(h) => h.cast(ConfigMsg::Poke).is_ok(),
+            Self::Keys(h) => h.cast(KeysMsg::Poke).is_ok(),
+            Self::Balances(h) => h.cast(BalancesMsg::Poke).is_ok(),
+            Self::Ledger(h) => h.cast(LedgerMsg::Poke).is_ok(),
+            Self::Upstreams(h) => h.cast(UpstreamsMsg::Poke).is_ok(),
+            Self::Key(h) => h.cast(KeyMsg::Poke).is_ok(),
+            Self::Balance(h) => h.cast(BalanceMsg::Poke).is_ok(),
+            Self::Breaker(h) => h.cast(BreakerMsg::Poke).is_ok(),
+        };
+    }
+}
+
+async fn find(app: &AppState, name: &str) -> Result<Target, ApiError> {
+    let unknown = || ApiError::NotFound(format!("no live actor named {name:?}"));
+    let t = &app.tree;
+    Ok(match name {
+        "config" => Target::Config(t.config.get()),
+        "keys" => Target::Keys(t.keys.get()),
+        "balances" => Target::Balances(t.balances.get()),
+        "ledger" => Target::Ledger(t.ledger.get()),
+        "upstreams" => Target::Upstreams(t.upstreams.get()),
+        _ => {
+            if let Some(id) = name.strip_prefix("key:") {
+                let key_id = Uuid::parse_str(id).map_err(|_| unknown())?;
+                let keys = t.keys.get();
+                let found = ractor::call_t!(keys, |reply| KeysMsg::Find { key_id, reply }, 1_000)
+                    .map_err(|e| ApiError::Unavailable(format!("keys: {e}")))?;
+                Target::Key(found.ok_or_else(unknown)?)
+            } else if let Some(id) = name.strip_prefix("balance:") {
+                let user_id = Uuid::parse_str(id).map_err(|_| unknown())?;
+                Target::Balance(app.balances.handle(user_id).await.map_err(|e| match e {
+                    BalanceError::UnknownUser => unknown(),
+                    other => ApiError::Unavailable(format!("{other:?}")),
+                })?)
+            } else if let Some(target) = name.strip_prefix("upstream:") {
+                let b = app.upstreams.breakers.get(target).ok_or_else(unknown)?;
+                Target::Breaker(b.actor.clone())
+            } else {
+                return Err(unknown());
+            }
+        }
+    })
+}
+
+/// Injects a fault into a named actor; exists only with `NEUROPIA_FAULTS=1`. Every
+/// injection is logged and counted (`faults_injected` in the tree, and in metrics).
+#[utoipa::path(post, path = "/api/admin/faults", tag = "operations",
+    request_body = InjectFault, security(("jwt" = [])),
+    responses((status = 200, body = Injected), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn inject_fault(
+    State(app): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<InjectFault>,
+) -> Result<axum::Json<Injected>, ApiError> {
+    if !app.config.faults {
+        return Err(ApiError::NotFound("fault injection is disabled".into()));
+    }
+    caller.require_platform_admin()?;
+    let count = body.count.unwrap_or(1);
+    if !(1..=10_000).contains(&count) {
+        return Err(ApiError::bad_request("count must be between 1 and 10000"));
+    }
+    let seconds = body.seconds.unwrap_or(10.0);
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0) {
+        return Err(ApiError::bad_request("seconds must be in (0, 3600]"));
+    }
+    let for_ms = (seconds * 1000.0) as u64;
+    let kind = body.fault.as_str();
+    if ![
+        "panic",
+        "panic_next",
+        "delay",
+        "drop",
+        "db_fail",
+        "listener_disconnect",
+    ]
+    .contains(&kind)
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown fault kind {kind:?}"
+        )));
+    }
+    let target = find(&app, &body.actor).await?;
+    match (kind, &target) {
+        ("panic", _) => {
+            target.probe().inject(Fault::PanicNext(1));
+            target.poke();
+        }
+        ("panic_next", _) => target.probe().inject(Fault::PanicNext(count)),
+        ("drop", _) => target.probe().inject(Fault::Drop(count)),
+        ("delay", _) => {
+            let ms = body
+                .ms
+                .filter(|ms| (1..=60_000).contains(ms))
+                .ok_or_else(|| ApiError::bad_request("delay needs ms between 1 and 60000"))?;
+            target.probe().inject(Fault::Delay { ms, for_ms });
+        }
+        ("db_fail", Target::Ledger(h)) => {
+            let _ = h.cast(LedgerMsg::FailWrites { for_ms });
+        }
+        ("listener_disconnect", Target::Config(h)) => {
+            let _ = h.cast(ConfigMsg::DropListener);
+        }
+        (kind, _) => {
+            return Err(ApiError::bad_request(format!(
+                "fault {kind:?} does not apply to {:?}",
+                body.actor
+            )));
+        }
+    }
+    crate::metrics::fault_injected(kind);
+    tracing::warn!(actor = %body.actor, fault = %kind, count, for_ms, "fault injected");
+    Ok(axum::Json(Injected {
+        actor: body.actor,
+        fault: body.fault,
+        injected: true,
+    }))
+}

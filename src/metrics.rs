@@ -1,0 +1,96 @@
+//! Prometheus metrics, rendered at `GET /metrics`.
+//!
+//! One recorder per process (Prometheus text is rendered from it on each scrape). Gauges
+//! that describe the actor tree (backlogs, journal depth, breaker states, live actors) are
+//! set at scrape time from the tree itself, so they are never stale.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.0001, 0.000_25, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Installs the recorder (once per process).
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .ok()?
+            .install_recorder()
+            .ok()
+    });
+}
+
+/// The metrics in Prometheus' text format.
+pub fn render() -> String {
+    HANDLE
+        .get()
+        .and_then(Option::as_ref)
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
+}
+
+/// One HTTP request answered.
+pub fn request(route: &str, status: u16, model: Option<&str>, total: Duration, overhead: Duration) {
+    let labels = [
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+        ("model", model.unwrap_or("").to_owned()),
+    ];
+    counter!("neuropia_http_requests_total", &labels).increment(1);
+    histogram!("neuropia_http_request_duration_seconds", "route" => route.to_owned())
+        .record(total.as_secs_f64());
+    histogram!("neuropia_gateway_overhead_seconds", "route" => route.to_owned())
+        .record(overhead.as_secs_f64());
+}
+
+/// A call refused before reaching an upstream (`rpm`, `tpm`, `insufficient_balance`, ...).
+pub fn refusal(reason: &'static str) {
+    counter!("neuropia_refusals_total", "reason" => reason).increment(1);
+}
+
+/// One upstream attempt.
+pub fn upstream(target: &str, elapsed: Duration, outcome: &'static str) {
+    histogram!("neuropia_upstream_duration_seconds", "target" => target.to_owned())
+        .record(elapsed.as_secs_f64());
+    if outcome != "ok" {
+        counter!("neuropia_upstream_errors_total", "target" => target.to_owned(), "kind" => outcome)
+            .increment(1);
+    }
+}
+
+pub fn fault_injected(kind: &str) {
+    counter!("neuropia_faults_injected_total", "kind" => kind.to_owned()).increment(1);
+}
+
+/// One ledger batch written (or failed).
+pub fn ledger_flush(elapsed: Duration, rows: usize, ok: bool) {
+    histogram!("neuropia_ledger_flush_seconds").record(elapsed.as_secs_f64());
+    if ok {
+        counter!("neuropia_ledger_rows_total").increment(rows as u64);
+    } else {
+        counter!("neuropia_ledger_flush_failures_total").increment(1);
+    }
+}
+
+/// Tree gauges, set at scrape time.
+pub fn actor(name: &str, backlog: u64, restarts: u32, handled: u64) {
+    gauge!("neuropia_actor_backlog", "actor" => name.to_owned()).set(backlog as f64);
+    gauge!("neuropia_actor_restarts", "actor" => name.to_owned()).set(f64::from(restarts));
+    gauge!("neuropia_actor_messages_handled", "actor" => name.to_owned()).set(handled as f64);
+}
+
+pub fn gauge_set(name: &'static str, value: f64) {
+    gauge!(name).set(value);
+}
+
+pub fn breaker(target: &str, state: f64) {
+    gauge!("neuropia_breaker_state", "target" => target.to_owned()).set(state);
+}
