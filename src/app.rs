@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use crate::actors::Probe;
 use crate::actors::balances::{Balances, BalancesArgs};
 use crate::actors::keys::{Keys, KeysArgs};
-use crate::actors::ledger::LedgerArgs;
+use crate::actors::ledger::{LedgerArgs, WriteFault};
 use crate::actors::root::{ConfigBase, Root, RootArgs, RootMsg, RootRef, Tree};
 use crate::auth::{self, Jwt, Role};
 use crate::cache::Cache;
@@ -45,6 +45,8 @@ pub struct AppInner {
     pub upstreams: Upstreams,
     pub throttle: LoginThrottle,
     pub started: std::time::Instant,
+    /// Injected `db_fail` faults (outlive the ledger writer's restarts).
+    pub ledger_fault: Arc<crate::actors::ledger::WriteFault>,
 }
 
 impl Deref for AppState {
@@ -102,6 +104,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
         Some(conn) => Cache::new(conn.clone(), pool.clone()),
         None => Cache::disabled(),
     };
+    let ledger_fault = Arc::new(WriteFault::default());
     let (root, tree) = Root::start(RootArgs {
         config: ConfigBase {
             pool: pool.clone(),
@@ -136,9 +139,13 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             pool: pool.clone(),
             journal: journal.clone(),
             balances: balance_directory.clone(),
-            flush_every: Duration::from_millis(config.ledger_flush_ms),
+            flush_every: match config.billing_durability {
+                crate::config::Durability::Strict => Duration::ZERO,
+                crate::config::Durability::Batched => Duration::from_millis(config.ledger_flush_ms),
+            },
             batch_rows: config.ledger_batch_rows,
             probe: Probe::new(),
+            write_fault: ledger_fault.clone(),
         },
     })
     .await?;
@@ -147,6 +154,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
     crate::metrics::install();
     let state = AppState(Arc::new(AppInner {
         started: std::time::Instant::now(),
+        ledger_fault,
         upstreams: Upstreams::new(&config, breakers, tree.upstreams.clone())?,
         throttle: LoginThrottle::new(
             config.login_max_failures,

@@ -37,12 +37,49 @@ pub enum Command {
     },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Print a running gateway's live supervision tree, like `pstree`.
+    Actors(ActorsArgs),
     /// Serve an OpenAI-compatible mock upstream (deterministic answers, real token
     /// counts) for demos and benchmarks.
     MockUpstream {
         #[arg(long, env = "NEUROPIA_MOCK_BIND", default_value = "127.0.0.1:9001")]
         bind: SocketAddr,
     },
+}
+
+/// `neuropia actors`: where the gateway is and how to sign in as a platform admin.
+#[derive(Debug, Args)]
+pub struct ActorsArgs {
+    /// The gateway's base URL.
+    #[arg(long, env = "NEUROPIA_URL", default_value = "http://127.0.0.1:3001")]
+    pub url: String,
+    /// A platform admin's JWT. Without it, the command signs in with
+    /// NEUROPIA_ADMIN_EMAIL and NEUROPIA_ADMIN_PASSWORD.
+    #[arg(long, env = "NEUROPIA_TOKEN")]
+    pub token: Option<Secret>,
+    #[arg(long, env = "NEUROPIA_ADMIN_EMAIL", hide_env_values = true)]
+    pub email: Option<String>,
+    #[arg(long, env = "NEUROPIA_ADMIN_PASSWORD", hide_env_values = true)]
+    pub password: Option<Secret>,
+    /// Children shown per supervisor.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Children skipped per supervisor.
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
+    /// Refresh every N seconds until interrupted (0: print once).
+    #[arg(long, default_value_t = 0)]
+    pub watch: u64,
+    /// Print the JSON instead of the tree.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// When a response may leave relative to its charge's commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    Batched,
+    Strict,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/neuropia";
@@ -135,6 +172,17 @@ pub struct Config {
     /// Pause between the chunks of the built-in mock provider's streams, in ms.
     #[arg(long, env = "NEUROPIA_MOCK_STREAM_PACE_MS", default_value_t = 0)]
     pub mock_stream_pace_ms: u64,
+
+    /// `batched`: a response does not wait for its charge to be committed (a crash of the
+    /// whole process loses at most the last flush window). `strict`: it waits for its
+    /// charge's group commit, so a crash loses nothing any client received.
+    #[arg(
+        long,
+        env = "BILLING_DURABILITY",
+        value_enum,
+        default_value = "batched"
+    )]
+    pub billing_durability: Durability,
 
     /// Enable fault injection (`POST /api/admin/faults`). Never in production.
     #[arg(long, env = "NEUROPIA_FAULTS", value_parser = FalseyValueParser::new())]

@@ -17,7 +17,7 @@
 //! until the new actor is registered, so a loader sees each entry either in the database or
 //! here, never both and never neither.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -119,6 +119,8 @@ struct Inner {
     in_flight: Vec<Slot>,
     ids: HashSet<String>,
     next_seq: u64,
+    /// Who waits for a request id's commit ([`Journal::committed`]).
+    waiters: HashMap<String, Vec<oneshot::Sender<()>>>,
 }
 
 pub struct Journal {
@@ -215,6 +217,7 @@ impl Journal {
     /// Removes a committed batch (every in-flight entry with `seq <= up_to`) and tells each
     /// waiter how its entry fared. Entries not named in `inserted` were duplicates.
     pub fn complete(&self, up_to: u64, inserted: &HashSet<u64>) {
+        let mut woken = Vec::new();
         let done: Vec<Slot> = {
             let mut inner = self.lock();
             let (done, keep): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut inner.in_flight)
@@ -223,10 +226,18 @@ impl Journal {
             inner.in_flight = keep;
             for slot in &done {
                 inner.ids.remove(&slot.data.request_id);
+                if !inner.waiters.is_empty()
+                    && let Some(waiting) = inner.waiters.remove(&slot.data.request_id)
+                {
+                    woken.extend(waiting);
+                }
             }
             self.depth.fetch_sub(done.len(), Ordering::AcqRel);
             done
         };
+        for w in woken {
+            let _ = w.send(());
+        }
         for slot in done {
             if let Some(ack) = slot.ack {
                 let outcome = if inserted.contains(&slot.data.seq) {
@@ -237,6 +248,22 @@ impl Journal {
                 let _ = ack.send(outcome);
             }
         }
+    }
+
+    /// Resolves once the entry of `request_id` is committed; `None` when no such entry is
+    /// waiting (it was committed already). Call it after the entry was appended.
+    pub fn committed(&self, request_id: &str) -> Option<oneshot::Receiver<()>> {
+        let mut inner = self.lock();
+        if !inner.ids.contains(request_id) {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        inner
+            .waiters
+            .entry(request_id.to_owned())
+            .or_default()
+            .push(tx);
+        Some(rx)
     }
 
     /// The user's entries not yet committed, oldest first.
@@ -324,5 +351,24 @@ mod tests {
         j.complete(2, &HashSet::from([1]));
         assert_eq!(rx1.try_recv().ok(), Some(Committed::Inserted));
         assert_eq!(rx2.try_recv().ok(), Some(Committed::Duplicate));
+    }
+
+    #[test]
+    fn commit_waiters_by_request_id_wake_when_their_batch_commits() {
+        let j = Journal::new();
+        let u = Uuid::new_v4();
+        assert!(j.committed("a").is_none(), "nothing to wait for");
+        j.append(entry("a", u, -1)).expect("append");
+        j.append(entry("b", u, -1)).expect("append");
+        let mut a = j.committed("a").expect("a is pending");
+        let mut b = j.committed("b").expect("b is pending");
+        j.take_batch(1);
+        j.complete(1, &HashSet::from([1]));
+        assert_eq!(a.try_recv(), Ok(()));
+        assert!(b.try_recv().is_err(), "b is not committed yet");
+        assert!(j.committed("a").is_none());
+        j.take_batch(1);
+        j.complete(2, &HashSet::from([2]));
+        assert_eq!(b.try_recv(), Ok(()));
     }
 }

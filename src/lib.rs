@@ -23,6 +23,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`throttle`]: login throttling per email and client address.
 //! - [`tokens`]: token estimates.
+//! - [`cli`]: commands that talk to a running gateway (`neuropia actors`).
 //! - [`demo`]: the demo tenant, user and key of `neuropia serve --demo`.
 
 pub mod actors;
@@ -30,6 +31,7 @@ pub mod app;
 pub mod auth;
 pub mod billing;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod demo;

@@ -9,6 +9,7 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -24,6 +25,7 @@ async fn main() -> std::process::ExitCode {
             println!("{}", neuropia::http::openapi_json());
             Ok(())
         }
+        Some(Command::Actors(args)) => neuropia::cli::actors(args).await,
         Some(Command::MockUpstream { bind }) => {
             upstream::mock::serve(bind).await.map_err(|e| e.to_string())
         }

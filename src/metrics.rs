@@ -66,18 +66,30 @@ pub fn upstream(target: &str, elapsed: Duration, outcome: &'static str) {
     }
 }
 
+/// A call the target's open circuit refused without trying.
+pub fn upstream_rejected(target: &str) {
+    counter!("neuropia_upstream_errors_total", "target" => target.to_owned(), "kind" => "circuit_open")
+        .increment(1);
+}
+
+/// How long a strict response waited for its charge's commit.
+pub fn strict_wait(elapsed: Duration) {
+    histogram!("neuropia_strict_commit_wait_seconds").record(elapsed.as_secs_f64());
+}
+
 pub fn fault_injected(kind: &str) {
     counter!("neuropia_faults_injected_total", "kind" => kind.to_owned()).increment(1);
 }
 
-/// One ledger batch written (or failed).
-pub fn ledger_flush(elapsed: Duration, rows: usize, ok: bool) {
+/// One ledger batch committed.
+pub fn ledger_flush(elapsed: Duration, rows: usize) {
     histogram!("neuropia_ledger_flush_seconds").record(elapsed.as_secs_f64());
-    if ok {
-        counter!("neuropia_ledger_rows_total").increment(rows as u64);
-    } else {
-        counter!("neuropia_ledger_flush_failures_total").increment(1);
-    }
+    counter!("neuropia_ledger_rows_total").increment(rows as u64);
+}
+
+/// One ledger batch that failed (it stays in the journal and is retried).
+pub fn ledger_flush_failed() {
+    counter!("neuropia_ledger_flush_failures_total").increment(1);
 }
 
 /// Tree gauges, set at scrape time.
@@ -85,6 +97,13 @@ pub fn actor(name: &str, backlog: u64, restarts: u32, handled: u64) {
     gauge!("neuropia_actor_backlog", "actor" => name.to_owned()).set(backlog as f64);
     gauge!("neuropia_actor_restarts", "actor" => name.to_owned()).set(f64::from(restarts));
     gauge!("neuropia_actor_messages_handled", "actor" => name.to_owned()).set(handled as f64);
+}
+
+/// Key or balance actors, summed per kind.
+pub fn children(kind: &str, live: usize, backlog: u64, restarts: u64) {
+    gauge!("neuropia_actors_live", "kind" => kind.to_owned()).set(live as f64);
+    gauge!("neuropia_actors_backlog", "kind" => kind.to_owned()).set(backlog as f64);
+    gauge!("neuropia_actors_restarts", "kind" => kind.to_owned()).set(restarts as f64);
 }
 
 pub fn gauge_set(name: &'static str, value: f64) {

@@ -19,6 +19,31 @@ use crate::journal::{EntryData, Journal};
 
 pub struct LedgerWriter;
 
+/// An injected `db_fail`: ledger writes fail until a moment. Shared by every incarnation
+/// of the writer, so a restart does not cure it.
+#[derive(Debug, Default)]
+pub struct WriteFault(std::sync::Mutex<Option<Instant>>);
+
+impl WriteFault {
+    pub fn fail_for(&self, period: Duration) {
+        if let Ok(mut until) = self.0.lock() {
+            *until = Some(Instant::now() + period);
+        }
+        tracing::warn!(
+            ms = period.as_millis() as u64,
+            "injected fault: ledger writes fail"
+        );
+    }
+
+    fn active(&self) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|u| *u)
+            .is_some_and(|t| t > Instant::now())
+    }
+}
+
 /// How often the writer checks the journal even without a wake-up.
 const SAFETY_TICK: Duration = Duration::from_millis(200);
 
@@ -30,6 +55,7 @@ pub struct LedgerArgs {
     pub flush_every: Duration,
     pub batch_rows: usize,
     pub probe: Arc<Probe>,
+    pub write_fault: Arc<WriteFault>,
 }
 
 /// What operators see of the ledger.
@@ -49,8 +75,6 @@ pub struct LedgerStats {
 pub struct LedgerState {
     args: LedgerArgs,
     held: Held<LedgerMsg>,
-    /// Writes fail until then (an injected `db_fail`).
-    fail_until: Option<Instant>,
     flushing: bool,
     scheduled: bool,
     consecutive_failures: u32,
@@ -77,9 +101,6 @@ pub enum LedgerMsg {
     Drain(RpcReplyPort<()>),
     /// Replies with statistics.
     Stats(RpcReplyPort<LedgerStats>),
-    /// Makes every write fail for `for_ms` (injected `db_fail`); failed batches are
-    /// retried with backoff as for a real outage. No reply.
-    FailWrites { for_ms: u64 },
     /// Does nothing (applies an injected fault at once).
     Poke,
 }
@@ -134,7 +155,7 @@ impl LedgerState {
         }
         self.flushing = true;
         let (args, myself) = (self.args.clone(), myself.clone());
-        let injected = self.fail_until.is_some_and(|t| t > Instant::now());
+        let injected = self.args.write_fault.active();
         tokio::spawn(async move {
             let result = if injected {
                 Err("injected fault: database writes fail".to_owned())
@@ -182,7 +203,6 @@ impl Actor for LedgerWriter {
         Ok(LedgerState {
             args,
             held: Held::default(),
-            fail_until: None,
             flushing: false,
             scheduled: false,
             consecutive_failures: 0,
@@ -212,7 +232,11 @@ impl Actor for LedgerWriter {
         match msg {
             LedgerMsg::Kick => {
                 if !state.flushing && state.args.journal.depth() > 0 {
-                    if state.args.journal.depth() >= state.args.batch_rows {
+                    // Strict durability (flush_every zero): responses wait for the commit,
+                    // so write at once; entries arriving meanwhile form the next group.
+                    if state.args.journal.depth() >= state.args.batch_rows
+                        || state.args.flush_every.is_zero()
+                    {
                         state.start_flush(&myself);
                     } else {
                         let every = state.args.flush_every;
@@ -228,6 +252,7 @@ impl Actor for LedgerWriter {
                 state.flushing = false;
                 match result {
                     Ok(report) => {
+                        crate::metrics::ledger_flush(report.elapsed, report.rows);
                         state.consecutive_failures = 0;
                         let s = &mut state.stats;
                         s.batches += 1;
@@ -235,11 +260,13 @@ impl Actor for LedgerWriter {
                         s.usage_rows += report.usage_rows as u64;
                         s.duplicates += (report.rows - report.inserted) as u64;
                         s.last_flush_at = Some(Utc::now());
-                        s.last_flush_ms = Some(report.elapsed.as_secs_f64() * 1000.0);
+                        s.last_flush_ms =
+                            Some((report.elapsed.as_secs_f64() * 1e6).round() / 1000.0);
                         // Entries that arrived during the write go out at once.
                         state.start_flush(&myself);
                     }
                     Err(e) => {
+                        crate::metrics::ledger_flush_failed();
                         state.consecutive_failures += 1;
                         state.stats.failures += 1;
                         tracing::error!(error = %e, failures = state.consecutive_failures,
@@ -262,10 +289,6 @@ impl Actor for LedgerWriter {
                 let mut stats = state.stats.clone();
                 stats.journal_depth = state.args.journal.depth();
                 let _ = reply.send(stats);
-            }
-            LedgerMsg::FailWrites { for_ms } => {
-                state.fail_until = Some(Instant::now() + Duration::from_millis(for_ms));
-                tracing::warn!(for_ms, "injected fault: ledger writes fail");
             }
             LedgerMsg::Poke => {}
         }

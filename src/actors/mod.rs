@@ -22,10 +22,11 @@ pub mod ledger;
 pub mod probe;
 pub mod root;
 
-pub use probe::{Fault, Gate, Handle, Held, Probe};
+pub use probe::{Fault, Faults, Gate, Handle, Held, Probe};
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ractor::{ActorId, RpcReplyPort};
@@ -76,6 +77,8 @@ pub struct ChildBook<K, R> {
     by_actor: HashMap<ActorId, K>,
     meta: HashMap<K, ChildMeta>,
     waiters: HashMap<K, Vec<RpcReplyPort<Result<R, ResolveError>>>>,
+    /// Faults injected per child, handed to each incarnation.
+    faults: HashMap<K, Arc<Faults>>,
 }
 
 impl<K: Eq + Hash + Clone, R: Clone> Default for ChildBook<K, R> {
@@ -84,6 +87,7 @@ impl<K: Eq + Hash + Clone, R: Clone> Default for ChildBook<K, R> {
             by_actor: HashMap::new(),
             meta: HashMap::new(),
             waiters: HashMap::new(),
+            faults: HashMap::new(),
         }
     }
 }
@@ -142,6 +146,7 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
             }
             None => {
                 self.meta.remove(&k);
+                self.faults.remove(&k);
             }
         }
         Some(k)
@@ -154,9 +159,20 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
                 *v = new.clone();
             }
         }
+        if let Some(f) = self.faults.remove(old) {
+            self.faults.insert(new.clone(), f);
+        }
         if let Some(meta) = self.meta.remove(old) {
             self.meta.insert(new, meta);
         }
+    }
+
+    /// The faults of child `k`, for a probe of its next incarnation.
+    pub fn faults(&mut self, k: &K) -> Arc<Faults> {
+        self.faults
+            .entry(k.clone())
+            .or_insert_with(Faults::new)
+            .clone()
     }
 
     /// Children `offset..offset + limit`, sorted by name.

@@ -25,17 +25,43 @@ pub enum Fault {
     Drop(u32),
 }
 
-#[derive(Debug, Default)]
-pub struct Probe {
-    sent: AtomicU64,
-    handled: AtomicU64,
+/// Faults injected into a named actor. Its supervisor keeps them per child name and hands
+/// them to each new incarnation, so `panic_next 3` means three panics, not one.
+#[derive(Debug)]
+pub struct Faults {
     panic_next: AtomicU32,
     drop_next: AtomicU32,
     delay_ms: AtomicU64,
     /// Milliseconds since `origin` until which messages are delayed.
     delay_until: AtomicU64,
     injected: AtomicU64,
-    origin: Option<Instant>,
+    origin: Instant,
+}
+
+impl Faults {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            panic_next: AtomicU32::new(0),
+            drop_next: AtomicU32::new(0),
+            delay_ms: AtomicU64::new(0),
+            delay_until: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
+            origin: Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+}
+
+/// One incarnation's counters, and the faults of the actor's name.
+#[derive(Debug)]
+pub struct Probe {
+    sent: AtomicU64,
+    handled: AtomicU64,
+    started: Instant,
+    faults: Arc<Faults>,
 }
 
 /// What the actor does with a message.
@@ -54,17 +80,24 @@ pub struct ProbeStats {
 }
 
 impl Probe {
+    /// A probe with no faults (an actor nobody restarts under the same name).
     pub fn new() -> Arc<Self> {
+        Self::with_faults(Faults::new())
+    }
+
+    /// A probe for a new incarnation of an actor whose faults are `faults`.
+    pub fn with_faults(faults: Arc<Faults>) -> Arc<Self> {
         Arc::new(Self {
-            origin: Some(Instant::now()),
-            ..Self::default()
+            sent: AtomicU64::new(0),
+            handled: AtomicU64::new(0),
+            started: Instant::now(),
+            faults,
         })
     }
 
-    fn now_ms(&self) -> u64 {
-        self.origin
-            .map(|o| o.elapsed().as_millis() as u64)
-            .unwrap_or(0)
+    /// The faults of this actor's name, for its next incarnation.
+    pub fn faults(&self) -> Arc<Faults> {
+        self.faults.clone()
     }
 
     fn sent(&self) {
@@ -82,40 +115,39 @@ impl Probe {
         if counted {
             self.handled.fetch_add(1, Ordering::Relaxed);
         }
-        if self
-            .panic_next
+        let f = &self.faults;
+        if f.panic_next
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .is_ok()
         {
             panic!("injected fault: {actor} panics");
         }
-        if self
-            .drop_next
+        if f.drop_next
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .is_ok()
         {
             return Gate::Swallow;
         }
-        if self.delay_until.load(Ordering::Acquire) > self.now_ms() {
-            let ms = self.delay_ms.load(Ordering::Acquire);
+        if f.delay_until.load(Ordering::Acquire) > f.now_ms() {
+            let ms = f.delay_ms.load(Ordering::Acquire);
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         Gate::Handle
     }
 
     pub fn inject(&self, fault: Fault) {
-        self.injected.fetch_add(1, Ordering::Relaxed);
+        let f = &self.faults;
+        f.injected.fetch_add(1, Ordering::Relaxed);
         match fault {
             Fault::PanicNext(n) => {
-                self.panic_next.fetch_add(n, Ordering::AcqRel);
+                f.panic_next.fetch_add(n, Ordering::AcqRel);
             }
             Fault::Drop(n) => {
-                self.drop_next.fetch_add(n, Ordering::AcqRel);
+                f.drop_next.fetch_add(n, Ordering::AcqRel);
             }
             Fault::Delay { ms, for_ms } => {
-                self.delay_ms.store(ms, Ordering::Release);
-                self.delay_until
-                    .store(self.now_ms() + for_ms, Ordering::Release);
+                f.delay_ms.store(ms, Ordering::Release);
+                f.delay_until.store(f.now_ms() + for_ms, Ordering::Release);
             }
         }
     }
@@ -123,13 +155,10 @@ impl Probe {
     pub fn stats(&self) -> ProbeStats {
         let handled = self.handled.load(Ordering::Relaxed);
         ProbeStats {
-            uptime_secs: self
-                .origin
-                .map(|o| o.elapsed().as_secs_f64())
-                .unwrap_or(0.0),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
             messages_handled: handled,
             backlog: self.sent.load(Ordering::Relaxed).saturating_sub(handled),
-            faults_injected: self.injected.load(Ordering::Relaxed),
+            faults_injected: self.faults.injected.load(Ordering::Relaxed),
         }
     }
 }
@@ -236,5 +265,30 @@ mod tests {
         assert!(panicked);
         let s = p.stats();
         assert_eq!((s.messages_handled, s.faults_injected), (5, 3));
+    }
+
+    #[tokio::test]
+    async fn a_new_incarnation_inherits_the_faults_left() {
+        let first = Probe::new();
+        first.inject(Fault::PanicNext(2));
+        let p = first.clone();
+        assert!(
+            tokio::spawn(async move { p.gate("a", true).await })
+                .await
+                .is_err()
+        );
+        let second = Probe::with_faults(first.faults());
+        assert_eq!(second.stats().messages_handled, 0, "counters start afresh");
+        let p = second.clone();
+        assert!(
+            tokio::spawn(async move { p.gate("a", true).await })
+                .await
+                .is_err()
+        );
+        assert!(
+            matches!(second.gate("a", true).await, Gate::Handle),
+            "two panics only"
+        );
+        assert_eq!(second.stats().faults_injected, 1);
     }
 }

@@ -16,7 +16,7 @@ use super::balances::{BalanceSupervisor, BalancesArgs, BalancesMsg};
 use super::config::{ConfigActor, ConfigArgs, ConfigMsg};
 use super::keys::{KeySupervisor, KeysArgs, KeysMsg};
 use super::ledger::{LedgerArgs, LedgerMsg, LedgerWriter};
-use super::{Handle, Probe};
+use super::{Faults, Handle, Probe};
 use crate::upstream::breaker::{UpstreamSupervisor, UpstreamsArgs, UpstreamsMsg};
 
 /// A reference to an actor that its supervisor may replace.
@@ -148,14 +148,15 @@ impl Root {
     }
 }
 
-/// Spawns one child with a new probe.
+/// Spawns one child with a new probe carrying `faults`.
 async fn spawn_child(
     which: Child,
     args: &RootArgs,
     keys: Option<&Live<KeysMsg>>,
     me: ractor::ActorCell,
+    faults: Arc<Faults>,
 ) -> Result<(ractor::ActorCell, Arc<Probe>), ractor::SpawnErr> {
-    let probe = Probe::new();
+    let probe = Probe::with_faults(faults);
     let p = probe.clone();
     let cell = match which {
         Child::Config => {
@@ -222,16 +223,24 @@ impl Actor for Root {
     ) -> Result<RootState, ActorProcessingErr> {
         let me = myself.get_cell();
         let keys: Handle<KeysMsg> =
-            handle(spawn_child(Child::Keys, &args, None, me.clone()).await?);
+            handle(spawn_child(Child::Keys, &args, None, me.clone(), Faults::new()).await?);
         let keys_live = Live::new(keys.clone());
-        let config: Handle<ConfigMsg> =
-            handle(spawn_child(Child::Config, &args, Some(&keys_live), me.clone()).await?);
+        let config: Handle<ConfigMsg> = handle(
+            spawn_child(
+                Child::Config,
+                &args,
+                Some(&keys_live),
+                me.clone(),
+                Faults::new(),
+            )
+            .await?,
+        );
         let balances: Handle<BalancesMsg> =
-            handle(spawn_child(Child::Balances, &args, None, me.clone()).await?);
+            handle(spawn_child(Child::Balances, &args, None, me.clone(), Faults::new()).await?);
         let ledger: Handle<LedgerMsg> =
-            handle(spawn_child(Child::Ledger, &args, None, me.clone()).await?);
+            handle(spawn_child(Child::Ledger, &args, None, me.clone(), Faults::new()).await?);
         let upstreams: Handle<UpstreamsMsg> =
-            handle(spawn_child(Child::Upstreams, &args, None, me).await?);
+            handle(spawn_child(Child::Upstreams, &args, None, me, Faults::new()).await?);
         let mut by_actor = HashMap::new();
         by_actor.insert(config.get_id(), Child::Config);
         by_actor.insert(keys.get_id(), Child::Keys);
@@ -329,11 +338,20 @@ impl Actor for Root {
             return Ok(());
         };
         tracing::warn!(actor = which.name(), failure = ?failure, "child exited; restarting");
+        let t = &state.tree;
+        let faults = match which {
+            Child::Config => t.config.get().probe.faults(),
+            Child::Keys => t.keys.get().probe.faults(),
+            Child::Balances => t.balances.get().probe.faults(),
+            Child::Ledger => t.ledger.get().probe.faults(),
+            Child::Upstreams => t.upstreams.get().probe.faults(),
+        };
         match spawn_child(
             which,
             &state.args,
             Some(&state.tree.keys),
             myself.get_cell(),
+            faults,
         )
         .await
         {

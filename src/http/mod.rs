@@ -13,6 +13,7 @@ pub mod extract;
 pub mod health;
 pub mod keys;
 pub mod money;
+pub mod observe;
 pub mod ops;
 pub mod portkey;
 pub mod tenants;
@@ -43,7 +44,7 @@ use error::ApiError;
         (name = "money", description = "Top-ups and redemption codes"),
         (name = "tenants", description = "Tenants, their users and usage"),
         (name = "pricing", description = "Provider rates, model plans, markups"),
-        (name = "operations", description = "Health and fault injection"),
+        (name = "operations", description = "Health, metrics, the actor tree and fault injection"),
     )
 )]
 struct ApiDoc;
@@ -113,6 +114,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::inject_fault))
         .routes(routes!(ops::actors))
         .routes(routes!(ops::actors_view))
+        .routes(routes!(observe::metrics))
         .split_for_parts()
 }
 
@@ -138,5 +140,6 @@ pub fn router(state: AppState) -> Router {
             ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(observe::layer))
         .with_state(state)
 }

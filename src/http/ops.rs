@@ -425,8 +425,8 @@ pub async fn inject_fault(
                 .ok_or_else(|| ApiError::bad_request("delay needs ms between 1 and 60000"))?;
             target.probe().inject(Fault::Delay { ms, for_ms });
         }
-        ("db_fail", Target::Ledger(h)) => {
-            let _ = h.cast(LedgerMsg::FailWrites { for_ms });
+        ("db_fail", Target::Ledger(_)) => {
+            app.ledger_fault.fail_for(Duration::from_millis(for_ms));
         }
         ("listener_disconnect", Target::Config(h)) => {
             let _ = h.cast(ConfigMsg::DropListener);

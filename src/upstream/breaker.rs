@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::actors::{ChildInfo, ChildPage, Gate, Handle, Held, Probe};
+use crate::actors::{ChildInfo, ChildPage, Faults, Gate, Handle, Held, Probe};
 
 const CLOSED: u8 = 0;
 const CLOSED_FAILING: u8 = 1;
@@ -230,6 +230,15 @@ impl Breaker {
         self.shared.load(Ordering::Acquire) >= OPEN
     }
 
+    /// For the `neuropia_breaker_state` gauge: 0 closed, 1 half-open, 2 open.
+    pub fn gauge(&self) -> f64 {
+        match self.shared.load(Ordering::Acquire) {
+            OPEN => 2.0,
+            HALF_OPEN => 1.0,
+            _ => 0.0,
+        }
+    }
+
     /// May a call go out? Reads the published state; asks the actor only when not closed.
     pub async fn permit(&self) -> Permit {
         match self.shared.load(Ordering::Acquire) {
@@ -265,6 +274,8 @@ pub struct UpstreamsState {
     by_actor: HashMap<ActorId, String>,
     /// Restarts and last failure per target.
     records: HashMap<String, (u32, Option<String>)>,
+    /// Faults injected per target, handed to each incarnation.
+    faults: HashMap<String, Arc<Faults>>,
 }
 
 pub enum UpstreamsMsg {
@@ -303,7 +314,12 @@ async fn spawn_breaker(
     target: &str,
 ) -> Option<Breaker> {
     let shared = Arc::new(AtomicU8::new(CLOSED));
-    let probe = Probe::new();
+    let faults = state
+        .faults
+        .entry(target.to_owned())
+        .or_insert_with(Faults::new)
+        .clone();
+    let probe = Probe::with_faults(faults);
     let args = BreakerArgs {
         target: target.to_owned(),
         settings: state.args.settings,
@@ -344,6 +360,7 @@ impl Actor for UpstreamSupervisor {
             held: Held::default(),
             by_actor: HashMap::new(),
             records: HashMap::new(),
+            faults: HashMap::new(),
         })
     }
 

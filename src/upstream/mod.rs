@@ -86,6 +86,19 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Client { .. } => "client_error",
+            Self::Failed {
+                status: Some(_), ..
+            } => "server_error",
+            Self::Failed { status: None, .. } => "unreachable",
+            Self::Timeout => "timeout",
+            Self::CircuitOpen(_) => "circuit_open",
+        }
+    }
+
     fn failed(message: impl Into<String>) -> Self {
         Self::Failed {
             status: None,
@@ -243,7 +256,11 @@ impl Upstreams {
         stream: bool,
     ) -> Result<Answer, UpstreamError> {
         if self.mode == UpstreamMode::Portkey {
-            return portkey::execute(self, plan, body, requested, request_id, stream).await;
+            let started = std::time::Instant::now();
+            let result = portkey::execute(self, plan, body, requested, request_id, stream).await;
+            let outcome = result.as_ref().err().map_or("ok", UpstreamError::kind);
+            crate::metrics::upstream("portkey", started.elapsed(), outcome);
+            return result;
         }
         match plan.strategy.mode {
             Mode::Single => {
@@ -322,15 +339,22 @@ impl Upstreams {
                 None => Permit::Allow,
             };
             if let Permit::Reject(wait) = permit {
+                crate::metrics::upstream_rejected(&resolved.breaker_id());
                 return Err(UpstreamError::CircuitOpen(format!(
                     "{} (retry in {} ms)",
                     resolved.breaker_id(),
                     wait.as_millis()
                 )));
             }
+            let started = std::time::Instant::now();
             let result = self
                 .attempt(&resolved, &req, request_id, stream, timeout)
                 .await;
+            crate::metrics::upstream(
+                &resolved.breaker_id(),
+                started.elapsed(),
+                result.as_ref().err().map_or("ok", UpstreamError::kind),
+            );
             if let Some(b) = &breaker {
                 b.report(
                     !result.as_ref().err().is_some_and(UpstreamError::is_outage),

@@ -30,6 +30,8 @@ pub struct StreamOutcome {
     pub broke: bool,
     /// The client went away before the end.
     pub client_gone: bool,
+    /// The upstream's `[DONE]` came and was held back (see `pump`'s `hold_done`).
+    pub done_held: bool,
 }
 
 /// Sends to the client; after the first failure (client gone) sends nothing more.
@@ -81,9 +83,12 @@ fn delta_text(v: &Value, into: &mut String) {
 
 /// Pumps `reply` to `tx`. `client_wants_usage`: the client asked for
 /// `stream_options.include_usage` (the gateway always asks the upstream for it).
+/// `hold_done`: do not send `[DONE]` (strict durability sends it once the charge is
+/// committed); `done_held` says whether there was one to send.
 pub async fn pump(
     mut reply: StreamReply,
     client_wants_usage: bool,
+    hold_done: bool,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> StreamOutcome {
     let mut out = StreamOutcome::default();
@@ -121,7 +126,11 @@ pub async fn pump(
             match reply.wire {
                 Wire::OpenAi => {
                     if event.data.trim() == "[DONE]" {
-                        client.send(sse::data("[DONE]")).await;
+                        if hold_done {
+                            out.done_held = true;
+                        } else {
+                            client.send(sse::data("[DONE]")).await;
+                        }
                         continue;
                     }
                     let v: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
@@ -160,7 +169,11 @@ pub async fn pump(
                             if client_wants_usage && let Some(c) = anthropic.usage_chunk() {
                                 client.send(sse::data(&c)).await;
                             }
-                            client.send(sse::data("[DONE]")).await;
+                            if hold_done {
+                                out.done_held = true;
+                            } else {
+                                client.send(sse::data("[DONE]")).await;
+                            }
                         }
                     }
                     Translated::Error(m) => {
@@ -264,6 +277,7 @@ mod tests {
         let out = pump(
             reply(Wire::OpenAi, OPENAI.iter().map(|c| Ok(*c)).collect()),
             false,
+            false,
             tx,
         )
         .await;
@@ -282,10 +296,23 @@ mod tests {
         pump(
             reply(Wire::OpenAi, OPENAI.iter().map(|c| Ok(*c)).collect()),
             true,
+            false,
             tx,
         )
         .await;
         assert!(collect(rx).await.contains("\"usage\""));
+        // Strict durability holds [DONE] back for the caller to send.
+        let (tx, rx) = mpsc::channel(16);
+        let out = pump(
+            reply(Wire::OpenAi, OPENAI.iter().map(|c| Ok(*c)).collect()),
+            false,
+            true,
+            tx,
+        )
+        .await;
+        assert!(out.done_held);
+        let sent = collect(rx).await;
+        assert!(sent.contains("lo") && !sent.contains("[DONE]"), "{sent}");
     }
 
     #[tokio::test]
@@ -293,6 +320,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let out = pump(
             reply(Wire::OpenAi, vec![Ok(OPENAI[0]), Err("reset")]),
+            false,
             false,
             tx,
         )
@@ -305,6 +333,7 @@ mod tests {
         drop(rx);
         let out = pump(
             reply(Wire::OpenAi, OPENAI.iter().map(|c| Ok(*c)).collect()),
+            false,
             false,
             tx,
         )

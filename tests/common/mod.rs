@@ -47,6 +47,8 @@ pub struct MockState {
     pub completion_tokens: AtomicU64,
     pub authorizations: Mutex<Vec<String>>,
     pub bodies: Mutex<Vec<Value>>,
+    /// The `x-request-id` of each chat call received.
+    pub request_ids: Mutex<Vec<String>>,
     /// Headers of Anthropic calls: (x-api-key, anthropic-version).
     pub anthropic_headers: Mutex<Vec<(String, String)>>,
     /// Fail this many calls (with `fail_status`, default 503) before answering normally.
@@ -165,6 +167,9 @@ async fn mock_chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: By
     s.calls.fetch_add(1, Ordering::SeqCst);
     if let Some(a) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         s.authorizations.lock().unwrap().push(a.to_owned());
+    }
+    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        s.request_ids.lock().unwrap().push(id.to_owned());
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     s.bodies.lock().unwrap().push(req.clone());

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
@@ -38,6 +39,10 @@ pub struct BalanceArgs {
     pub probe: Arc<Probe>,
 }
 
+/// How long a reservation may stay open (longer than any call: upstream timeouts are
+/// per attempt, and a stream is billed when it ends, not when the reservation lapses).
+const RESERVATION_TTL: Duration = Duration::from_secs(30 * 60);
+
 pub struct BalanceState {
     probe: Arc<Probe>,
     held: Held<BalanceMsg>,
@@ -50,7 +55,8 @@ pub struct BalanceState {
     unflushed: VecDeque<PendingEntry>,
     balance: Decimal,
     status: AccountStatus,
-    reservations: HashMap<Uuid, Decimal>,
+    /// Open reservations and when each was made.
+    reservations: HashMap<Uuid, (Decimal, Instant)>,
     reserved: Decimal,
     journal: Arc<Journal>,
     snapshot: SnapshotHandle,
@@ -185,12 +191,18 @@ impl BalanceState {
             return Err(Refusal::NotActive(self.status));
         }
         if self.balance - self.reserved <= Decimal::ZERO {
-            return Err(Refusal::InsufficientFunds);
+            self.expire_reservations();
+            if self.balance - self.reserved <= Decimal::ZERO {
+                return Err(Refusal::InsufficientFunds);
+            }
         }
         if self.journal.depth() >= self.journal_max {
             return Err(Refusal::JournalFull);
         }
-        if let Some(old) = self.reservations.insert(request_id, amount) {
+        if let Some((old, _)) = self
+            .reservations
+            .insert(request_id, (amount, Instant::now()))
+        {
             self.reserved -= old;
         }
         self.reserved += amount;
@@ -198,8 +210,22 @@ impl BalanceState {
     }
 
     fn release(&mut self, request_id: Uuid) {
-        if let Some(amount) = self.reservations.remove(&request_id) {
+        if let Some((amount, _)) = self.reservations.remove(&request_id) {
             self.reserved -= amount;
+        }
+    }
+
+    /// Drops reservations older than any call can last: their release was lost (a
+    /// timed-out reserve applied late whose release was dropped, say) and they would
+    /// otherwise hold the user's funds until this actor restarts.
+    fn expire_reservations(&mut self) {
+        let before = self.reservations.len();
+        self.reservations
+            .retain(|_, (_, at)| at.elapsed() < RESERVATION_TTL);
+        if self.reservations.len() != before {
+            self.reserved = self.reservations.values().map(|(a, _)| *a).sum();
+            tracing::warn!(user_id = %self.user_id, expired = before - self.reservations.len(),
+                "expired reservations whose release was lost");
         }
     }
 

@@ -23,9 +23,7 @@ pub use balance::{
 };
 
 use super::root::Live;
-use super::{
-    ChildBook, ChildPage, Fault, Gate, Handle, Held, Probe, ResolveError, SupervisorStats,
-};
+use super::{ChildBook, ChildPage, Gate, Handle, Held, Probe, ResolveError, SupervisorStats};
 use crate::billing::Decimal;
 use crate::db;
 use crate::journal::{EntryKind, Journal};
@@ -37,6 +35,9 @@ pub type BalanceDirectory = Arc<DashMap<Uuid, BalanceHandle>>;
 pub type BalanceHandle = Handle<BalanceMsg>;
 
 pub struct BalanceSupervisor;
+
+/// How many times a settle is sent before the call is reported as not charged.
+const SETTLE_ROUNDS: u32 = 5;
 
 #[derive(Clone)]
 pub struct BalancesArgs {
@@ -187,7 +188,7 @@ impl Actor for BalanceSupervisor {
                     // Another load already put a live actor in place: keep that one.
                     (Some(live), _) => Ok(live),
                     (None, Ok(Some(loaded))) => {
-                        let probe = Probe::new();
+                        let probe = Probe::with_faults(state.book.faults(&user_id));
                         let args = BalanceArgs {
                             user_id,
                             loaded,
@@ -371,15 +372,31 @@ impl Balances {
         charge: ChargeRequest,
     ) -> Result<Settled, BalanceError> {
         let charge = Arc::new(charge);
-        self.call(user_id, 12, |reply| BalanceMsg::Settle {
-            charge: Box::new(ChargeRequest {
-                request_id: charge.request_id,
-                amount: charge.amount,
-                usage: charge.usage.clone(),
-            }),
-            reply,
-        })
-        .await
+        // A served call must be charged: a settle that was not answered (the actor was
+        // stuck, or dropped the message) is sent again. That is safe: the journal and the
+        // ledger take a request id once, so a late first attempt makes the retry a duplicate.
+        let mut last = BalanceError::Unavailable("not tried".into());
+        for round in 0..SETTLE_ROUNDS {
+            let result = self
+                .call(user_id, 12, |reply| BalanceMsg::Settle {
+                    charge: Box::new(ChargeRequest {
+                        request_id: charge.request_id,
+                        amount: charge.amount,
+                        usage: charge.usage.clone(),
+                    }),
+                    reply,
+                })
+                .await;
+            match result {
+                Err(BalanceError::Unavailable(e)) => {
+                    tracing::warn!(%user_id, request_id = %charge.request_id, round, error = %e,
+                        "settle not answered; sending it again");
+                    last = BalanceError::Unavailable(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last)
     }
 
     /// Credits a top-up or a redemption (idempotent by `request_id`: a retried attempt
@@ -408,14 +425,5 @@ impl Balances {
     pub async fn stats(&self) -> Option<SupervisorStats> {
         let supervisor = self.supervisor.get();
         ractor::call_t!(supervisor, BalancesMsg::Stats, 1_000).ok()
-    }
-
-    /// Injects `fault` into the user's live actor (spawning it first if needed).
-    pub async fn inject(&self, user_id: Uuid, fault: Fault) -> Result<(), BalanceError> {
-        let actor = self.resolve(user_id).await?;
-        actor.probe.inject(fault);
-        actor
-            .cast(BalanceMsg::Poke)
-            .map_err(|e| BalanceError::Unavailable(e.to_string()))
     }
 }

@@ -237,7 +237,7 @@ impl KeysState {
             self.args.cache.set_key(&record);
         }
         let name = format!("key:{id}");
-        let probe = Probe::new();
+        let probe = Probe::with_faults(self.book.faults(&hash));
         let args = KeyArgs {
             record,
             probe: probe.clone(),

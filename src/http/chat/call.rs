@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -18,13 +18,19 @@ use crate::actors::balances::ChargeRequest;
 use crate::actors::keys::{KeyHandle, KeyMsg};
 use crate::app::AppState;
 use crate::billing::{Charge, Decimal, Price, Usage};
+use crate::config::Durability;
 use crate::http::error::ApiError;
+use crate::http::observe::RequestCtx;
 use crate::journal::UsageRecord;
 use crate::snapshot::Snapshot;
 use crate::tokens;
 use crate::upstream::plan::Plan;
+use crate::upstream::sse;
 use crate::upstream::stream::pump;
 use crate::upstream::{Answer, StreamReply};
+
+/// The longest a strict response waits for its charge's commit.
+const STRICT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct Call {
     pub app: AppState,
@@ -39,6 +45,8 @@ pub struct Call {
     pub snap: Arc<Snapshot>,
     pub plan: Arc<Plan>,
     pub model: String,
+    /// Where the time spent upstream is counted (for `server-timing` and metrics).
+    pub ctx: Arc<RequestCtx>,
 }
 
 impl Call {
@@ -53,8 +61,20 @@ impl Call {
             .ok();
     }
 
-    /// Charges what the call used, at the rates of the target that answered.
-    async fn bill(&self, provider: String, model: String, usage: Usage, source: &'static str) {
+    fn strict(&self) -> bool {
+        self.app.config.billing_durability == Durability::Strict
+    }
+
+    /// Charges what the call used, at the rates of the target that answered. With strict
+    /// durability, also waits for the charge's commit; an error then means the response
+    /// must not claim success.
+    async fn bill(
+        &self,
+        provider: String,
+        model: String,
+        usage: Usage,
+        source: &'static str,
+    ) -> Result<(), ApiError> {
         self.key
             .cast(KeyMsg::Record {
                 estimated_tokens: self.estimated_tokens,
@@ -109,20 +129,56 @@ impl Call {
                 },
             )
             .await;
-        if let Err(e) = settled {
-            tracing::error!(request_id = %self.request_id, user_id = %self.user_id, error = ?e,
-                "a served call could not be charged");
+        match settled {
+            Err(e) => {
+                tracing::error!(request_id = %self.request_id, user_id = %self.user_id, error = ?e,
+                    "a served call may not have been charged: its settle was never answered");
+                if self.strict() {
+                    return Err(ApiError::Unavailable(
+                        "billing did not answer; the call is not confirmed".into(),
+                    ));
+                }
+                Ok(())
+            }
+            Ok(_) if self.strict() => self.durable().await,
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Waits until the charge is committed to PostgreSQL (strict durability).
+    async fn durable(&self) -> Result<(), ApiError> {
+        let Some(committed) = self.app.journal.committed(&self.request_id.to_string()) else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(STRICT_WAIT, committed).await {
+            Ok(Ok(())) => {
+                crate::metrics::strict_wait(started.elapsed());
+                Ok(())
+            }
+            _ => {
+                tracing::error!(request_id = %self.request_id,
+                    "strict durability: the charge was not committed in time");
+                Err(ApiError::Unavailable(format!(
+                    "the call was served and will be billed, but its charge could not be \
+                     committed within {} s (request id {})",
+                    STRICT_WAIT.as_secs(),
+                    self.request_id
+                )))
+            }
         }
     }
 
     /// Runs the call; returns the response to send (its billing may still be running).
     pub async fn run(self, body: Map<String, Value>, stream: bool) -> Result<Response, ApiError> {
         let rid = self.request_id.to_string();
+        let started = std::time::Instant::now();
         let answer = self
             .app
             .upstreams
             .execute(&self.plan, &body, &self.model, &rid, stream)
             .await;
+        self.ctx.add_upstream(started.elapsed());
         let answer = match answer {
             Ok(a) => a,
             Err(e) => {
@@ -130,11 +186,11 @@ impl Call {
                 return Err(upstream_error(e));
             }
         };
-        let mut response = match answer {
+        let response = match answer {
             Answer::Whole(reply) => {
                 let out = reply.body.clone();
                 self.bill(reply.provider, reply.model, reply.usage, reply.usage_source)
-                    .await;
+                    .await?;
                 ([(header::CONTENT_TYPE, "application/json")], out).into_response()
             }
             Answer::Stream(reply) => {
@@ -159,9 +215,6 @@ impl Call {
                     .into_response()
             }
         };
-        if let Ok(v) = HeaderValue::from_str(&rid) {
-            response.headers_mut().insert("x-request-id", v);
-        }
         Ok(response)
     }
 
@@ -175,7 +228,8 @@ impl Call {
         tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     ) {
         let (provider, model) = (reply.provider.clone(), reply.model.clone());
-        let out = pump(reply, wants_usage, tx).await;
+        let strict = self.strict();
+        let out = pump(reply, wants_usage, strict, tx.clone()).await;
         if out.client_gone {
             tracing::info!(request_id = %self.request_id, "client left mid-stream; billed in full");
         }
@@ -189,6 +243,18 @@ impl Call {
                 "estimated",
             ),
         };
-        self.bill(provider, model, usage, source).await;
+        let billed = self.bill(provider, model, usage, source).await;
+        if out.done_held && !out.client_gone {
+            // Strict: `[DONE]` only once the charge is durable.
+            let last = match billed {
+                Ok(()) => sse::data("[DONE]"),
+                Err(e) => sse::data(
+                    &serde_json::json!({"error": {"message": e.to_string(),
+                        "type": "api_error", "code": "service_unavailable"}})
+                    .to_string(),
+                ),
+            };
+            let _ = tx.send(Ok(last)).await;
+        }
     }
 }

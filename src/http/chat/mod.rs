@@ -74,6 +74,15 @@ fn check(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
 }
 
 fn admit_error(e: AdmitError) -> ApiError {
+    let reason = match &e {
+        AdmitError::UnknownKey => "invalid_key",
+        AdmitError::Denied(Denied::Inactive) => "key_inactive",
+        AdmitError::Denied(Denied::ModelNotAllowed) => "model_not_allowed",
+        AdmitError::Denied(Denied::Rpm { .. }) => "rpm",
+        AdmitError::Denied(Denied::Tpm { .. }) => "tpm",
+        AdmitError::Unavailable(_) => "key_unavailable",
+    };
+    crate::metrics::refusal(reason);
     match e {
         AdmitError::UnknownKey => ApiError::Unauthorized("invalid virtual key".into()),
         AdmitError::Denied(Denied::Inactive) => {
@@ -100,6 +109,14 @@ fn admit_error(e: AdmitError) -> ApiError {
 }
 
 fn balance_error(e: BalanceError) -> ApiError {
+    let reason = match &e {
+        BalanceError::Refused(Refusal::NotActive(AccountStatus::Pending)) => "account_pending",
+        BalanceError::Refused(Refusal::NotActive(_)) => "account_overdue",
+        BalanceError::Refused(Refusal::InsufficientFunds) => "insufficient_balance",
+        BalanceError::Refused(Refusal::JournalFull) => "journal_full",
+        BalanceError::UnknownUser | BalanceError::Unavailable(_) => "balance_unavailable",
+    };
+    crate::metrics::refusal(reason);
     match e {
         BalanceError::Refused(Refusal::NotActive(AccountStatus::Pending)) => {
             ApiError::PaymentRequired {
@@ -192,6 +209,7 @@ async fn chat(
     VirtualKey(hash): VirtualKey,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let ctx = super::observe::ctx(&req);
     let bytes = body_bytes(req, &app).await?;
     let parsed =
         parse_json::<Map<String, Value>>(&bytes).and_then(|body| Ok((check(&body)?, body)));
@@ -219,6 +237,7 @@ async fn chat(
             "model {model:?} does not exist"
         )));
     };
+    ctx.set_model(&model);
     let mut body = body;
     if max_tokens.is_none()
         && let Some(ceiling) = route.default_max_tokens
@@ -261,7 +280,7 @@ async fn chat(
         )));
     };
 
-    let request_id = Uuid::new_v4();
+    let request_id = ctx.id;
     if let Err(e) = app.balances.reserve(user_id, request_id, reserve).await {
         forget_estimate();
         return Err(balance_error(e));
@@ -278,6 +297,7 @@ async fn chat(
         snap,
         plan,
         model,
+        ctx,
     };
     // Detached: the call runs to its end (and is billed) even if the client goes away.
     tokio::spawn(call.run(body, stream))

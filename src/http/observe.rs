@@ -1,0 +1,181 @@
+//! What every request leaves behind: an `x-request-id` (the chat call's id, sent upstream
+//! and written to `usage_log`), a `server-timing` header with the gateway's own overhead,
+//! and Prometheus metrics. Also `GET /metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+
+use crate::app::AppState;
+
+/// Shared by the middleware and the handler of one request.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub id: Uuid,
+    /// Nanoseconds spent waiting for upstreams.
+    upstream_ns: AtomicU64,
+    /// The (known) model a chat call asked for, for metrics.
+    model: OnceLock<String>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            id: Uuid::new_v4(),
+            upstream_ns: AtomicU64::new(0),
+            model: OnceLock::new(),
+        })
+    }
+
+    pub fn add_upstream(&self, spent: Duration) {
+        self.upstream_ns
+            .fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_model(&self, model: &str) {
+        let _ = self.model.set(model.to_owned());
+    }
+
+    fn upstream(&self) -> Duration {
+        Duration::from_nanos(self.upstream_ns.load(Ordering::Relaxed))
+    }
+}
+
+/// The request's context (a fresh one when the middleware did not run, as in unit tests).
+pub fn ctx(req: &Request) -> Arc<RequestCtx> {
+    req.extensions()
+        .get::<Arc<RequestCtx>>()
+        .cloned()
+        .unwrap_or_else(RequestCtx::new)
+}
+
+/// The middleware around every route.
+pub async fn layer(mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let ctx = RequestCtx::new();
+    req.extensions_mut().insert(ctx.clone());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let mut response = next.run(req).await;
+    let total = started.elapsed();
+    let upstream = ctx.upstream();
+    let overhead = total.saturating_sub(upstream);
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&ctx.id.to_string()) {
+        headers.insert("x-request-id", v);
+    }
+    let timing = format!(
+        "gateway;dur={:.3};desc=\"gateway overhead\", upstream;dur={:.3}, total;dur={:.3}",
+        ms(overhead),
+        ms(upstream),
+        ms(total)
+    );
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        headers.insert("server-timing", v);
+    }
+    if route != "/metrics" {
+        crate::metrics::request(
+            &route,
+            response.status().as_u16(),
+            ctx.model.get().map(String::as_str),
+            total,
+            overhead,
+        );
+    }
+    response
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Prometheus metrics (text format 0.0.4). Gauges describing the actor tree are set from
+/// the actors' probes at each scrape, without messaging the key and balance actors.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    use crate::actors::balances::BalancesMsg;
+    use crate::actors::keys::KeysMsg;
+    use crate::actors::root::RootMsg;
+
+    let t = &app.tree;
+    let restarts = |name: &str, records: &[(&str, crate::actors::root::ChildRecord)]| {
+        records
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, r)| r.restarts)
+    };
+    let records = ractor::call_t!(app.root, RootMsg::Children, 1_000).unwrap_or_default();
+    let supervisors = [
+        ("config", t.config.get().probe),
+        ("keys", t.keys.get().probe),
+        ("balances", t.balances.get().probe),
+        ("ledger", t.ledger.get().probe),
+        ("upstreams", t.upstreams.get().probe),
+    ];
+    for (name, probe) in supervisors {
+        let s = probe.stats();
+        crate::metrics::actor(
+            name,
+            s.backlog,
+            restarts(name, &records),
+            s.messages_handled,
+        );
+    }
+    let all = usize::MAX;
+    let keys = t.keys.get();
+    if let Ok(page) = ractor::call_t!(
+        keys,
+        |reply| KeysMsg::Children {
+            offset: 0,
+            limit: all,
+            reply
+        },
+        1_000
+    ) {
+        children("key", &page);
+    }
+    let balances = t.balances.get();
+    if let Ok(page) = ractor::call_t!(
+        balances,
+        |reply| BalancesMsg::Children {
+            offset: 0,
+            limit: all,
+            reply
+        },
+        1_000
+    ) {
+        children("balance", &page);
+    }
+    for b in app.upstreams.breakers.iter() {
+        crate::metrics::breaker(b.key(), b.value().gauge());
+    }
+    crate::metrics::gauge_set("neuropia_journal_depth", app.journal.depth() as f64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// Key or balance actors, summed per kind (there may be 100k: one series each would
+/// swamp Prometheus).
+fn children<M: ractor::Message>(kind: &str, page: &crate::actors::ChildPage<M>) {
+    let (mut backlog, mut restarts) = (0, 0);
+    for c in &page.children {
+        backlog += c.handle.as_ref().map_or(0, |h| h.probe.stats().backlog);
+        restarts += u64::from(c.restarts);
+    }
+    crate::metrics::children(kind, page.total, backlog, restarts);
+}

@@ -1,0 +1,515 @@
+//! Operations: the live supervision tree (JSON, HTML, `neuropia actors`), each fault kind,
+//! metrics, `x-request-id` and `server-timing`.
+
+#![expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+mod common;
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn tree(app: &TestApp, query: &str) -> Value {
+    let (status, body) = app
+        .get(&format!("/api/admin/actors{query}"), &app.admin_token)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn child<'a>(node: &'a Value, name: &str) -> &'a Value {
+    node["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no child {name} in {node}"))
+}
+
+async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not within {secs} s");
+}
+
+async fn fault(app: &TestApp, body: Value) {
+    let (status, reply) = app
+        .post("/api/admin/faults", &app.admin_token, body.clone())
+        .await;
+    assert_eq!(status, 200, "{body}: {reply}");
+    assert_eq!(reply["injected"], true);
+}
+
+async fn key_id(app: &TestApp, user: Uuid) -> Uuid {
+    sqlx::query_scalar("SELECT id FROM data.virtual_key WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(app.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tree_shows_every_actor_with_its_state_and_pages_large_supervisors() {
+    let mock = mock_upstream().await;
+    let app = TestApp::spawn().await;
+    app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
+        .await;
+    let mut users = Vec::new();
+    for i in 0..3 {
+        let (user, token) = app.register(&format!("tree{i}@example.com")).await;
+        app.top_up(user, "10").await;
+        let key = app
+            .create_key(&token, user, json!({"name": "t", "rate_limit_rpm": 100}))
+            .await;
+        assert_eq!(app.chat(&key, &chat_body("qwen-turbo")).await.status(), 200);
+        users.push((user, token, key));
+    }
+    app.settle_journal().await;
+
+    let root = tree(&app, "").await;
+    assert_eq!(root["name"], "neuropia");
+    assert_eq!(root["status"], "running");
+    let names: Vec<&str> = root["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["config", "keys", "balances", "ledger", "upstreams"]);
+    for node in root["children"].as_array().unwrap() {
+        assert_eq!(node["status"], "running", "{node}");
+        assert_eq!(node["restarts"], 0, "{node}");
+        assert!(node["uptime_secs"].as_f64().is_some(), "{node}");
+        assert!(node["messages_handled"].as_u64().is_some(), "{node}");
+        assert!(node["backlog"].as_u64().is_some(), "{node}");
+    }
+    assert_eq!(child(&root, "config")["state"]["listener_connected"], true);
+    let ledger = child(&root, "ledger");
+    assert_eq!(ledger["state"]["journal_depth"], 0);
+    assert!(ledger["state"]["last_flush_at"].is_string(), "{ledger}");
+
+    let keys = child(&root, "keys");
+    assert_eq!(keys["children_total"], 3);
+    let (user0, _, _) = &users[0];
+    let kid = key_id(&app, *user0).await;
+    let key_node = child(keys, &format!("key:{kid}"));
+    assert_eq!(key_node["status"], "running");
+    assert_eq!(key_node["state"]["rpm_limit"], 100);
+    assert_eq!(key_node["state"]["rpm_headroom"], 99, "one call made");
+    assert!(key_node["messages_handled"].as_u64().unwrap() >= 1);
+
+    let balances = child(&root, "balances");
+    assert_eq!(balances["children_total"], 3);
+    let b = child(balances, &format!("balance:{user0}"));
+    assert_eq!(b["state"]["open_reservations"], 0);
+    assert_eq!(b["state"]["not_durable"], 0);
+    assert_eq!(
+        b["state"]["balance"], "9.972",
+        "10 - (12 * 0.001 + 8 * 0.002)"
+    );
+    assert_eq!(child(&root, "upstreams")["children_total"], 1);
+
+    // Paging: 100k key actors must not come back in one answer.
+    let page = tree(&app, "?limit=2").await;
+    let keys = child(&page, "keys");
+    assert_eq!(keys["children"].as_array().unwrap().len(), 2);
+    assert_eq!(keys["children_total"], 3);
+    let rest = tree(&app, "?limit=2&offset=2").await;
+    assert_eq!(
+        child(&rest, "keys")["children"].as_array().unwrap().len(),
+        1
+    );
+    let (status, _) = app.get("/api/admin/actors?limit=0", &app.admin_token).await;
+    assert_eq!(status, 400);
+    let (status, _) = app.get("/api/admin/actors?limit=x", &app.admin_token).await;
+    assert_eq!(status, 400);
+
+    // Platform admins only.
+    let (status, body) = app.get("/api/admin/actors", &users[0].1).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(!body.to_string().contains("balance:"), "{body}");
+    let (status, _) = app.get("/api/admin/actors", "").await;
+    assert_eq!(status, 401);
+
+    // A panicking key actor: restarted, counted, with its failure.
+    fault(
+        &app,
+        json!({"actor": format!("key:{kid}"), "fault": "panic"}),
+    )
+    .await;
+    let name = format!("key:{kid}");
+    eventually(10, "the key actor's restart shows", || async {
+        let t = tree(&app, "").await;
+        let k = child(child(&t, "keys"), &name);
+        k["restarts"] == 1
+            && k["status"] == "running"
+            && k["last_failure"]
+                .as_str()
+                .is_some_and(|f| f.contains("injected fault"))
+            && k["faults_injected"] == 1
+    })
+    .await;
+
+    // The HTML view.
+    let r = app
+        .client
+        .get(app.url("/api/admin/actors/view"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(r.text().await.unwrap().contains("/api/admin/actors"));
+
+    // `neuropia actors`, as an operator runs it.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_neuropia"))
+        .args(["actors", "--url", &app.base, "--limit", "2"])
+        .env("NEUROPIA_TOKEN", &app.admin_token)
+        .env_remove("NEUROPIA_ADMIN_EMAIL")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("neuropia [running"), "{text}");
+    assert!(text.contains("├─ keys [running"), "{text}");
+    assert!(text.contains("│  ├─ key:"), "{text}");
+    assert!(text.contains("… 1 more"), "{text}");
+    assert!(text.contains("└─ upstreams [running"), "{text}");
+    // Signing in with the admin's credentials works too; a wrong token is refused.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_neuropia"))
+        .args(["actors", "--url", &app.base])
+        .env_remove("NEUROPIA_TOKEN")
+        .env("NEUROPIA_ADMIN_EMAIL", ADMIN_EMAIL)
+        .env("NEUROPIA_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("├─ balances"));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_neuropia"))
+        .args(["actors", "--url", &app.base, "--token", "nope"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_fault_kind_does_what_it_says() {
+    let mock = mock_upstream().await;
+    let app = TestApp::spawn_with(|c| c.actor_timeout_ms = 400).await;
+    app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
+        .await;
+    let (user, token) = app.register("faults@example.com").await;
+    app.top_up(user, "10").await;
+    let key = app.create_key(&token, user, json!({"name": "f"})).await;
+    let body = chat_body("qwen-turbo");
+    assert_eq!(app.chat(&key, &body).await.status(), 200);
+    let kid = key_id(&app, user).await;
+    let key_name = format!("key:{kid}");
+    let mut served = 1;
+
+    // panic_next 2: the key actor panics on its next two messages; the call that meets
+    // them is retried on fresh incarnations and still served.
+    fault(
+        &app,
+        json!({"actor": key_name, "fault": "panic_next", "count": 2}),
+    )
+    .await;
+    assert_eq!(app.chat(&key, &body).await.status(), 200);
+    served += 1;
+    let t = tree(&app, "").await;
+    assert_eq!(child(child(&t, "keys"), &key_name)["restarts"], 2);
+
+    // drop: the balance actor swallows the next message; the caller times out -> 503.
+    fault(
+        &app,
+        json!({"actor": format!("balance:{user}"), "fault": "drop"}),
+    )
+    .await;
+    let started = Instant::now();
+    let r = app.chat(&key, &body).await;
+    assert_eq!(r.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the timeout applies"
+    );
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "service_unavailable");
+    assert_eq!(app.chat(&key, &body).await.status(), 200);
+    served += 1;
+
+    // delay: every message to the key actor waits 150 ms, for a second.
+    fault(
+        &app,
+        json!({"actor": key_name, "fault": "delay", "ms": 150, "seconds": 1}),
+    )
+    .await;
+    let started = Instant::now();
+    assert_eq!(app.chat(&key, &body).await.status(), 200);
+    served += 1;
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = Instant::now();
+    assert_eq!(app.chat(&key, &body).await.status(), 200);
+    served += 1;
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "the delay ended"
+    );
+
+    // db_fail: ledger writes fail for a second and are retried; nothing is lost.
+    fault(
+        &app,
+        json!({"actor": "ledger", "fault": "db_fail", "seconds": 1}),
+    )
+    .await;
+    assert_eq!(app.chat(&key, &body).await.status(), 200);
+    served += 1;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        app.state.journal.depth() > 0,
+        "the charge waits in the journal"
+    );
+    let t = tree(&app, "").await;
+    let ledger = child(&t, "ledger");
+    assert!(
+        ledger["state"]["failures"].as_u64().unwrap() >= 1,
+        "{ledger}"
+    );
+    app.settle_journal().await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM data.usage_log WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, served);
+    let (balance, _) = app.db_balance(user).await;
+    assert_eq!(
+        balance,
+        d("10") - d("0.028") * neuropia::billing::Decimal::from(served)
+    );
+
+    // listener_disconnect: the config actor reconnects, reloads, and revocation still
+    // reaches the key at once.
+    let connects = child(&tree(&app, "").await, "config")["state"]["listener_connects"]
+        .as_u64()
+        .unwrap();
+    fault(
+        &app,
+        json!({"actor": "config", "fault": "listener_disconnect"}),
+    )
+    .await;
+    eventually(10, "the listener reconnects", || async {
+        let t = tree(&app, "").await;
+        let s = &child(&t, "config")["state"];
+        s["listener_connects"].as_u64() > Some(connects) && s["listener_connected"] == true
+    })
+    .await;
+    sqlx::query("SELECT data.deactivate_virtual_key($1, 'after the fault')")
+        .bind(&key)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    eventually(5, "revocation after a listener fault", || async {
+        app.chat(&key, &body).await.status() == 401
+    })
+    .await;
+
+    // Bad injections.
+    for (bad, status) in [
+        (
+            json!({"actor": "ledger", "fault": "listener_disconnect"}),
+            400,
+        ),
+        (json!({"actor": "config", "fault": "db_fail"}), 400),
+        (json!({"actor": "ledger", "fault": "delay"}), 400),
+        (json!({"actor": "ledger", "fault": "drop", "count": 0}), 400),
+        (
+            json!({"actor": "ledger", "fault": "db_fail", "seconds": -1}),
+            400,
+        ),
+        (json!({"actor": "key:not-a-uuid", "fault": "panic"}), 404),
+        (
+            json!({"actor": format!("key:{}", Uuid::new_v4()), "fault": "panic"}),
+            404,
+        ),
+        (json!({"actor": "upstream:nowhere", "fault": "panic"}), 404),
+        (
+            json!({"actor": "ledger", "fault": "panic", "extra": 1}),
+            400,
+        ),
+    ] {
+        let (s, reply) = app
+            .post("/api/admin/faults", &app.admin_token, bad.clone())
+            .await;
+        assert_eq!(s, status, "{bad}: {reply}");
+    }
+
+    // Every injection was counted.
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for kind in [
+        "panic_next",
+        "drop",
+        "delay",
+        "db_fail",
+        "listener_disconnect",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "neuropia_faults_injected_total{{kind=\"{kind}\"}}"
+            )),
+            "{kind} counted"
+        );
+    }
+    assert!(metrics.contains("neuropia_ledger_flush_failures_total"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_request_ids_and_server_timing() {
+    let mock = mock_upstream().await;
+    mock.state.delay_ms.store(30, Ordering::SeqCst);
+    let app = TestApp::spawn().await;
+    app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
+        .await;
+    let (user, token) = app.register("metrics@example.com").await;
+    app.top_up(user, "10").await;
+    let key = app
+        .create_key(&token, user, json!({"name": "m", "rate_limit_rpm": 2}))
+        .await;
+
+    let r = app.chat(&key, &chat_body("qwen-turbo")).await;
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let timing = r.headers()["server-timing"].to_str().unwrap().to_owned();
+    // The same id went upstream and is the usage row's.
+    assert_eq!(mock.state.request_ids.lock().unwrap().last(), Some(&id));
+    app.settle_journal().await;
+    let logged: String =
+        sqlx::query_scalar("SELECT request_id FROM data.usage_log WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(logged, id);
+    // gateway;dur=G;desc="gateway overhead", upstream;dur=U, total;dur=T
+    let dur = |name: &str| -> f64 {
+        timing
+            .split(", ")
+            .find(|p| p.starts_with(&format!("{name};")))
+            .and_then(|p| p.split("dur=").nth(1))
+            .and_then(|v| v.split(';').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {timing}"))
+    };
+    assert!(dur("upstream") >= 30.0, "{timing}");
+    assert!(
+        (dur("gateway") + dur("upstream") - dur("total")).abs() < 0.01,
+        "{timing}"
+    );
+    assert!(dur("gateway") < dur("total"), "{timing}");
+
+    // Errors carry the headers too; refusals are counted by reason.
+    assert_eq!(app.chat(&key, &chat_body("qwen-turbo")).await.status(), 200);
+    let r = app.chat(&key, &chat_body("qwen-turbo")).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("x-request-id"));
+    assert!(r.headers().contains_key("server-timing"));
+    let r = app.chat("vk_nope", &chat_body("qwen-turbo")).await;
+    assert_eq!(r.status(), 401);
+
+    let r = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = r.text().await.unwrap();
+    let target = format!("dashscope@{}", mock.dashscope_host());
+    for needle in [
+        "neuropia_http_requests_total{route=\"/v1/chat/completions\",status=\"200\",model=\"qwen-turbo\"}"
+            .to_owned(),
+        "neuropia_http_requests_total{route=\"/v1/chat/completions\",status=\"429\",model=\"qwen-turbo\"}"
+            .to_owned(),
+        "neuropia_http_request_duration_seconds_bucket{route=\"/v1/chat/completions\"".to_owned(),
+        "neuropia_gateway_overhead_seconds_bucket{route=\"/v1/chat/completions\"".to_owned(),
+        "neuropia_refusals_total{reason=\"rpm\"}".to_owned(),
+        "neuropia_refusals_total{reason=\"invalid_key\"}".to_owned(),
+        format!("neuropia_upstream_duration_seconds_count{{target=\"{target}\"}}"),
+        format!("neuropia_breaker_state{{target=\"{target}\"}} 0"),
+        "neuropia_ledger_flush_seconds_count".to_owned(),
+        "neuropia_journal_depth".to_owned(),
+        "neuropia_actor_restarts{actor=\"ledger\"}".to_owned(),
+        "neuropia_actor_backlog{actor=\"keys\"}".to_owned(),
+        "neuropia_actors_live{kind=\"key\"}".to_owned(),
+        "neuropia_actors_live{kind=\"balance\"}".to_owned(),
+    ] {
+        assert!(text.contains(&needle), "{needle} missing from:\n{text}");
+    }
+
+    // Upstream errors per target.
+    mock.state.fail_status.store(500, Ordering::SeqCst);
+    let r = app
+        .chat(
+            &app.create_key(&token, user, json!({"name": "m2"})).await,
+            &chat_body("qwen-turbo"),
+        )
+        .await;
+    assert_eq!(r.status(), 502);
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(&format!(
+            "neuropia_upstream_errors_total{{target=\"{target}\",kind=\"server_error\"}}"
+        )),
+        "{text}"
+    );
+    app.stop().await;
+}
