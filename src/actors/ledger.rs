@@ -35,6 +35,12 @@ impl WriteFault {
         );
     }
 
+    pub fn clear(&self) {
+        if let Ok(mut until) = self.0.lock() {
+            *until = None;
+        }
+    }
+
     fn active(&self) -> bool {
         self.0
             .lock()
@@ -221,7 +227,7 @@ impl Actor for LedgerWriter {
             .args
             .probe
             .gate(
-                "ledger",
+                || "ledger",
                 !matches!(msg, LedgerMsg::Kick | LedgerMsg::Flush | LedgerMsg::Done(_)),
             )
             .await

@@ -111,7 +111,12 @@ impl Probe {
     /// Called by the actor at the start of each message: applies injected faults.
     /// `counted`: the message came through a [`Handle`] (not a timer or the actor's own
     /// task), so it counts against the backlog.
-    pub async fn gate(&self, actor: &str, counted: bool) -> Gate {
+    /// `actor` names the actor in the panic message (only built when it panics).
+    pub async fn gate<S: std::fmt::Display>(
+        &self,
+        actor: impl FnOnce() -> S,
+        counted: bool,
+    ) -> Gate {
         if counted {
             self.handled.fetch_add(1, Ordering::Relaxed);
         }
@@ -120,11 +125,14 @@ impl Probe {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .is_ok()
         {
-            panic!("injected fault: {actor} panics");
+            panic!("injected fault: {} panics", actor());
         }
-        if f.drop_next
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok()
+        // Only messages from outside are lost: an actor's own timers and task results
+        // (the ledger's "batch written") are not traffic a caller could lose.
+        if counted
+            && f.drop_next
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
         {
             return Gate::Swallow;
         }
@@ -150,6 +158,14 @@ impl Probe {
                 f.delay_until.store(f.now_ms() + for_ms, Ordering::Release);
             }
         }
+    }
+
+    /// Lifts every pending fault (`clear`).
+    pub fn clear(&self) {
+        let f = &self.faults;
+        f.panic_next.store(0, Ordering::Release);
+        f.drop_next.store(0, Ordering::Release);
+        f.delay_until.store(0, Ordering::Release);
     }
 
     pub fn stats(&self) -> ProbeStats {
@@ -245,20 +261,20 @@ mod tests {
     async fn faults_apply_in_order_and_count() {
         let p = Probe::new();
         p.inject(Fault::Drop(2));
-        assert!(matches!(p.gate("a", true).await, Gate::Swallow));
-        assert!(matches!(p.gate("a", true).await, Gate::Swallow));
-        assert!(matches!(p.gate("a", true).await, Gate::Handle));
+        assert!(matches!(p.gate(|| "a", true).await, Gate::Swallow));
+        assert!(matches!(p.gate(|| "a", true).await, Gate::Swallow));
+        assert!(matches!(p.gate(|| "a", true).await, Gate::Handle));
         p.inject(Fault::Delay {
             ms: 30,
             for_ms: 10_000,
         });
         let t = Instant::now();
-        assert!(matches!(p.gate("a", true).await, Gate::Handle));
+        assert!(matches!(p.gate(|| "a", true).await, Gate::Handle));
         assert!(t.elapsed() >= Duration::from_millis(30));
         p.inject(Fault::PanicNext(1));
         let panicked = tokio::spawn({
             let p = p.clone();
-            async move { p.gate("a", true).await }
+            async move { p.gate(|| "a", true).await }
         })
         .await
         .is_err();
@@ -273,7 +289,7 @@ mod tests {
         first.inject(Fault::PanicNext(2));
         let p = first.clone();
         assert!(
-            tokio::spawn(async move { p.gate("a", true).await })
+            tokio::spawn(async move { p.gate(|| "a", true).await })
                 .await
                 .is_err()
         );
@@ -281,12 +297,12 @@ mod tests {
         assert_eq!(second.stats().messages_handled, 0, "counters start afresh");
         let p = second.clone();
         assert!(
-            tokio::spawn(async move { p.gate("a", true).await })
+            tokio::spawn(async move { p.gate(|| "a", true).await })
                 .await
                 .is_err()
         );
         assert!(
-            matches!(second.gate("a", true).await, Gate::Handle),
+            matches!(second.gate(|| "a", true).await, Gate::Handle),
             "two panics only"
         );
         assert_eq!(second.stats().faults_injected, 1);

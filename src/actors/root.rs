@@ -310,12 +310,23 @@ impl Actor for Root {
                 let _ = reply.send(list);
             }
             RootMsg::Drain(reply) => {
-                let ledger = state.tree.ledger.get();
-                // Answer from a task: draining waits on the database.
+                let (ledger, journal) =
+                    (state.tree.ledger.clone(), state.args.ledger.journal.clone());
+                // Answer from a task: draining waits on the database. Asked again each
+                // second, of whichever writer is current, for up to 30 s: a request lost
+                // to a dropped message or a restart must not stall the shutdown.
                 tokio::spawn(async move {
-                    let _ = ledger
-                        .call(LedgerMsg::Drain, Some(Duration::from_secs(30)))
-                        .await;
+                    for _ in 0..30 {
+                        let drained = ledger
+                            .get()
+                            .call(LedgerMsg::Drain, Some(Duration::from_secs(1)))
+                            .await;
+                        if matches!(drained, Ok(ractor::rpc::CallResult::Success(())))
+                            || journal.depth() == 0
+                        {
+                            break;
+                        }
+                    }
                     let _ = reply.send(());
                 });
             }

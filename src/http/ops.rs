@@ -279,8 +279,8 @@ pub struct InjectFault {
     /// `balance:<user id>` or `upstream:<provider>@<base url>`.
     #[schema(example = "ledger")]
     pub actor: String,
-    /// `panic`, `panic_next`, `delay`, `drop`, `db_fail` (ledger) or
-    /// `listener_disconnect` (config).
+    /// `panic`, `panic_next`, `delay`, `drop`, `db_fail` (ledger),
+    /// `listener_disconnect` (config), or `clear` (lift the actor's pending faults).
     #[schema(example = "panic")]
     pub fault: String,
     /// `panic_next`, `drop`: how many messages (default 1).
@@ -403,6 +403,7 @@ pub async fn inject_fault(
         "drop",
         "db_fail",
         "listener_disconnect",
+        "clear",
     ]
     .contains(&kind)
     {
@@ -425,6 +426,12 @@ pub async fn inject_fault(
                 .ok_or_else(|| ApiError::bad_request("delay needs ms between 1 and 60000"))?;
             target.probe().inject(Fault::Delay { ms, for_ms });
         }
+        ("clear", _) => {
+            target.probe().clear();
+            if let Target::Ledger(_) = target {
+                app.ledger_fault.clear();
+            }
+        }
         ("db_fail", Target::Ledger(_)) => {
             app.ledger_fault.fail_for(Duration::from_millis(for_ms));
         }
@@ -438,7 +445,9 @@ pub async fn inject_fault(
             )));
         }
     }
-    crate::metrics::fault_injected(kind);
+    if kind != "clear" {
+        crate::metrics::fault_injected(kind);
+    }
     tracing::warn!(actor = %body.actor, fault = %kind, count, for_ms, "fault injected");
     Ok(axum::Json(Injected {
         actor: body.actor,

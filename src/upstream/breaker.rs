@@ -198,8 +198,8 @@ impl Actor for BreakerActor {
         msg: BreakerMsg,
         s: &mut BreakerStateData,
     ) -> Result<(), ActorProcessingErr> {
-        let name = format!("upstream:{}", s.target);
-        if let Gate::Swallow = s.probe.gate(&name, true).await {
+        let target = &s.target;
+        if let Gate::Swallow = s.probe.gate(|| format!("upstream:{target}"), true).await {
             s.held.hold(msg);
             return Ok(());
         }
@@ -370,7 +370,7 @@ impl Actor for UpstreamSupervisor {
         msg: UpstreamsMsg,
         state: &mut UpstreamsState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Gate::Swallow = state.args.probe.gate("upstreams", true).await {
+        if let Gate::Swallow = state.args.probe.gate(|| "upstreams", true).await {
             state.held.hold(msg);
             return Ok(());
         }

@@ -31,7 +31,7 @@ pub fn d(s: &str) -> Decimal {
     Decimal::from_str(s).unwrap()
 }
 
-fn server_url() -> String {
+pub fn server_url() -> String {
     std::env::var("NEUROPIA_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
@@ -295,14 +295,27 @@ pub async fn mock_upstream() -> MockUpstream {
     MockUpstream { addr, state }
 }
 
-pub struct TestApp {
+/// A gateway reached over HTTP, signed in as the platform admin: the one in this process
+/// ([`TestApp`] derefs to it) or one in a child process.
+pub struct Api {
     pub base: String,
-    pub state: AppState,
     pub client: reqwest::Client,
-    pub db_name: String,
     pub admin_token: String,
+}
+
+pub struct TestApp {
+    pub api: Api,
+    pub state: AppState,
+    pub db_name: String,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl TestApp {
@@ -341,30 +354,83 @@ impl TestApp {
         let server = tokio::spawn(app::serve(listener, state.clone(), async move {
             let _ = rx.await;
         }));
+        TestApp {
+            api: Api::connect(base).await,
+            state,
+            db_name,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.state.pool
+    }
+
+    /// Waits until every journaled charge is committed.
+    pub async fn settle_journal(&self) {
+        for _ in 0..2000 {
+            if self.state.journal.depth() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!(
+            "journal did not drain: depth {}",
+            self.state.journal.depth()
+        );
+    }
+
+    pub async fn db_balance(&self, user_id: Uuid) -> (Decimal, String) {
+        sqlx::query_as("SELECT balance, status FROM data.user_profile WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(self.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Stops the server (draining the journal), keeping the database.
+    pub async fn stop_keep_db(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+        }
+        self.state.pool.close().await;
+    }
+
+    /// Stops the server (draining the journal) and drops the test database.
+    pub async fn stop(mut self) {
+        self.stop_keep_db().await;
+        if let Ok(mut conn) = PgConnection::connect(&format!("{}/postgres", server_url())).await {
+            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db_name);
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}
+
+impl Api {
+    /// Signs in as the platform admin of the gateway at `base`.
+    pub async fn connect(base: String) -> Self {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(512)
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
-        let mut app = TestApp {
+        let mut api = Api {
             base,
-            state,
             client,
-            db_name,
             admin_token: String::new(),
-            shutdown: Some(tx),
-            server: Some(server),
         };
-        app.admin_token = app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
-        app
+        api.admin_token = api.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        api
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.state.pool
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
@@ -545,28 +611,6 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Waits until every journaled charge is committed.
-    pub async fn settle_journal(&self) {
-        for _ in 0..2000 {
-            if self.state.journal.depth() == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        panic!(
-            "journal did not drain: depth {}",
-            self.state.journal.depth()
-        );
-    }
-
-    pub async fn db_balance(&self, user_id: Uuid) -> (Decimal, String) {
-        sqlx::query_as("SELECT balance, status FROM data.user_profile WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_one(self.pool())
-            .await
-            .unwrap()
-    }
-
     pub async fn api_balance(&self, user_id: Uuid) -> (Decimal, String) {
         let (status, body) = self
             .get(&format!("/api/users/{user_id}/balance"), &self.admin_token)
@@ -576,28 +620,6 @@ impl TestApp {
             d(body["balance"].as_str().unwrap()),
             body["status"].as_str().unwrap().to_owned(),
         )
-    }
-
-    /// Stops the server (draining the journal), keeping the database.
-    pub async fn stop_keep_db(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(server) = self.server.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
-        }
-        self.state.pool.close().await;
-    }
-
-    /// Stops the server (draining the journal) and drops the test database.
-    pub async fn stop(mut self) {
-        self.stop_keep_db().await;
-        if let Ok(mut conn) = PgConnection::connect(&format!("{}/postgres", server_url())).await {
-            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db_name);
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut conn)
-                .await;
-        }
     }
 }
 

@@ -348,9 +348,10 @@ impl Actor for BalanceActor {
         msg: BalanceMsg,
         state: &mut BalanceState,
     ) -> Result<(), ActorProcessingErr> {
+        let user_id = state.user_id;
         if let Gate::Swallow = state
             .probe
-            .gate(&format!("balance:{}", state.user_id), true)
+            .gate(|| format!("balance:{user_id}"), true)
             .await
         {
             state.held.hold(msg);

@@ -36,8 +36,9 @@ pub type BalanceHandle = Handle<BalanceMsg>;
 
 pub struct BalanceSupervisor;
 
-/// How many times a settle is sent before the call is reported as not charged.
-const SETTLE_ROUNDS: u32 = 5;
+/// How many times a settle is sent before the call is reported as not charged (over
+/// about 1.5 s of backoff plus the actor timeouts).
+const SETTLE_ROUNDS: u32 = 6;
 
 #[derive(Clone)]
 pub struct BalancesArgs {
@@ -153,7 +154,7 @@ impl Actor for BalanceSupervisor {
         if let Gate::Swallow = state
             .args
             .probe
-            .gate("balances", !matches!(msg, BalancesMsg::Loaded { .. }))
+            .gate(|| "balances", !matches!(msg, BalancesMsg::Loaded { .. }))
             .await
         {
             state.held.hold(msg);
@@ -392,6 +393,8 @@ impl Balances {
                     tracing::warn!(%user_id, request_id = %charge.request_id, round, error = %e,
                         "settle not answered; sending it again");
                     last = BalanceError::Unavailable(e);
+                    // Time for a restarting supervisor or actor to come back.
+                    tokio::time::sleep(Duration::from_millis(50 << round)).await;
                 }
                 other => return other,
             }

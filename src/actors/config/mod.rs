@@ -337,7 +337,7 @@ impl Actor for ConfigActor {
             msg,
             ConfigMsg::Reload(_) | ConfigMsg::Stats(_) | ConfigMsg::DropListener | ConfigMsg::Poke
         );
-        if let Gate::Swallow = state.args.probe.gate("config", counted).await {
+        if let Gate::Swallow = state.args.probe.gate(|| "config", counted).await {
             state.held.hold(msg);
             return Ok(());
         }

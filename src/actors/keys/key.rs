@@ -190,11 +190,8 @@ impl Actor for KeyActor {
         msg: KeyMsg,
         state: &mut KeyState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Gate::Swallow = state
-            .probe
-            .gate(&format!("key:{}", state.record.id), true)
-            .await
-        {
+        let key_id = state.record.id;
+        if let Gate::Swallow = state.probe.gate(|| format!("key:{key_id}"), true).await {
             state.held.hold(msg);
             return Ok(());
         }

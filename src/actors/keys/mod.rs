@@ -318,7 +318,7 @@ impl Actor for KeySupervisor {
             .args
             .probe
             .gate(
-                "keys",
+                || "keys",
                 !matches!(msg, KeysMsg::Loaded { .. } | KeysMsg::Refreshed(_)),
             )
             .await
