@@ -24,7 +24,7 @@ psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/nul
 pids+=($!)
 RUST_LOG=warn DATABASE_URL="$PGURL/$DB" NEUROPIA_BIND="127.0.0.1:$GW_PORT" \
   JWT_SECRET=bench-secret-0123456789 NEUROPIA_ADMIN_EMAIL=admin@bench.local \
-  NEUROPIA_ADMIN_PASSWORD=bench-password-1 ${BENCH_GATEWAY_ENV:-} "$BIN" serve >"$work/gw.log" 2>&1 &
+  NEUROPIA_ADMIN_PASSWORD=bench-password-1 env ${BENCH_GATEWAY_ENV:-} "$BIN" serve >"$work/gw.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do curl -sf "$GW/health" >/dev/null && break; sleep 0.2; done
 

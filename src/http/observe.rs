@@ -102,8 +102,6 @@ fn ms(d: Duration) -> f64 {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    use crate::actors::balances::BalancesMsg;
-    use crate::actors::keys::KeysMsg;
     use crate::actors::root::RootMsg;
 
     let t = &app.tree;
@@ -130,31 +128,29 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             s.messages_handled,
         );
     }
-    let all = usize::MAX;
-    let keys = t.keys.get();
-    if let Ok(page) = ractor::call_t!(
-        keys,
-        |reply| KeysMsg::Children {
-            offset: 0,
-            limit: all,
-            reply
-        },
-        1_000
-    ) {
-        children("key", &page);
+    // Key and balance actors (possibly 100k): counts from their supervisors, backlogs
+    // summed from the directories' probes. No per-actor series, no per-actor message.
+    if let Some(st) = app.keys.stats().await {
+        let backlog = app
+            .keys
+            .directory
+            .iter()
+            .map(|h| h.probe.stats().backlog)
+            .sum();
+        crate::metrics::children("key", st.live, backlog, st.restarts);
     }
-    let balances = t.balances.get();
-    if let Ok(page) = ractor::call_t!(
-        balances,
-        |reply| BalancesMsg::Children {
-            offset: 0,
-            limit: all,
-            reply
-        },
-        1_000
-    ) {
-        children("balance", &page);
+    if let Some(st) = app.balances.stats().await {
+        let backlog = app
+            .balances
+            .directory
+            .iter()
+            .map(|h| h.probe.stats().backlog)
+            .sum();
+        crate::metrics::children("balance", st.live, backlog, st.restarts);
     }
+    let breakers = &app.upstreams.breakers;
+    let backlog = breakers.iter().map(|b| b.actor.probe.stats().backlog).sum();
+    crate::metrics::children("upstream", breakers.len(), backlog, 0);
     for b in app.upstreams.breakers.iter() {
         crate::metrics::breaker(b.key(), b.value().gauge());
     }
@@ -167,15 +163,4 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         crate::metrics::render(),
     )
         .into_response()
-}
-
-/// Key or balance actors, summed per kind (there may be 100k: one series each would
-/// swamp Prometheus).
-fn children<M: ractor::Message>(kind: &str, page: &crate::actors::ChildPage<M>) {
-    let (mut backlog, mut restarts) = (0, 0);
-    for c in &page.children {
-        backlog += c.handle.as_ref().map_or(0, |h| h.probe.stats().backlog);
-        restarts += u64::from(c.restarts);
-    }
-    crate::metrics::children(kind, page.total, backlog, restarts);
 }
