@@ -85,20 +85,34 @@ async fn secrets_appear_in_no_log_no_cache_and_no_response() {
         .get_multiplexed_async_connection()
         .await
         .expect("redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut redis)
-        .await
-        .expect("keys");
-    let mut cached = keys.join("\n");
-    for k in &keys {
-        let v: Option<String> = redis::cmd("GET")
-            .arg(k)
+    // Everything in Redis (SCAN and MGET in batches: other runs may have left many keys).
+    let mut cached = String::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(5_000)
             .query_async(&mut redis)
             .await
-            .unwrap_or(None);
-        cached += &v.unwrap_or_default();
+            .expect("scan");
+        if !keys.is_empty() {
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut redis)
+                .await
+                .unwrap_or_default();
+            cached += &keys.join("\n");
+            for v in values.into_iter().flatten() {
+                cached += &v;
+            }
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
     }
+    assert!(cached.contains(&id), "the key's cache entry was read");
     app.stop().await;
 
     let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf8");

@@ -16,13 +16,22 @@ GW="http://127.0.0.1:$GW_PORT"
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# The benchmarks' gateway caches in its own Redis database, emptied at the end, so that
+# thousands of bench keys do not linger in the one the tests and the demo use.
+BENCH_REDIS_DB="${BENCH_REDIS_DB:-15}"
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  redis-cli -n "$BENCH_REDIS_DB" FLUSHDB >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null
 "$BIN" mock-upstream --bind "127.0.0.1:$MOCK_PORT" >"$work/mock.log" 2>&1 &
 pids+=($!)
 RUST_LOG=warn DATABASE_URL="$PGURL/$DB" NEUROPIA_BIND="127.0.0.1:$GW_PORT" \
+  REDIS_URL="redis://127.0.0.1:6379/$BENCH_REDIS_DB" \
   JWT_SECRET=bench-secret-0123456789 NEUROPIA_ADMIN_EMAIL=admin@bench.local \
   NEUROPIA_ADMIN_PASSWORD=bench-password-1 env ${BENCH_GATEWAY_ENV:-} "$BIN" serve >"$work/gw.log" 2>&1 &
 pids+=($!)
