@@ -105,6 +105,8 @@ pub async fn build(config: Config) -> Result<AppState, String> {
         None => Cache::disabled(),
     };
     let ledger_fault = Arc::new(WriteFault::default());
+    let passivate_after =
+        (config.passivate_secs > 0).then(|| Duration::from_secs(config.passivate_secs));
     let (root, tree) = Root::start(RootArgs {
         config: ConfigBase {
             pool: pool.clone(),
@@ -118,6 +120,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             directory: Arc::clone(&key_directory),
             cache: cache.clone(),
             probe: Probe::new(),
+            passivate_after,
         },
         balances: BalancesArgs {
             pool: pool.clone(),
@@ -126,6 +129,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             snapshot: snapshot.clone(),
             journal_max: config.journal_max,
             probe: Probe::new(),
+            passivate_after,
         },
         upstreams: UpstreamsArgs {
             directory: breakers.clone(),

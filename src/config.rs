@@ -91,6 +91,15 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: Secret,
 
+    /// Key and balance actors idle this many seconds stop, and come back with their state on
+    /// their next use (0: never). Bounds memory by the active keys and users.
+    #[arg(long, env = "NEUROPIA_PASSIVATE_SECS", default_value_t = 300)]
+    pub passivate_secs: u64,
+
+    /// Threads of the async runtime (default: one per core).
+    #[arg(long, env = "NEUROPIA_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     /// Maximum PostgreSQL connections in the pool.
     #[arg(long, env = "NEUROPIA_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,

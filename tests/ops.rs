@@ -251,6 +251,15 @@ async fn each_fault_kind_does_what_it_says() {
     assert_eq!(child(child(&t, "keys"), &key_name)["restarts"], 2);
 
     // drop: the balance actor swallows the next message; the caller times out -> 503.
+    // First let the ledger's durable notice for the calls so far reach the actor, so the
+    // swallowed message is the next call's reservation.
+    app.settle_journal().await;
+    let balance_name = format!("balance:{user}");
+    eventually(5, "charges confirmed durable", || async {
+        let t = tree(&app, "").await;
+        child(child(&t, "balances"), &balance_name)["state"]["not_durable"] == 0
+    })
+    .await;
     fault(
         &app,
         json!({"actor": format!("balance:{user}"), "fault": "drop"}),
@@ -511,5 +520,108 @@ async fn metrics_request_ids_and_server_timing() {
         )),
         "{text}"
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_actors_passivate_and_come_back_with_their_state() {
+    let mock = mock_upstream().await;
+    let app = TestApp::spawn_with(|c| c.passivate_secs = 1).await;
+    app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
+        .await;
+    let (user, token) = app.register("passive@example.com").await;
+    app.top_up(user, "10").await;
+    // A busy key (rpm 2, used up) and a key that was only looked at.
+    let busy = app
+        .create_key(&token, user, json!({"name": "busy", "rate_limit_rpm": 2}))
+        .await;
+    let idle = app
+        .create_key(&token, user, json!({"name": "idle", "rate_limit_rpm": 5}))
+        .await;
+    for _ in 0..2 {
+        assert_eq!(
+            app.chat(&busy, &chat_body("qwen-turbo")).await.status(),
+            200
+        );
+    }
+    assert_eq!(
+        app.chat(&busy, &chat_body("qwen-turbo")).await.status(),
+        429
+    );
+    let models = app
+        .client
+        .get(app.url("/v1/models"))
+        .header("x-virtual-key", &idle)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    app.settle_journal().await;
+    let (after_two, _) = app.db_balance(user).await;
+    let cost = (d("10") - after_two) / d("2");
+    assert!(cost > d("0"), "two calls were charged");
+
+    // The balance actor (no open reservation) and the idle key passivate; the busy key
+    // keeps its actor while its rpm window holds calls.
+    let keys_state = |root: &Value| child(root, "keys")["state"].clone();
+    eventually(10, "the idle actors passivate", || async {
+        let root = tree(&app, "").await;
+        let balances = child(&root, "balances");
+        keys_state(&root)["passivated"] == 1
+            && balances["state"]["passivated"] == 1
+            && balances["children_total"] == 0
+    })
+    .await;
+    let root = tree(&app, "").await;
+    let keys = child(&root, "keys");
+    assert_eq!(
+        keys["children_total"], 1,
+        "only the busy key is live: {keys}"
+    );
+    let busy_id: Uuid = sqlx::query_scalar("SELECT id FROM data.virtual_key WHERE name = 'busy'")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    child(keys, &format!("key:{busy_id}"));
+
+    // They come back on the next use with the right state: the busy key still refuses
+    // (its window was kept), the idle key serves, and the balance is exact.
+    assert_eq!(
+        app.chat(&busy, &chat_body("qwen-turbo")).await.status(),
+        429
+    );
+    assert_eq!(
+        app.chat(&idle, &chat_body("qwen-turbo")).await.status(),
+        200
+    );
+    app.settle_journal().await;
+    let (balance, status) = app.api_balance(user).await;
+    assert_eq!(balance, d("10") - cost * d("3"));
+    assert_eq!(status, "active");
+    assert_eq!(app.db_balance(user).await.0, balance);
+
+    // Passivated again, then credited through a fresh actor: nothing lost on the way.
+    eventually(10, "the balance actor passivates again", || async {
+        let root = tree(&app, "").await;
+        child(&root, "balances")["state"]["passivated"] == 2
+    })
+    .await;
+    app.top_up(user, "1").await;
+    assert_eq!(app.api_balance(user).await.0, d("11") - cost * d("3"));
+
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let passivated = metrics
+        .lines()
+        .find(|l| l.starts_with("neuropia_actors_passivated{kind=\"balance\"}"))
+        .unwrap_or_else(|| panic!("no passivation gauge in {metrics}"));
+    assert!(passivated.ends_with(" 2"), "{passivated}");
     app.stop().await;
 }

@@ -27,9 +27,35 @@ pub use probe::{Fault, Faults, Gate, Handle, Held, Probe};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ractor::{ActorId, RpcReplyPort};
+
+/// The stop reason of a passivated child.
+pub const PASSIVATED: &str = "passivated";
+
+/// How often a supervisor looks for idle children to passivate.
+pub fn sweep_every(after: Duration) -> Duration {
+    (after / 2).clamp(Duration::from_millis(200), Duration::from_secs(30))
+}
+
+/// Asks every child of `directory` idle for `after` with nothing waiting in its mailbox
+/// to stop; each decides whether it can without losing state.
+pub fn passivate_idle<K, M: ractor::Message>(
+    directory: &dashmap::DashMap<K, Handle<M>>,
+    after: Duration,
+    msg: impl Fn() -> M,
+) where
+    K: Eq + Hash,
+{
+    for child in directory.iter() {
+        let probe = &child.probe;
+        if probe.idle() >= after && probe.stats().backlog == 0 {
+            // Not counted as sent: the actor does not count it as handled either.
+            let _ = child.actor.cast(msg());
+        }
+    }
+}
 
 /// Why a supervisor could not hand out a child.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +71,8 @@ pub enum ResolveError {
 pub struct SupervisorStats {
     pub live: usize,
     pub restarts: u64,
+    /// Children stopped after being idle (they come back on their next use).
+    pub passivated: u64,
 }
 
 /// One child as shown in the operators' tree.
@@ -79,6 +107,8 @@ pub struct ChildBook<K, R> {
     waiters: HashMap<K, Vec<RpcReplyPort<Result<R, ResolveError>>>>,
     /// Faults injected per child, handed to each incarnation.
     faults: HashMap<K, Arc<Faults>>,
+    /// Children that stopped cleanly (passivated) so far.
+    pub passivated: u64,
 }
 
 impl<K: Eq + Hash + Clone, R: Clone> Default for ChildBook<K, R> {
@@ -88,6 +118,7 @@ impl<K: Eq + Hash + Clone, R: Clone> Default for ChildBook<K, R> {
             meta: HashMap::new(),
             waiters: HashMap::new(),
             faults: HashMap::new(),
+            passivated: 0,
         }
     }
 }
@@ -213,6 +244,7 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
         SupervisorStats {
             live: self.by_actor.len(),
             restarts: self.meta.values().map(|m| u64::from(m.restarts)).sum(),
+            passivated: self.passivated,
         }
     }
 }

@@ -60,6 +60,8 @@ impl Faults {
 pub struct Probe {
     sent: AtomicU64,
     handled: AtomicU64,
+    /// Milliseconds from `started` to the last use (`touch`).
+    last_ms: AtomicU64,
     started: Instant,
     faults: Arc<Faults>,
 }
@@ -90,6 +92,7 @@ impl Probe {
         Arc::new(Self {
             sent: AtomicU64::new(0),
             handled: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
             started: Instant::now(),
             faults,
         })
@@ -158,6 +161,18 @@ impl Probe {
                 f.delay_until.store(f.now_ms() + for_ms, Ordering::Release);
             }
         }
+    }
+
+    /// Marks the actor as used now (by the request path; operators' reads do not count).
+    pub fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// How long since the actor was last used (or since it started).
+    pub fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
     }
 
     /// Lifts every pending fault (`clear`).

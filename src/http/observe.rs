@@ -137,7 +137,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             .iter()
             .map(|h| h.probe.stats().backlog)
             .sum();
-        crate::metrics::children("key", st.live, backlog, st.restarts);
+        crate::metrics::children("key", st, backlog);
     }
     if let Some(st) = app.balances.stats().await {
         let backlog = app
@@ -146,11 +146,15 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             .iter()
             .map(|h| h.probe.stats().backlog)
             .sum();
-        crate::metrics::children("balance", st.live, backlog, st.restarts);
+        crate::metrics::children("balance", st, backlog);
     }
     let breakers = &app.upstreams.breakers;
     let backlog = breakers.iter().map(|b| b.actor.probe.stats().backlog).sum();
-    crate::metrics::children("upstream", breakers.len(), backlog, 0);
+    let st = crate::actors::SupervisorStats {
+        live: breakers.len(),
+        ..Default::default()
+    };
+    crate::metrics::children("upstream", st, backlog);
     for b in app.upstreams.breakers.iter() {
         crate::metrics::breaker(b.key(), b.value().gauge());
     }

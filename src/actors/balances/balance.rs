@@ -145,6 +145,10 @@ pub enum BalanceMsg {
     Durable(BalanceAfter),
     /// Replies with the current view.
     Get { reply: RpcReplyPort<BalanceView> },
+    /// Stops the actor if it holds no open reservation (its balance and pending charges
+    /// are rebuilt from PostgreSQL and the journal on the next use). Sent by the supervisor
+    /// to actors idle longer than `NEUROPIA_PASSIVATE_SECS`. No reply.
+    Passivate,
     /// Does nothing (applies an injected fault at once).
     Poke,
 }
@@ -344,14 +348,24 @@ impl Actor for BalanceActor {
 
     async fn handle(
         &self,
-        _myself: BalanceRef,
+        myself: BalanceRef,
         msg: BalanceMsg,
         state: &mut BalanceState,
     ) -> Result<(), ActorProcessingErr> {
         let user_id = state.user_id;
+        let counted = !matches!(msg, BalanceMsg::Passivate);
+        if matches!(
+            msg,
+            BalanceMsg::Reserve { .. }
+                | BalanceMsg::Release { .. }
+                | BalanceMsg::Settle { .. }
+                | BalanceMsg::Credit { .. }
+        ) {
+            state.probe.touch();
+        }
         if let Gate::Swallow = state
             .probe
-            .gate(|| format!("balance:{user_id}"), true)
+            .gate(|| format!("balance:{user_id}"), counted)
             .await
         {
             state.held.hold(msg);
@@ -380,6 +394,13 @@ impl Actor for BalanceActor {
             BalanceMsg::Durable(after) => state.durable(after),
             BalanceMsg::Get { reply } => {
                 let _ = reply.send(state.view());
+            }
+            BalanceMsg::Passivate => {
+                // Open reservations live only here; everything else is in PostgreSQL and
+                // the journal, which a new actor reads.
+                if state.reservations.is_empty() {
+                    myself.stop(Some(crate::actors::PASSIVATED.into()));
+                }
             }
             BalanceMsg::Poke => {}
         }

@@ -48,6 +48,8 @@ pub struct BalancesArgs {
     pub snapshot: SnapshotHandle,
     pub journal_max: usize,
     pub probe: Arc<Probe>,
+    /// Balance actors idle this long are asked to stop (`None`: never).
+    pub passivate_after: Option<Duration>,
 }
 
 pub struct BalancesState {
@@ -77,6 +79,8 @@ pub enum BalancesMsg {
         limit: usize,
         reply: RpcReplyPort<ChildPage<BalanceMsg>>,
     },
+    /// Asks the balance actors idle longer than `passivate_after` to stop (timer). No reply.
+    Sweep,
     /// Does nothing (applies an injected fault at once).
     Poke,
 }
@@ -134,10 +138,13 @@ impl Actor for BalanceSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: BalancesRef,
+        myself: BalancesRef,
         args: BalancesArgs,
     ) -> Result<BalancesState, ActorProcessingErr> {
         args.directory.clear();
+        if let Some(after) = args.passivate_after {
+            myself.send_interval(crate::actors::sweep_every(after), || BalancesMsg::Sweep);
+        }
         Ok(BalancesState {
             args,
             held: Held::default(),
@@ -154,7 +161,10 @@ impl Actor for BalanceSupervisor {
         if let Gate::Swallow = state
             .args
             .probe
-            .gate(|| "balances", !matches!(msg, BalancesMsg::Loaded { .. }))
+            .gate(
+                || "balances",
+                !matches!(msg, BalancesMsg::Loaded { .. } | BalancesMsg::Sweep),
+            )
             .await
         {
             state.held.hold(msg);
@@ -162,6 +172,13 @@ impl Actor for BalanceSupervisor {
         }
         match msg {
             BalancesMsg::Poke => {}
+            BalancesMsg::Sweep => {
+                if let Some(after) = state.args.passivate_after {
+                    crate::actors::passivate_idle(&state.args.directory, after, || {
+                        BalanceMsg::Passivate
+                    });
+                }
+            }
             BalancesMsg::Children {
                 offset,
                 limit,
@@ -247,7 +264,10 @@ impl Actor for BalanceSupervisor {
                     }
                 }
             }
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                if reason.as_deref() == Some(crate::actors::PASSIVATED) {
+                    state.book.passivated += 1;
+                }
                 if let Some(user_id) = state.book.exited(cell.get_id(), None) {
                     state
                         .args

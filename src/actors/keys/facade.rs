@@ -108,8 +108,23 @@ impl Keys {
     /// The key's current view (for `/v1/models`), or why it cannot be had.
     pub async fn describe(&self, hash: KeyHash) -> Result<KeyView, AdmitError> {
         let ms = self.timeout.as_millis() as u64;
-        let key = self.resolve(hash).await?;
-        ractor::call_t!(key, |reply| KeyMsg::Describe { reply }, ms)
-            .map_err(|e| AdmitError::Unavailable(format!("key actor: {e}")))
+        let mut last = String::new();
+        for attempt in 0..3 {
+            let key = self.resolve(hash).await?;
+            match ractor::call_t!(key, |reply| KeyMsg::Describe { reply }, ms) {
+                Ok(view) => return Ok(view),
+                Err(ractor::RactorErr::Timeout) => {
+                    return Err(AdmitError::Unavailable("key actor timed out".into()));
+                }
+                Err(e) => {
+                    // Passivated or died: resolve again.
+                    self.directory
+                        .remove_if(&hash, |_, r| r.get_id() == key.get_id());
+                    last = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(2 << attempt)).await;
+                }
+            }
+        }
+        Err(AdmitError::Unavailable(format!("key actor: {last}")))
     }
 }

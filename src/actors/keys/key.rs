@@ -76,6 +76,10 @@ pub enum KeyMsg {
     Describe { reply: RpcReplyPort<KeyView> },
     /// Replies with a summary of the key's state for operators.
     Summary(RpcReplyPort<serde_json::Value>),
+    /// Stops the actor if nothing of its state would be lost: no call admitted in the last
+    /// minute (its rpm and tpm windows are empty, as a new actor's are). Sent by the
+    /// supervisor to actors idle longer than `NEUROPIA_PASSIVATE_SECS`. No reply.
+    Passivate,
     /// Does nothing (applies an injected fault at once).
     Poke,
 }
@@ -107,6 +111,11 @@ impl KeyState {
             record,
             clock: DefaultClock::default(),
         }
+    }
+
+    /// Nothing admitted in the last minute: every window is empty.
+    fn quiet(&self, now: Instant) -> bool {
+        self.rpm_seen.used(now) == 0 && self.tpm.as_ref().is_none_or(|w| w.used(now) == 0)
     }
 
     fn summary(&self) -> serde_json::Value {
@@ -186,12 +195,19 @@ impl Actor for KeyActor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<KeyMsg>,
+        myself: ActorRef<KeyMsg>,
         msg: KeyMsg,
         state: &mut KeyState,
     ) -> Result<(), ActorProcessingErr> {
         let key_id = state.record.id;
-        if let Gate::Swallow = state.probe.gate(|| format!("key:{key_id}"), true).await {
+        let counted = !matches!(msg, KeyMsg::Passivate);
+        if matches!(
+            msg,
+            KeyMsg::Admit { .. } | KeyMsg::Record { .. } | KeyMsg::Describe { .. }
+        ) {
+            state.probe.touch();
+        }
+        if let Gate::Swallow = state.probe.gate(|| format!("key:{key_id}"), counted).await {
             state.held.hold(msg);
             return Ok(());
         }
@@ -223,6 +239,11 @@ impl Actor for KeyActor {
             }
             KeyMsg::Summary(reply) => {
                 let _ = reply.send(state.summary());
+            }
+            KeyMsg::Passivate => {
+                if state.quiet(Instant::now()) {
+                    myself.stop(Some(crate::actors::PASSIVATED.into()));
+                }
             }
             KeyMsg::Poke => {}
         }

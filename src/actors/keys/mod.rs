@@ -17,6 +17,7 @@ mod window;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
@@ -47,6 +48,8 @@ pub struct KeysArgs {
     pub directory: KeyDirectory,
     pub cache: Cache,
     pub probe: Arc<Probe>,
+    /// Key actors idle this long are asked to stop (`None`: never).
+    pub passivate_after: Option<Duration>,
 }
 
 pub struct KeysState {
@@ -108,6 +111,8 @@ pub enum KeysMsg {
         key_id: Uuid,
         reply: RpcReplyPort<Option<KeyHandle>>,
     },
+    /// Asks the key actors idle longer than `passivate_after` to stop (timer). No reply.
+    Sweep,
     /// Does nothing (applies an injected fault at once).
     Poke,
 }
@@ -288,6 +293,9 @@ impl Actor for KeySupervisor {
     ) -> Result<KeysState, ActorProcessingErr> {
         // Children of a previous incarnation died with it: start from an empty directory.
         args.directory.clear();
+        if let Some(after) = args.passivate_after {
+            myself.send_interval(super::sweep_every(after), || KeysMsg::Sweep);
+        }
         // When Redis comes back (purged), write the live keys into it again.
         let (cache, me) = (args.cache.clone(), myself.clone());
         tokio::spawn(async move {
@@ -319,7 +327,10 @@ impl Actor for KeySupervisor {
             .probe
             .gate(
                 || "keys",
-                !matches!(msg, KeysMsg::Loaded { .. } | KeysMsg::Refreshed(_)),
+                !matches!(
+                    msg,
+                    KeysMsg::Loaded { .. } | KeysMsg::Refreshed(_) | KeysMsg::Sweep
+                ),
             )
             .await
         {
@@ -328,6 +339,11 @@ impl Actor for KeySupervisor {
         }
         match msg {
             KeysMsg::Poke => {}
+            KeysMsg::Sweep => {
+                if let Some(after) = state.args.passivate_after {
+                    super::passivate_idle(&state.args.directory, after, || KeyMsg::Passivate);
+                }
+            }
             KeysMsg::Children {
                 offset,
                 limit,
@@ -393,7 +409,12 @@ impl Actor for KeySupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let (cell, failure) = match event {
             SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
-            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                if reason.as_deref() == Some(super::PASSIVATED) {
+                    state.book.passivated += 1;
+                }
+                (cell, None)
+            }
             _ => return Ok(()),
         };
         let Some(hash) = state.book.exited(cell.get_id(), failure.clone()) else {
