@@ -272,6 +272,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = crate::http::router(state.clone())
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Small answers go out at once, not after the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -100,6 +100,9 @@ pub fn router() -> Router {
 pub async fn serve(bind: SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(bind).await?;
     tracing::info!(addr = %listener.local_addr()?, "mock upstream listening");
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router()).await
 }
 

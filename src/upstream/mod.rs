@@ -133,14 +133,17 @@ pub const ANTHROPIC_BASE: &str = "https://api.anthropic.com/v1";
 struct Resolved {
     provider: String,
     wire: Wire,
-    base: String,
     key: Option<Secret>,
     model: String,
+    /// Where chat calls go (`/chat/completions` or Anthropic's `/messages`).
+    url: String,
+    /// The target's circuit breaker: `provider@base`.
+    breaker: String,
 }
 
 impl Resolved {
-    fn breaker_id(&self) -> String {
-        format!("{}@{}", self.provider, self.base)
+    fn breaker_id(&self) -> &str {
+        &self.breaker
     }
 }
 
@@ -219,23 +222,29 @@ impl Upstreams {
                 target.provider
             )));
         }
+        let wire = if target.provider == "anthropic" {
+            Wire::Anthropic
+        } else {
+            Wire::OpenAi
+        };
         Ok(Resolved {
-            provider: target.provider.clone(),
-            wire: if target.provider == "anthropic" {
-                Wire::Anthropic
-            } else {
-                Wire::OpenAi
+            url: match wire {
+                Wire::OpenAi => format!("{base}/chat/completions"),
+                Wire::Anthropic => format!("{base}/messages"),
             },
-            base,
+            breaker: format!("{}@{base}", target.provider),
+            provider: target.provider.clone(),
+            wire,
             key,
             model: target.model(requested).to_owned(),
         })
     }
 
-    async fn breaker(&self, id: String) -> Option<Breaker> {
-        if let Some(b) = self.breakers.get(&id) {
+    async fn breaker(&self, id: &str) -> Option<Breaker> {
+        if let Some(b) = self.breakers.get(id) {
             return Some(b.clone());
         }
+        let id = id.to_owned();
         let supervisor = self.supervisor.get();
         ractor::call_t!(
             supervisor,
@@ -274,7 +283,7 @@ impl Upstreams {
                     .map(|t| {
                         self.resolve(t, requested).is_ok_and(|r| {
                             self.breakers
-                                .get(&r.breaker_id())
+                                .get(r.breaker_id())
                                 .is_some_and(|b| b.is_open())
                         })
                     })
@@ -339,7 +348,7 @@ impl Upstreams {
                 None => Permit::Allow,
             };
             if let Permit::Reject(wait) = permit {
-                crate::metrics::upstream_rejected(&resolved.breaker_id());
+                crate::metrics::upstream_rejected(resolved.breaker_id());
                 return Err(UpstreamError::CircuitOpen(format!(
                     "{} (retry in {} ms)",
                     resolved.breaker_id(),
@@ -351,7 +360,7 @@ impl Upstreams {
                 .attempt(&resolved, &req, request_id, stream, timeout)
                 .await;
             crate::metrics::upstream(
-                &resolved.breaker_id(),
+                resolved.breaker_id(),
                 started.elapsed(),
                 result.as_ref().err().map_or("ok", UpstreamError::kind),
             );
@@ -400,21 +409,21 @@ impl Upstreams {
         stream: bool,
         timeout: Duration,
     ) -> Result<Answer, UpstreamError> {
-        let (url, payload) = match r.wire {
-            Wire::OpenAi => {
+        let payload = match r.wire {
+            Wire::OpenAi if stream => {
                 let mut req = req.clone();
-                if stream {
-                    req.insert("stream".into(), Value::Bool(true));
-                    let mut options = req
-                        .get("stream_options")
-                        .and_then(Value::as_object)
-                        .cloned()
-                        .unwrap_or_default();
-                    options.insert("include_usage".into(), Value::Bool(true));
-                    req.insert("stream_options".into(), Value::Object(options));
-                }
-                (format!("{}/chat/completions", r.base), Value::Object(req))
+                req.insert("stream".into(), Value::Bool(true));
+                let mut options = req
+                    .get("stream_options")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                options.insert("include_usage".into(), Value::Bool(true));
+                req.insert("stream_options".into(), Value::Object(options));
+                encode(&req)?
             }
+            // The request as built for this target, serialised without another copy.
+            Wire::OpenAi => encode(req)?,
             Wire::Anthropic => {
                 let payload = anthropic::request(req, self.default_max_tokens, stream).map_err(
                     |message| UpstreamError::Client {
@@ -422,15 +431,15 @@ impl Upstreams {
                         message,
                     },
                 )?;
-                (format!("{}/messages", r.base), payload)
+                encode(&payload)?
             }
         };
         let mut call = self
             .client
-            .post(&url)
+            .post(r.url.as_str())
             .header("content-type", "application/json")
             .header("x-request-id", request_id)
-            .body(serde_json::to_vec(&payload).map_err(|e| UpstreamError::failed(e.to_string()))?);
+            .body(payload);
         if let Some(key) = &r.key {
             call = match r.wire {
                 Wire::OpenAi => call.bearer_auth(key.expose()),
@@ -468,11 +477,15 @@ impl Upstreams {
             }));
         }
         let bytes = response.bytes().await.map_err(transport_error)?;
-        let parsed: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| UpstreamError::failed("upstream answered with invalid JSON"))?;
+        let invalid = |_| UpstreamError::failed("upstream answered with invalid JSON");
         let (body, usage) = match r.wire {
-            Wire::OpenAi => (bytes, reported_usage(&parsed)),
+            // Only the usage is read; the rest is checked to be JSON and passed on as is.
+            Wire::OpenAi => {
+                let usage = reported_usage(&bytes).map_err(invalid)?;
+                (bytes, usage)
+            }
             Wire::Anthropic => {
+                let parsed: Value = serde_json::from_slice(&bytes).map_err(invalid)?;
                 let (openai, usage) = anthropic::response(&parsed);
                 (
                     serde_json::to_vec(&openai).unwrap_or_default().into(),
@@ -599,17 +612,36 @@ fn status_error(status: StatusCode, body: &[u8]) -> UpstreamError {
     }
 }
 
-fn reported_usage(v: &Value) -> Option<Usage> {
-    let u = v.get("usage")?;
-    let get = |k: &str| {
-        u.get(k)
-            .and_then(Value::as_u64)
-            .and_then(|n| u32::try_from(n).ok())
-    };
-    Some(Usage {
-        input_tokens: get("prompt_tokens")?,
-        output_tokens: get("completion_tokens")?,
-    })
+/// The part of an OpenAI-shaped answer the gateway reads.
+#[derive(serde::Deserialize)]
+struct Reported {
+    #[serde(default)]
+    usage: Option<ReportedUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReportedUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+impl Reported {
+    fn usage(&self) -> Option<Usage> {
+        let u = self.usage.as_ref()?;
+        Some(Usage {
+            input_tokens: u32::try_from(u.prompt_tokens?).ok()?,
+            output_tokens: u32::try_from(u.completion_tokens?).ok()?,
+        })
+    }
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, UpstreamError> {
+    serde_json::to_vec(v).map_err(|e| UpstreamError::failed(e.to_string()))
+}
+
+/// The usage an OpenAI-shaped answer reports, if whole; `Err` if it is not JSON.
+fn reported_usage(bytes: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
+    serde_json::from_slice::<Reported>(bytes).map(|r| r.usage())
 }
 
 fn answer_tokens(v: &Value) -> u32 {
@@ -665,15 +697,22 @@ mod tests {
 
     #[test]
     fn usage_is_read_when_reported() {
-        let v = json!({"usage": {"prompt_tokens": 7, "completion_tokens": 3}});
+        let v = json!({"id": "x", "usage": {"prompt_tokens": 7, "completion_tokens": 3}});
         assert_eq!(
-            reported_usage(&v),
+            reported_usage(v.to_string().as_bytes()).ok().flatten(),
             Some(Usage {
                 input_tokens: 7,
                 output_tokens: 3
             })
         );
-        assert_eq!(reported_usage(&json!({})), None);
+        assert_eq!(reported_usage(b"{}").ok().flatten(), None);
+        assert_eq!(
+            reported_usage(br#"{"usage": {"prompt_tokens": 7}}"#)
+                .ok()
+                .flatten(),
+            None
+        );
+        assert!(reported_usage(b"{\"usage\": ").is_err(), "not JSON");
         let answer = json!({"choices": [{"message": {"content": "one two"}}]});
         assert_eq!(answer_tokens(&answer), 2);
     }

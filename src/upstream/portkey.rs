@@ -105,7 +105,8 @@ pub async fn execute(
     let resolved = Resolved {
         provider: target.provider.clone(),
         wire: Wire::OpenAi,
-        base: up.portkey_url.clone(),
+        url: up.portkey_url.clone(),
+        breaker: String::new(),
         key: None,
         model: target.model(requested).to_owned(),
     };
@@ -127,9 +128,8 @@ pub async fn execute(
         }));
     }
     let bytes = response.bytes().await.map_err(transport_error)?;
-    let parsed: Value = serde_json::from_slice(&bytes)
+    let usage = reported_usage(&bytes)
         .map_err(|_| UpstreamError::failed("Portkey answered with invalid JSON"))?;
-    let usage = reported_usage(&parsed);
     Ok(Answer::Whole(whole(&resolved, &req, bytes, usage)))
 }
 
