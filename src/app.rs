@@ -94,7 +94,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
         .await
         .map_err(|e| format!("loading configuration: {e}"))?
         .handle();
-    let journal = Arc::new(Journal::new());
+    let journal = Arc::new(Journal::with_lanes(config.ledger_lanes));
     let breakers: BreakerDirectory = Arc::default();
     tokio::task::spawn_blocking(crate::tokens::warm_up);
     let key_directory = Arc::default();

@@ -226,6 +226,12 @@ pub struct Config {
     #[arg(long, env = "NEUROPIA_LEDGER_BATCH_ROWS", default_value_t = 500)]
     pub ledger_batch_rows: usize,
 
+    /// Ledger lanes: users are split over this many transaction streams written side by
+    /// side (a user's charges stay in one lane, in order). More lanes let PostgreSQL use
+    /// more cores for the ledger.
+    #[arg(long, env = "NEUROPIA_LEDGER_LANES", default_value_t = 4)]
+    pub ledger_lanes: usize,
+
     /// Safety net of the configuration flow: reload everything this often, in seconds
     /// (on top of every NOTIFY and every listener reconnect).
     #[arg(long, env = "NEUROPIA_CONFIG_RESYNC_SECS", default_value_t = 60)]
@@ -250,6 +256,9 @@ impl Config {
         }
         if self.ledger_batch_rows == 0 || self.ledger_flush_ms == 0 {
             return Err("ledger batch rows and flush interval must be positive".into());
+        }
+        if !(1..=16).contains(&self.ledger_lanes) {
+            return Err("NEUROPIA_LEDGER_LANES must be between 1 and 16".into());
         }
         if self.breaker_failures == 0 || self.breaker_cooldown_ms == 0 {
             return Err("breaker failures and cooldown must be positive".into());

@@ -113,10 +113,17 @@ struct Slot {
     ack: Option<oneshot::Sender<Committed>>,
 }
 
+/// One writer lane: its entries in order, and the batch being written. A user's entries
+/// all go to one lane, so each user's charges are committed in order.
 #[derive(Default)]
-struct Inner {
+struct Lane {
     queue: VecDeque<Slot>,
     in_flight: Vec<Slot>,
+}
+
+#[derive(Default)]
+struct Inner {
+    lanes: Vec<Lane>,
     ids: HashSet<String>,
     next_seq: u64,
     /// Who waits for a request id's commit ([`Journal::committed`]).
@@ -139,10 +146,18 @@ impl Default for Journal {
 }
 
 impl Journal {
+    /// A journal written by one lane.
     pub fn new() -> Self {
+        Self::with_lanes(1)
+    }
+
+    /// A journal whose entries are split by user over `lanes` lanes, each written by its
+    /// own transaction stream, so PostgreSQL can use more than one core.
+    pub fn with_lanes(lanes: usize) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 next_seq: 1,
+                lanes: (0..lanes.max(1)).map(|_| Lane::default()).collect(),
                 ..Inner::default()
             }),
             depth: AtomicUsize::new(0),
@@ -157,6 +172,15 @@ impl Journal {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many lanes the journal has.
+    pub fn lanes(&self) -> usize {
+        self.lock().lanes.len()
+    }
+
+    fn lane_of(lanes: usize, user_id: Uuid) -> usize {
+        (user_id.as_u128() % lanes as u128) as usize
+    }
+
     /// Appends an entry, or refuses a `request_id` the journal already holds.
     pub fn append(&self, entry: NewEntry) -> Result<u64, Duplicate> {
         let mut inner = self.lock();
@@ -166,7 +190,8 @@ impl Journal {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         inner.ids.insert(entry.request_id.clone());
-        inner.queue.push_back(Slot {
+        let lane = Self::lane_of(inner.lanes.len(), entry.user_id);
+        inner.lanes[lane].queue.push_back(Slot {
             data: Arc::new(EntryData {
                 seq,
                 request_id: entry.request_id,
@@ -202,28 +227,35 @@ impl Journal {
         self.wake.notified().await;
     }
 
-    /// The next batch to write: whatever is already in flight (a batch that failed or whose
-    /// writer died), else up to `max` entries from the queue, which become in flight.
-    pub fn take_batch(&self, max: usize) -> Vec<Arc<EntryData>> {
+    /// The next batch of `lane` to write: whatever is already in flight there (a batch
+    /// that failed or whose writer died), else up to `max` entries from the lane's queue,
+    /// which become in flight.
+    pub fn take_batch(&self, lane: usize, max: usize) -> Vec<Arc<EntryData>> {
         let mut inner = self.lock();
-        if inner.in_flight.is_empty() {
-            let n = max.min(inner.queue.len());
-            let moved: Vec<Slot> = inner.queue.drain(..n).collect();
-            inner.in_flight = moved;
+        let Some(lane) = inner.lanes.get_mut(lane) else {
+            return Vec::new();
+        };
+        if lane.in_flight.is_empty() {
+            let n = max.min(lane.queue.len());
+            lane.in_flight = lane.queue.drain(..n).collect();
         }
-        inner.in_flight.iter().map(|s| s.data.clone()).collect()
+        lane.in_flight.iter().map(|s| s.data.clone()).collect()
     }
 
-    /// Removes a committed batch (every in-flight entry with `seq <= up_to`) and tells each
-    /// waiter how its entry fared. Entries not named in `inserted` were duplicates.
-    pub fn complete(&self, up_to: u64, inserted: &HashSet<u64>) {
+    /// Removes a committed batch of `lane` (every in-flight entry with `seq <= up_to`) and
+    /// tells each waiter how its entry fared. Entries not named in `inserted` were
+    /// duplicates.
+    pub fn complete(&self, lane: usize, up_to: u64, inserted: &HashSet<u64>) {
         let mut woken = Vec::new();
         let done: Vec<Slot> = {
             let mut inner = self.lock();
-            let (done, keep): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut inner.in_flight)
+            let Some(slots) = inner.lanes.get_mut(lane) else {
+                return;
+            };
+            let (done, keep): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut slots.in_flight)
                 .into_iter()
                 .partition(|s| s.data.seq <= up_to);
-            inner.in_flight = keep;
+            slots.in_flight = keep;
             for slot in &done {
                 inner.ids.remove(&slot.data.request_id);
                 if !inner.waiters.is_empty()
@@ -269,10 +301,10 @@ impl Journal {
     /// The user's entries not yet committed, oldest first.
     pub fn pending_for(&self, user_id: Uuid) -> Vec<PendingEntry> {
         let inner = self.lock();
-        inner
-            .in_flight
+        let lane = &inner.lanes[Self::lane_of(inner.lanes.len(), user_id)];
+        lane.in_flight
             .iter()
-            .chain(inner.queue.iter())
+            .chain(lane.queue.iter())
             .filter(|s| s.data.user_id == user_id)
             .map(|s| PendingEntry {
                 seq: s.data.seq,
@@ -309,9 +341,9 @@ mod tests {
         let u = Uuid::new_v4();
         assert_eq!(j.append(entry("a", u, 5)), Ok(1));
         assert_eq!(j.append(entry("a", u, 5)), Err(Duplicate));
-        let batch = j.take_batch(10);
+        let batch = j.take_batch(0, 10);
         assert_eq!(batch.len(), 1);
-        j.complete(1, &HashSet::from([1]));
+        j.complete(0, 1, &HashSet::from([1]));
         assert_eq!(j.depth(), 0);
         assert_eq!(j.append(entry("a", u, 5)), Ok(2));
     }
@@ -323,14 +355,14 @@ mod tests {
         for i in 0..5 {
             j.append(entry(&format!("r{i}"), u, -1)).expect("append");
         }
-        let first: Vec<u64> = j.take_batch(2).iter().map(|e| e.seq).collect();
+        let first: Vec<u64> = j.take_batch(0, 2).iter().map(|e| e.seq).collect();
         assert_eq!(first, vec![1, 2]);
         // The writer died: the same batch comes back.
-        let again: Vec<u64> = j.take_batch(2).iter().map(|e| e.seq).collect();
+        let again: Vec<u64> = j.take_batch(0, 2).iter().map(|e| e.seq).collect();
         assert_eq!(again, first);
         assert_eq!(j.pending_sum(u), Decimal::from(-5));
-        j.complete(2, &HashSet::from([1, 2]));
-        let next: Vec<u64> = j.take_batch(10).iter().map(|e| e.seq).collect();
+        j.complete(0, 2, &HashSet::from([1, 2]));
+        let next: Vec<u64> = j.take_batch(0, 10).iter().map(|e| e.seq).collect();
         assert_eq!(next, vec![3, 4, 5]);
         assert_eq!(j.pending_for(u).len(), 3);
     }
@@ -347,8 +379,8 @@ mod tests {
         e2.ack = Some(tx2);
         j.append(e1).expect("append");
         j.append(e2).expect("append");
-        j.take_batch(10);
-        j.complete(2, &HashSet::from([1]));
+        j.take_batch(0, 10);
+        j.complete(0, 2, &HashSet::from([1]));
         assert_eq!(rx1.try_recv().ok(), Some(Committed::Inserted));
         assert_eq!(rx2.try_recv().ok(), Some(Committed::Duplicate));
     }
@@ -362,13 +394,36 @@ mod tests {
         j.append(entry("b", u, -1)).expect("append");
         let mut a = j.committed("a").expect("a is pending");
         let mut b = j.committed("b").expect("b is pending");
-        j.take_batch(1);
-        j.complete(1, &HashSet::from([1]));
+        j.take_batch(0, 1);
+        j.complete(0, 1, &HashSet::from([1]));
         assert_eq!(a.try_recv(), Ok(()));
         assert!(b.try_recv().is_err(), "b is not committed yet");
         assert!(j.committed("a").is_none());
-        j.take_batch(1);
-        j.complete(2, &HashSet::from([2]));
+        j.take_batch(0, 1);
+        j.complete(0, 2, &HashSet::from([2]));
         assert_eq!(b.try_recv(), Ok(()));
+    }
+
+    #[test]
+    fn lanes_keep_each_users_entries_together_and_in_order() {
+        let j = Journal::with_lanes(2);
+        // Two users in different lanes (the lane is the user id modulo the lane count).
+        let a = Uuid::from_u128(2);
+        let b = Uuid::from_u128(3);
+        for i in 0..3 {
+            j.append(entry(&format!("a{i}"), a, -1)).expect("append");
+            j.append(entry(&format!("b{i}"), b, -1)).expect("append");
+        }
+        let lane0: Vec<u64> = j.take_batch(0, 10).iter().map(|e| e.seq).collect();
+        let lane1: Vec<u64> = j.take_batch(1, 10).iter().map(|e| e.seq).collect();
+        assert_eq!(lane0, vec![1, 3, 5], "user a's entries, oldest first");
+        assert_eq!(lane1, vec![2, 4, 6], "user b's entries");
+        // Lane 1 commits first: only its entries leave; lane 0's stay pending.
+        j.complete(1, 6, &HashSet::from([2, 4, 6]));
+        assert_eq!(j.depth(), 3);
+        assert_eq!(j.pending_sum(a), Decimal::from(-3));
+        assert_eq!(j.pending_sum(b), Decimal::ZERO);
+        j.complete(0, 5, &HashSet::from([1, 3, 5]));
+        assert_eq!(j.depth(), 0);
     }
 }

@@ -1,8 +1,10 @@
 //! LedgerWriter `ledger`: drains the charge journal into PostgreSQL in batches.
 //!
 //! A batch is written after `flush_every` of quiet or at once when a previous batch just
-//! finished and entries are waiting, so batches grow with load by themselves. The write
-//! runs in a task; the actor only schedules and books results. After each commit every
+//! finished and entries are waiting, so batches grow with load by themselves. The journal
+//! splits users over lanes; each lane has at most one batch being written, so a user's
+//! charges commit in order while the lanes' transactions run side by side. The writes run
+//! in tasks; the actor only schedules and books results. After each commit every
 //! user in the batch is told PostgreSQL's new balance ([`BalanceMsg::Durable`]).
 
 use std::sync::Arc;
@@ -81,7 +83,8 @@ pub struct LedgerStats {
 pub struct LedgerState {
     args: LedgerArgs,
     held: Held<LedgerMsg>,
-    flushing: bool,
+    /// Per lane: a batch is being written.
+    flushing: Vec<bool>,
     scheduled: bool,
     consecutive_failures: u32,
     stats: LedgerStats,
@@ -101,8 +104,8 @@ pub enum LedgerMsg {
     Kick,
     /// Time to write a batch. No reply.
     Flush,
-    /// A batch write finished. No reply.
-    Done(Result<FlushReport, String>),
+    /// A lane's batch write finished. No reply.
+    Done(usize, Result<FlushReport, String>),
     /// Replies once the journal is empty (used at shutdown).
     Drain(RpcReplyPort<()>),
     /// Replies with statistics.
@@ -123,7 +126,11 @@ impl LedgerWriter {
     }
 }
 
-async fn write(args: LedgerArgs, batch: Vec<Arc<EntryData>>) -> Result<FlushReport, String> {
+async fn write(
+    args: LedgerArgs,
+    lane: usize,
+    batch: Vec<Arc<EntryData>>,
+) -> Result<FlushReport, String> {
     let started = Instant::now();
     let (tx, outcome) = db::ledger::prepare_batch(&args.pool, &batch)
         .await
@@ -132,7 +139,7 @@ async fn write(args: LedgerArgs, batch: Vec<Arc<EntryData>>) -> Result<FlushRepo
     {
         let _commit = args.journal.commit_lock.write().await;
         tx.commit().await.map_err(|e| e.to_string())?;
-        args.journal.complete(up_to, &outcome.inserted);
+        args.journal.complete(lane, up_to, &outcome.inserted);
     }
     for after in outcome.balances {
         if let Some(actor) = args.balances.get(&after.user_id) {
@@ -148,28 +155,38 @@ async fn write(args: LedgerArgs, batch: Vec<Arc<EntryData>>) -> Result<FlushRepo
 }
 
 impl LedgerState {
+    fn busy(&self) -> bool {
+        self.flushing.iter().any(|f| *f)
+    }
+
+    /// Starts a write on every idle lane that has entries; answers drain waiters once
+    /// nothing is left.
     fn start_flush(&mut self, myself: &LedgerRef) {
-        if self.flushing {
-            return;
+        for lane in 0..self.flushing.len() {
+            if self.flushing[lane] {
+                continue;
+            }
+            let batch = self.args.journal.take_batch(lane, self.args.batch_rows);
+            if batch.is_empty() {
+                continue;
+            }
+            self.flushing[lane] = true;
+            let (args, myself) = (self.args.clone(), myself.clone());
+            let injected = self.args.write_fault.active();
+            tokio::spawn(async move {
+                let result = if injected {
+                    Err("injected fault: database writes fail".to_owned())
+                } else {
+                    write(args, lane, batch).await
+                };
+                let _ = myself.cast(LedgerMsg::Done(lane, result));
+            });
         }
-        let batch = self.args.journal.take_batch(self.args.batch_rows);
-        if batch.is_empty() {
+        if !self.busy() && self.args.journal.depth() == 0 {
             for w in self.drain_waiters.drain(..) {
                 let _ = w.send(());
             }
-            return;
         }
-        self.flushing = true;
-        let (args, myself) = (self.args.clone(), myself.clone());
-        let injected = self.args.write_fault.active();
-        tokio::spawn(async move {
-            let result = if injected {
-                Err("injected fault: database writes fail".to_owned())
-            } else {
-                write(args, batch).await
-            };
-            let _ = myself.cast(LedgerMsg::Done(result));
-        });
     }
 
     fn schedule(&mut self, myself: &LedgerRef, after: Duration) {
@@ -206,10 +223,11 @@ impl Actor for LedgerWriter {
         // sure nothing waits for a wake-up that went astray.
         let _ = myself.cast(LedgerMsg::Kick);
         myself.send_interval(SAFETY_TICK, || LedgerMsg::Kick);
+        let lanes = args.journal.lanes();
         Ok(LedgerState {
             args,
             held: Held::default(),
-            flushing: false,
+            flushing: vec![false; lanes],
             scheduled: false,
             consecutive_failures: 0,
             stats: LedgerStats::default(),
@@ -228,7 +246,10 @@ impl Actor for LedgerWriter {
             .probe
             .gate(
                 || "ledger",
-                !matches!(msg, LedgerMsg::Kick | LedgerMsg::Flush | LedgerMsg::Done(_)),
+                !matches!(
+                    msg,
+                    LedgerMsg::Kick | LedgerMsg::Flush | LedgerMsg::Done(..)
+                ),
             )
             .await
         {
@@ -237,7 +258,7 @@ impl Actor for LedgerWriter {
         }
         match msg {
             LedgerMsg::Kick => {
-                if !state.flushing && state.args.journal.depth() > 0 {
+                if state.flushing.contains(&false) && state.args.journal.depth() > 0 {
                     // Strict durability (flush_every zero): responses wait for the commit,
                     // so write at once; entries arriving meanwhile form the next group.
                     if state.args.journal.depth() >= state.args.batch_rows
@@ -254,8 +275,8 @@ impl Actor for LedgerWriter {
                 state.scheduled = false;
                 state.start_flush(&myself);
             }
-            LedgerMsg::Done(result) => {
-                state.flushing = false;
+            LedgerMsg::Done(lane, result) => {
+                state.flushing[lane] = false;
                 match result {
                     Ok(report) => {
                         crate::metrics::ledger_flush(report.elapsed, report.rows);
@@ -268,7 +289,8 @@ impl Actor for LedgerWriter {
                         s.last_flush_at = Some(Utc::now());
                         s.last_flush_ms =
                             Some((report.elapsed.as_secs_f64() * 1e6).round() / 1000.0);
-                        // Entries that arrived during the write go out at once.
+                        // Entries that arrived during the write go out at once (on
+                        // every idle lane: a busy journal never wakes the writer again).
                         state.start_flush(&myself);
                     }
                     Err(e) => {
@@ -284,7 +306,7 @@ impl Actor for LedgerWriter {
                 }
             }
             LedgerMsg::Drain(reply) => {
-                if state.args.journal.depth() == 0 && !state.flushing {
+                if state.args.journal.depth() == 0 && !state.busy() {
                     let _ = reply.send(());
                 } else {
                     state.drain_waiters.push(reply);

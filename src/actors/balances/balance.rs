@@ -500,9 +500,9 @@ mod tests {
         s.settle(charge(2));
         let seqs: Vec<u64> = s.unflushed.iter().map(|e| e.seq).collect();
         // The first charge committed; the database also saw an outside +100 credit.
-        let batch = s.journal.take_batch(1);
+        let batch = s.journal.take_batch(0, 1);
         s.journal
-            .complete(batch[0].seq, &HashSet::from([batch[0].seq]));
+            .complete(0, batch[0].seq, &HashSet::from([batch[0].seq]));
         s.durable(BalanceAfter {
             user_id: s.user_id,
             balance: Decimal::from(107),
