@@ -66,9 +66,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let bind = config.bind;
     let seed_demo = config.demo;
     let state = app::build(config).await?;
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .map_err(|e| format!("binding {bind}: {e}"))?;
+    let listener = app::listen(bind).map_err(|e| format!("binding {bind}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, "neuropia listening");
     if seed_demo {

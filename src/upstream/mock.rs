@@ -98,7 +98,7 @@ pub fn router() -> Router {
 
 /// Serves the mock upstream until the process ends.
 pub async fn serve(bind: SocketAddr) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let listener = crate::app::listen(bind)?;
     tracing::info!(addr = %listener.local_addr()?, "mock upstream listening");
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
