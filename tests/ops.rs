@@ -385,15 +385,7 @@ async fn each_fault_kind_does_what_it_says() {
     }
 
     // Every injection was counted.
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for kind in [
         "panic_next",
         "drop",
@@ -505,15 +497,7 @@ async fn metrics_request_ids_and_server_timing() {
         )
         .await;
     assert_eq!(r.status(), 502);
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains(&format!(
             "neuropia_upstream_errors_total{{target=\"{target}\",kind=\"server_error\"}}"
@@ -609,15 +593,7 @@ async fn idle_actors_passivate_and_come_back_with_their_state() {
     app.top_up(user, "1").await;
     assert_eq!(app.api_balance(user).await.0, d("11") - cost * d("3"));
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let passivated = metrics
         .lines()
         .find(|l| l.starts_with("neuropia_actors_passivated{kind=\"balance\"}"))

@@ -412,14 +412,7 @@ impl Upstreams {
         let payload = match r.wire {
             Wire::OpenAi if stream => {
                 let mut req = req.clone();
-                req.insert("stream".into(), Value::Bool(true));
-                let mut options = req
-                    .get("stream_options")
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default();
-                options.insert("include_usage".into(), Value::Bool(true));
-                req.insert("stream_options".into(), Value::Object(options));
+                streaming_with_usage(&mut req);
                 encode(&req)?
             }
             // The request as built for this target, serialised without another copy.
@@ -633,6 +626,18 @@ impl Reported {
             output_tokens: u32::try_from(u.completion_tokens?).ok()?,
         })
     }
+}
+
+/// Asks an OpenAI-shaped upstream to stream, with a final usage chunk.
+fn streaming_with_usage(req: &mut Map<String, Value>) {
+    req.insert("stream".into(), Value::Bool(true));
+    let mut options = req
+        .get("stream_options")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    options.insert("include_usage".into(), Value::Bool(true));
+    req.insert("stream_options".into(), Value::Object(options));
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, UpstreamError> {

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::plan::Plan;
 use super::{
     Answer, DASHSCOPE_BASE, Resolved, StreamReply, UpstreamError, Upstreams, Wire, reported_usage,
-    status_error, transport_error, whole,
+    status_error, streaming_with_usage, transport_error, whole,
 };
 
 /// The target index named by `x-portkey-last-used-option-index` (`config` alone: 0).
@@ -68,14 +68,7 @@ pub async fn execute(
     let mut req = body.clone();
     req.insert("model".into(), Value::String(requested.to_owned()));
     if stream {
-        req.insert("stream".into(), Value::Bool(true));
-        let mut options = req
-            .get("stream_options")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        options.insert("include_usage".into(), Value::Bool(true));
-        req.insert("stream_options".into(), Value::Object(options));
+        streaming_with_usage(&mut req);
     }
     let timeout = plan
         .request_timeout

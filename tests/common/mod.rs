@@ -469,6 +469,13 @@ impl Api {
         self.send(reqwest::Method::GET, path, token, None).await
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let r = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.text().await.unwrap()
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> String {
         let (status, body) = self
             .post(

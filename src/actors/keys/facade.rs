@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use ractor::RpcReplyPort;
+
 use super::{Admission, Denied, KeyDirectory, KeyHandle, KeyMsg, KeyView, KeysMsg};
 use crate::actors::root::Live;
 use crate::actors::{ResolveError, SupervisorStats};
@@ -39,35 +41,25 @@ impl Keys {
         }
     }
 
-    /// Admits one call of `model` with the key whose hash is `hash`. A key actor that died
-    /// between lookup and call is resolved again (its supervisor restarts it).
-    pub async fn admit(
+    /// Calls the key's actor, resolving the key again when the actor stopped under the
+    /// call (it crashed and its supervisor restarts it, or it passivated). `make` builds
+    /// the message for each attempt.
+    async fn call<T: Send + 'static>(
         &self,
         hash: KeyHash,
-        model: &str,
-        estimated_tokens: u64,
-    ) -> Result<(Admission, KeyHandle), AdmitError> {
+        mut make: impl FnMut(RpcReplyPort<T>) -> KeyMsg,
+    ) -> Result<(T, KeyHandle), AdmitError> {
         let ms = self.timeout.as_millis() as u64;
         let mut last = String::new();
         for attempt in 0..3 {
             let key = self.resolve(hash).await?;
-            let model = model.to_owned();
-            match ractor::call_t!(
-                key,
-                |reply| KeyMsg::Admit {
-                    model,
-                    estimated_tokens,
-                    reply
-                },
-                ms
-            ) {
-                Ok(Ok(admission)) => return Ok((admission, key)),
-                Ok(Err(denied)) => return Err(AdmitError::Denied(denied)),
+            match ractor::call_t!(key, &mut make, ms) {
+                Ok(answer) => return Ok((answer, key)),
                 Err(ractor::RactorErr::Timeout) => {
                     return Err(AdmitError::Unavailable("key actor timed out".into()));
                 }
                 Err(e) => {
-                    // The actor died: drop it from the directory and resolve again.
+                    // The actor is gone: drop it from the directory and resolve again.
                     self.directory
                         .remove_if(&hash, |_, r| r.get_id() == key.get_id());
                     last = e.to_string();
@@ -78,6 +70,25 @@ impl Keys {
         Err(AdmitError::Unavailable(format!(
             "key actor unavailable: {last}"
         )))
+    }
+
+    /// Admits one call of `model` with the key whose hash is `hash`.
+    pub async fn admit(
+        &self,
+        hash: KeyHash,
+        model: &str,
+        estimated_tokens: u64,
+    ) -> Result<(Admission, KeyHandle), AdmitError> {
+        let (answer, key) = self
+            .call(hash, |reply| KeyMsg::Admit {
+                model: model.to_owned(),
+                estimated_tokens,
+                reply,
+            })
+            .await?;
+        answer
+            .map(|admission| (admission, key))
+            .map_err(AdmitError::Denied)
     }
 
     pub async fn stats(&self) -> Option<SupervisorStats> {
@@ -107,24 +118,7 @@ impl Keys {
 
     /// The key's current view (for `/v1/models`), or why it cannot be had.
     pub async fn describe(&self, hash: KeyHash) -> Result<KeyView, AdmitError> {
-        let ms = self.timeout.as_millis() as u64;
-        let mut last = String::new();
-        for attempt in 0..3 {
-            let key = self.resolve(hash).await?;
-            match ractor::call_t!(key, |reply| KeyMsg::Describe { reply }, ms) {
-                Ok(view) => return Ok(view),
-                Err(ractor::RactorErr::Timeout) => {
-                    return Err(AdmitError::Unavailable("key actor timed out".into()));
-                }
-                Err(e) => {
-                    // Passivated or died: resolve again.
-                    self.directory
-                        .remove_if(&hash, |_, r| r.get_id() == key.get_id());
-                    last = e.to_string();
-                    tokio::time::sleep(Duration::from_millis(2 << attempt)).await;
-                }
-            }
-        }
-        Err(AdmitError::Unavailable(format!("key actor: {last}")))
+        let (view, _) = self.call(hash, |reply| KeyMsg::Describe { reply }).await?;
+        Ok(view)
     }
 }
