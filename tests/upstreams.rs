@@ -179,6 +179,35 @@ async fn a_client_that_leaves_mid_stream_is_billed_for_what_the_upstream_produce
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_before_a_whole_answer_is_still_billed() {
+    let mock = mock_upstream().await;
+    mock.state.delay_ms.store(400, Ordering::SeqCst);
+    let app = TestApp::spawn().await;
+    app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
+        .await;
+    let (user, key) = funded(&app, "hangup@example.com").await;
+    let gave_up = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .header("x-virtual-key", &key)
+        .timeout(Duration::from_millis(100))
+        .json(&chat_body("qwen-turbo"))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gave up before the answer");
+    // The upstream still answers; the call is billed in full, once.
+    let rows = wait_rows(&app, user, 1).await;
+    assert_eq!(
+        (rows[0].2, rows[0].3, rows[0].4.as_str()),
+        (12, 8, "upstream")
+    );
+    assert_eq!(mock.calls(), 1);
+    app.settle_journal().await;
+    assert_eq!(app.db_balance(user).await.0, d("100") - d("0.028"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_breaking_mid_stream_yields_an_error_event_and_bills_what_was_delivered() {
     let mock = mock_upstream().await;
     mock.state.break_after.store(3, Ordering::SeqCst);

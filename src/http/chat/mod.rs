@@ -299,10 +299,43 @@ async fn chat(
         model,
         ctx,
     };
-    // Detached: the call runs to its end (and is billed) even if the client goes away.
-    tokio::spawn(call.run(body, stream))
-        .await
-        .map_err(|e| ApiError::internal(format!("chat task: {e}")))?
+    // The call runs to its end (and is billed) even if the client goes away: polled here
+    // while the client waits (no task hop), moved to a task of its own if it hangs up.
+    Detached(Some(Box::pin(call.run(body, stream)))).await
+}
+
+type CallFuture = std::pin::Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send>>;
+
+/// A future that finishes on its own task if it is dropped before it is done.
+struct Detached(Option<CallFuture>);
+
+impl Future for Detached {
+    type Output = Result<Response, ApiError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(call) = self.0.as_mut() else {
+            return std::task::Poll::Ready(Err(ApiError::internal("chat call polled again")));
+        };
+        let done = call.as_mut().poll(cx);
+        if done.is_ready() {
+            self.0 = None;
+        }
+        done
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take() {
+            // The client left mid-call: finish (and bill) it without anyone waiting.
+            tokio::spawn(async move {
+                let _ = call.await;
+            });
+        }
+    }
 }
 
 /// The models this key may call, OpenAI-shaped.
