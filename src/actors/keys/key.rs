@@ -40,6 +40,9 @@ pub struct Admission {
     pub key_id: Uuid,
     pub user_id: Uuid,
     pub tenant_id: Uuid,
+    /// The key has a tpm window: the call's actual tokens must be reported back
+    /// ([`KeyMsg::Record`]). Without one there is nothing to correct, and no message to send.
+    pub counts_tokens: bool,
 }
 
 /// Why a key may not make this call. Domain outcomes, never actor failures.
@@ -176,6 +179,7 @@ impl KeyState {
             key_id: r.id,
             user_id: r.user_id,
             tenant_id: r.tenant_id,
+            counts_tokens: self.tpm.is_some(),
         })
     }
 }

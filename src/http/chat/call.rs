@@ -36,6 +36,8 @@ pub struct Call {
     pub app: AppState,
     pub key: KeyHandle,
     pub key_id: Uuid,
+    /// The key has a tpm window to correct once the call's tokens are known.
+    pub counts_tokens: bool,
     pub user_id: Uuid,
     pub tenant_id: Uuid,
     pub request_id: Uuid,
@@ -53,12 +55,19 @@ impl Call {
     /// Nothing was produced: drop the reservation and the tpm estimate.
     fn nothing(&self) {
         self.app.balances.release(self.user_id, self.request_id);
-        self.key
-            .cast(KeyMsg::Record {
-                estimated_tokens: self.estimated_tokens,
-                actual_tokens: 0,
-            })
-            .ok();
+        self.record_tokens(0);
+    }
+
+    /// Replaces the tpm estimate with the tokens the call used.
+    fn record_tokens(&self, actual_tokens: u64) {
+        if self.counts_tokens {
+            self.key
+                .cast(KeyMsg::Record {
+                    estimated_tokens: self.estimated_tokens,
+                    actual_tokens,
+                })
+                .ok();
+        }
     }
 
     fn strict(&self) -> bool {
@@ -75,12 +84,7 @@ impl Call {
         usage: Usage,
         source: &'static str,
     ) -> Result<(), ApiError> {
-        self.key
-            .cast(KeyMsg::Record {
-                estimated_tokens: self.estimated_tokens,
-                actual_tokens: usage.total(),
-            })
-            .ok();
+        self.record_tokens(usage.total());
         // Rates current now; if they vanished mid-call, those the call was admitted with.
         let (t, u) = (self.tenant_id, self.user_id);
         let price = self

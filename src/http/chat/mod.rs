@@ -259,12 +259,15 @@ async fn chat(
         .await
         .map_err(admit_error)?;
     let (user_id, tenant_id) = (admission.user_id, admission.tenant_id);
+    let counts_tokens = admission.counts_tokens;
     let forget_estimate = || {
-        key.cast(KeyMsg::Record {
-            estimated_tokens,
-            actual_tokens: 0,
-        })
-        .ok();
+        if counts_tokens {
+            key.cast(KeyMsg::Record {
+                estimated_tokens,
+                actual_tokens: 0,
+            })
+            .ok();
+        }
     };
     // The user's or tenant's Portkey config when there is one, else the model's plan.
     let Some((plan, _)) = snap.plan_for(tenant_id, user_id, &model) else {
@@ -289,6 +292,7 @@ async fn chat(
         app: app.clone(),
         key,
         key_id: admission.key_id,
+        counts_tokens,
         user_id,
         tenant_id,
         request_id,
