@@ -265,3 +265,50 @@ async fn a_balance_actor_panicking_mid_burst_is_restarted_and_money_stays_exact(
     assert_eq!(health["actors"]["balances"], "running");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_users_bursting_at_once_are_each_charged_exactly_across_ledger_lanes() {
+    let mock = mock_upstream().await;
+    let app = priced_app(&mock).await;
+    assert!(
+        app.state.journal.lanes() > 1,
+        "the default ledger has several lanes"
+    );
+    let mut users = Vec::new();
+    for i in 0..12 {
+        let (user, token) = app.register(&format!("lanes{i}@example.com")).await;
+        app.top_up(user, "10").await;
+        let key = app.create_key(&token, user, json!({"name": "l"})).await;
+        users.push((user, key));
+    }
+    // 12 users x 25 calls, all at once: their charges spread over the lanes, which commit
+    // side by side.
+    let bursts = users
+        .iter()
+        .map(|(_, key)| burst(&app, key, "qwen-turbo", 25));
+    let results = join_all(bursts).await;
+    app.settle_journal().await;
+    for ((user, _), calls) in users.iter().zip(results) {
+        let served = calls.iter().filter(|(s, _, _)| *s == 200).count();
+        assert_eq!(served, 25, "{user}: every call served");
+        let expected = d("10") - d(CHARGE) * Decimal::from(served);
+        assert_eq!(
+            app.db_balance(*user).await.0,
+            expected,
+            "{user}: PostgreSQL"
+        );
+        assert_eq!(
+            app.api_balance(*user).await.0,
+            expected,
+            "{user}: balance actor"
+        );
+        assert_eq!(charge_count(&app, *user).await, 25, "{user}: ledger rows");
+        let ids: HashSet<String> = calls.into_iter().filter_map(|(_, id, _)| id).collect();
+        assert_eq!(
+            usage_ids(&app, *user).await,
+            ids,
+            "{user}: one usage row per call"
+        );
+    }
+    app.stop().await;
+}
