@@ -174,7 +174,6 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             supervisor: tree.balances.clone(),
             directory: balance_directory,
             timeout,
-            unconfirmed: Arc::default(),
         },
         config,
         pool,
@@ -301,11 +300,6 @@ pub async fn serve(
 impl AppState {
     /// Drains the journal into PostgreSQL and stops the actor tree.
     pub async fn shutdown(&self) {
-        // Charges of answered calls still on their way into the journal go in first.
-        let open = self.balances.confirmed(Duration::from_secs(30)).await;
-        if open > 0 {
-            tracing::error!(open, "settles still unanswered at shutdown");
-        }
         let drained = ractor::call_t!(self.root, RootMsg::Drain, 35_000);
         if drained.is_err() {
             tracing::error!(

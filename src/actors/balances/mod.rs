@@ -9,7 +9,6 @@
 mod balance;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -296,8 +295,6 @@ pub struct Balances {
     pub supervisor: Live<BalancesMsg>,
     pub directory: BalanceDirectory,
     pub timeout: Duration,
-    /// Settles sent by [`Balances::settle_soon`] and not yet answered.
-    pub unconfirmed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Balances {
@@ -423,61 +420,6 @@ impl Balances {
             }
         }
         Err(last)
-    }
-
-    /// Settles a charge without making the caller wait for the answer (batched
-    /// durability). The first attempt is queued in the user's mailbox before this returns,
-    /// so anything the user does next (a balance read, the next call's reservation) sees
-    /// the charge; the answer is awaited, and the settle retried across restarts like
-    /// [`Balances::settle`], in a task of its own.
-    pub fn settle_soon(&self, user_id: Uuid, charge: ChargeRequest) {
-        let queued = self
-            .directory
-            .get(&user_id)
-            .map(|r| r.clone())
-            .and_then(|actor| {
-                let (tx, rx) = ractor::concurrency::oneshot();
-                let msg = BalanceMsg::Settle {
-                    charge: Box::new(ChargeRequest {
-                        request_id: charge.request_id,
-                        amount: charge.amount,
-                        usage: charge.usage.clone(),
-                    }),
-                    reply: tx.into(),
-                };
-                actor.cast(msg).ok().map(|()| rx)
-            });
-        let balances = self.clone();
-        balances.unconfirmed.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(async move {
-            let answered = match queued {
-                Some(rx) => matches!(tokio::time::timeout(balances.timeout, rx).await, Ok(Ok(_))),
-                None => false,
-            };
-            if !answered {
-                // Not answered (the actor died or was stuck): settle again; the journal takes
-                // a request id once, so a late first attempt cannot charge twice.
-                let request_id = charge.request_id;
-                if let Err(e) = balances.settle(user_id, charge).await {
-                    tracing::error!(%request_id, %user_id, error = ?e,
-                        "a served call may not have been charged: its settle was never answered");
-                }
-            }
-            balances.unconfirmed.fetch_sub(1, Ordering::AcqRel);
-        });
-    }
-
-    /// Waits (up to `limit`) until every settle sent by [`Balances::settle_soon`] was
-    /// answered, i.e. is in the journal. Returns how many were still open.
-    pub async fn confirmed(&self, limit: Duration) -> usize {
-        let until = std::time::Instant::now() + limit;
-        loop {
-            let open = self.unconfirmed.load(Ordering::Acquire);
-            if open == 0 || std::time::Instant::now() >= until {
-                return open;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 
     /// Credits a top-up or a redemption (idempotent by `request_id`: a retried attempt

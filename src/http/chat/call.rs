@@ -74,10 +74,9 @@ impl Call {
         self.app.config.billing_durability == Durability::Strict
     }
 
-    /// Charges what the call used, at the rates of the target that answered. Batched: the
-    /// settle is queued in the user's mailbox and confirmed in the background. Strict: waits
-    /// for the settle and the charge's commit; an error then means the response must not
-    /// claim success.
+    /// Charges what the call used, at the rates of the target that answered. With strict
+    /// durability, also waits for the charge's commit; an error then means the response
+    /// must not claim success.
     async fn bill(
         &self,
         provider: String,
@@ -111,38 +110,42 @@ impl Call {
                 (whole, free)
             }
         };
-        let charge = ChargeRequest {
-            request_id: self.request_id,
-            amount: charge.amount,
-            usage: UsageRecord {
-                tenant_id: self.tenant_id,
-                virtual_key_id: self.key_id,
-                provider,
-                model,
-                usage,
-                input_rate: price.input_rate,
-                output_rate: price.output_rate,
-                markup_percent: price.markup_percent,
-                platform_cost: charge.platform_cost,
-                usage_source: source,
-            },
-        };
-        if !self.strict() {
-            // Queued before the response goes out (so the client's next request sees it),
-            // confirmed in the background.
-            self.app.balances.settle_soon(self.user_id, charge);
-            return Ok(());
-        }
-        // Strict: the response waits for the settle, then for its commit.
-        match self.app.balances.settle(self.user_id, charge).await {
+        let settled = self
+            .app
+            .balances
+            .settle(
+                self.user_id,
+                ChargeRequest {
+                    request_id: self.request_id,
+                    amount: charge.amount,
+                    usage: UsageRecord {
+                        tenant_id: self.tenant_id,
+                        virtual_key_id: self.key_id,
+                        provider,
+                        model,
+                        usage,
+                        input_rate: price.input_rate,
+                        output_rate: price.output_rate,
+                        markup_percent: price.markup_percent,
+                        platform_cost: charge.platform_cost,
+                        usage_source: source,
+                    },
+                },
+            )
+            .await;
+        match settled {
             Err(e) => {
                 tracing::error!(request_id = %self.request_id, user_id = %self.user_id, error = ?e,
                     "a served call may not have been charged: its settle was never answered");
-                Err(ApiError::Unavailable(
-                    "billing did not answer; the call is not confirmed".into(),
-                ))
+                if self.strict() {
+                    return Err(ApiError::Unavailable(
+                        "billing did not answer; the call is not confirmed".into(),
+                    ));
+                }
+                Ok(())
             }
-            Ok(_) => self.durable().await,
+            Ok(_) if self.strict() => self.durable().await,
+            Ok(_) => Ok(()),
         }
     }
 
