@@ -67,6 +67,7 @@ impl AppState {
 
 /// Connects to everything and starts the actor tree.
 pub async fn build(config: Config) -> Result<AppState, String> {
+    let config = config.normalised();
     config.validate()?;
     let config = Arc::new(config);
     let pool = db::connect_and_migrate(config.database_url.expose(), config.db_pool)

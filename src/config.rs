@@ -292,6 +292,15 @@ impl Config {
         Ok(())
     }
 
+    /// Treats settings given as empty strings (`NEUROPIA_ADMIN_EMAIL=` as in `.env.example`)
+    /// as not given.
+    pub fn normalised(mut self) -> Self {
+        self.admin_email = self.admin_email.filter(|v| !v.trim().is_empty());
+        self.admin_password = self.admin_password.filter(|v| !v.is_empty());
+        self.jwt_secret = self.jwt_secret.filter(|v| !v.is_empty());
+        self
+    }
+
     pub fn actor_timeout(&self) -> Duration {
         Duration::from_millis(self.actor_timeout_ms)
     }
@@ -358,5 +367,21 @@ mod tests {
         let mut bad = c.clone();
         bad.admin_email = Some("a@b.c".into());
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn empty_settings_count_as_unset() {
+        let mut c = Config::defaults();
+        c.admin_email = Some(String::new());
+        c.admin_password = Some(Secret::new(""));
+        c.jwt_secret = Some(Secret::new(""));
+        assert!(c.validate().is_err(), "empty values are values to clap");
+        let c = c.normalised();
+        assert_eq!(
+            (c.admin_email.is_none(), c.admin_password.is_none()),
+            (true, true)
+        );
+        assert!(c.jwt_secret.is_none());
+        assert!(c.validate().is_ok());
     }
 }
