@@ -107,8 +107,16 @@ pub struct ChildBook<K, R> {
     waiters: HashMap<K, Vec<RpcReplyPort<Result<R, ResolveError>>>>,
     /// Faults injected per child, handed to each incarnation.
     faults: HashMap<K, Arc<Faults>>,
-    /// Children that stopped cleanly (passivated) so far.
-    pub passivated: u64,
+    /// Children that stopped because they were idle, so far.
+    passivated: u64,
+}
+
+/// A child that exited, as its supervisor learns it.
+pub struct Exit<K> {
+    pub key: K,
+    pub id: ActorId,
+    /// Why it failed; `None` for a clean stop (passivated, deleted, shut down).
+    pub failure: Option<String>,
 }
 
 impl<K: Eq + Hash + Clone, R: Clone> Default for ChildBook<K, R> {
@@ -164,9 +172,31 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
         meta.started_at = Instant::now();
     }
 
+    /// Books a child's exit from a supervision event: a failure counts as a restart (its
+    /// reason kept), a clean stop drops the child's record, and a stop with the reason
+    /// [`PASSIVATED`] counts as a passivation. `None` for other events and unknown actors.
+    pub fn exit(&mut self, event: &ractor::SupervisionEvent) -> Option<Exit<K>> {
+        let (id, failure) = match event {
+            ractor::SupervisionEvent::ActorFailed(cell, err) => {
+                (cell.get_id(), Some(err.to_string()))
+            }
+            ractor::SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                if reason.as_deref() == Some(PASSIVATED)
+                    && self.by_actor.contains_key(&cell.get_id())
+                {
+                    self.passivated += 1;
+                }
+                (cell.get_id(), None)
+            }
+            _ => return None,
+        };
+        let key = self.exited(id, failure.clone())?;
+        Some(Exit { key, id, failure })
+    }
+
     /// Forgets the actor `id`; returns its key. With `failure`, the child's restart count
     /// goes up and the reason is kept; without, its record is dropped (a clean stop).
-    pub fn exited(&mut self, id: ActorId, failure: Option<String>) -> Option<K> {
+    fn exited(&mut self, id: ActorId, failure: Option<String>) -> Option<K> {
         let k = self.by_actor.remove(&id)?;
         match failure {
             Some(reason) => {

@@ -126,8 +126,6 @@ pub enum RootMsg {
     Tree(RpcReplyPort<Tree>),
     /// Writes everything left in the journal, then replies. Used at shutdown.
     Drain(RpcReplyPort<()>),
-    /// Replies with each child's name and restart count.
-    Restarts(RpcReplyPort<Vec<(&'static str, u32)>>),
     /// Replies with each child's name and record, for the operators' tree.
     Children(RpcReplyPort<Vec<(&'static str, ChildRecord)>>),
 }
@@ -298,15 +296,6 @@ impl Actor for Root {
                     .map(|(c, r)| (c.name(), r.clone()))
                     .collect();
                 list.sort_by_key(|(n, _)| *n);
-                let _ = reply.send(list);
-            }
-            RootMsg::Restarts(reply) => {
-                let mut list: Vec<(&'static str, u32)> = state
-                    .records
-                    .iter()
-                    .map(|(c, r)| (c.name(), r.restarts))
-                    .collect();
-                list.sort_unstable();
                 let _ = reply.send(list);
             }
             RootMsg::Drain(reply) => {

@@ -38,10 +38,10 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, axum::Json<Valu
     };
     let t = &app.tree;
     let restarts: serde_json::Map<String, Value> =
-        ractor::call_t!(app.root, RootMsg::Restarts, 1_000)
+        ractor::call_t!(app.root, RootMsg::Children, 1_000)
             .unwrap_or_default()
             .into_iter()
-            .map(|(name, n)| (name.to_owned(), json!(n)))
+            .map(|(name, record)| (name.to_owned(), json!(record.restarts)))
             .collect();
     let actors = json!({
         "neuropia": status(app.root.get_status()),

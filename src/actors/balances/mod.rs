@@ -23,7 +23,7 @@ pub use balance::{
 };
 
 use super::root::Live;
-use super::{ChildBook, ChildPage, Gate, Handle, Held, Probe, ResolveError, SupervisorStats};
+use super::{ChildBook, ChildPage, Exit, Gate, Handle, Held, Probe, ResolveError, SupervisorStats};
 use crate::billing::Decimal;
 use crate::db;
 use crate::journal::{EntryKind, Journal};
@@ -247,35 +247,26 @@ impl Actor for BalanceSupervisor {
         state: &mut BalancesState,
     ) -> Result<(), ActorProcessingErr> {
         tracing::debug!(event = ?event, "balances supervision event");
-        match event {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                let reason = err.to_string();
-                if let Some(user_id) = state.book.exited(cell.get_id(), Some(reason.clone())) {
-                    state
-                        .args
-                        .directory
-                        .remove_if(&user_id, |_, r| r.get_id() == cell.get_id());
-                    tracing::warn!(actor = %format!("balance:{user_id}"), %reason,
-                        "balance actor failed; restarting");
-                    // A caller may already have had a replacement spawned.
-                    let replaced = state.args.directory.contains_key(&user_id);
-                    if !replaced && state.book.mark_loading(user_id) {
-                        start_load(&myself, &state.args, user_id);
-                    }
-                }
+        let Some(Exit {
+            key: user_id,
+            id,
+            failure,
+        }) = state.book.exit(&event)
+        else {
+            return Ok(());
+        };
+        state
+            .args
+            .directory
+            .remove_if(&user_id, |_, r| r.get_id() == id);
+        if let Some(reason) = failure {
+            tracing::warn!(actor = %format!("balance:{user_id}"), %reason,
+                "balance actor failed; restarting");
+            // A caller may already have had a replacement spawned.
+            let replaced = state.args.directory.contains_key(&user_id);
+            if !replaced && state.book.mark_loading(user_id) {
+                start_load(&myself, &state.args, user_id);
             }
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                if reason.as_deref() == Some(crate::actors::PASSIVATED) {
-                    state.book.passivated += 1;
-                }
-                if let Some(user_id) = state.book.exited(cell.get_id(), None) {
-                    state
-                        .args
-                        .directory
-                        .remove_if(&user_id, |_, r| r.get_id() == cell.get_id());
-                }
-            }
-            _ => {}
         }
         Ok(())
     }
@@ -304,10 +295,6 @@ impl Balances {
 
     /// The user's live actor (spawning it if needed).
     pub async fn handle(&self, user_id: Uuid) -> Result<BalanceHandle, BalanceError> {
-        self.resolve(user_id).await
-    }
-
-    async fn resolve(&self, user_id: Uuid) -> Result<BalanceHandle, BalanceError> {
         if let Some(r) = self.directory.get(&user_id) {
             return Ok(r.clone());
         }
@@ -336,7 +323,7 @@ impl Balances {
     ) -> Result<T, BalanceError> {
         let mut last = String::new();
         for attempt in 0..attempts {
-            let actor = self.resolve(user_id).await?;
+            let actor = self.handle(user_id).await?;
             match actor.call(&mut make, Some(self.timeout)).await {
                 Ok(ractor::rpc::CallResult::Success(v)) => return Ok(v),
                 Ok(ractor::rpc::CallResult::Timeout) => {

@@ -29,7 +29,7 @@ pub use facade::{AdmitError, Keys};
 pub use key::{Admission, Denied, KeyActor, KeyArgs, KeyMsg, KeyRef, KeyView};
 pub use window::TokenWindow;
 
-use super::{ChildBook, ChildPage, Gate, Handle, Held, Probe, ResolveError, SupervisorStats};
+use super::{ChildBook, ChildPage, Exit, Gate, Handle, Held, Probe, ResolveError, SupervisorStats};
 use crate::auth::KeyHash;
 use crate::cache::Cache;
 use crate::db;
@@ -407,23 +407,18 @@ impl Actor for KeySupervisor {
         event: SupervisionEvent,
         state: &mut KeysState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, failure) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                if reason.as_deref() == Some(super::PASSIVATED) {
-                    state.book.passivated += 1;
-                }
-                (cell, None)
-            }
-            _ => return Ok(()),
-        };
-        let Some(hash) = state.book.exited(cell.get_id(), failure.clone()) else {
+        let Some(Exit {
+            key: hash,
+            id,
+            failure,
+        }) = state.book.exit(&event)
+        else {
             return Ok(());
         };
         state
             .args
             .directory
-            .remove_if(&hash, |_, r| r.get_id() == cell.get_id());
+            .remove_if(&hash, |_, r| r.get_id() == id);
         if !state.args.directory.contains_key(&hash) {
             state.ids.remove(&hash);
         }
