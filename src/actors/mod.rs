@@ -237,9 +237,10 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
     }
 
     /// Children `offset..offset + limit`, sorted by name.
+    /// `handle` finds a child's live actor (`None` while it is being restarted).
     pub fn page<M: ractor::Message>(
         &self,
-        directory: &dashmap::DashMap<K, Handle<M>>,
+        handle: impl Fn(&K) -> Option<Handle<M>>,
         offset: usize,
         limit: usize,
     ) -> ChildPage<M> {
@@ -255,7 +256,7 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
                     name: m.name.clone(),
                     restarts: m.restarts,
                     last_failure: m.last_failure.clone(),
-                    handle: directory.get(k).map(|h| h.clone()),
+                    handle: handle(k),
                 })
                 .collect(),
         }

@@ -10,15 +10,14 @@
 //! The actor publishes its state in an atomic the router reads first, so a healthy target
 //! costs no message on the way in, and a success on a clean breaker none on the way out.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::actors::{ChildInfo, ChildPage, Faults, Gate, Handle, Held, Probe};
+use crate::actors::{ChildBook, ChildPage, Exit, Gate, Handle, Held, Probe};
 
 const CLOSED: u8 = 0;
 const CLOSED_FAILING: u8 = 1;
@@ -271,11 +270,8 @@ pub struct UpstreamsArgs {
 pub struct UpstreamsState {
     args: UpstreamsArgs,
     held: Held<UpstreamsMsg>,
-    by_actor: HashMap<ActorId, String>,
-    /// Restarts and last failure per target.
-    records: HashMap<String, (u32, Option<String>)>,
-    /// Faults injected per target, handed to each incarnation.
-    faults: HashMap<String, Arc<Faults>>,
+    /// Breakers by target: names, restarts, last failures, faults.
+    book: ChildBook<String, Breaker>,
 }
 
 pub enum UpstreamsMsg {
@@ -314,12 +310,7 @@ async fn spawn_breaker(
     target: &str,
 ) -> Option<Breaker> {
     let shared = Arc::new(AtomicU8::new(CLOSED));
-    let faults = state
-        .faults
-        .entry(target.to_owned())
-        .or_insert_with(Faults::new)
-        .clone();
-    let probe = Probe::with_faults(faults);
+    let probe = Probe::with_faults(state.book.faults(&target.to_owned()));
     let args = BreakerArgs {
         target: target.to_owned(),
         settings: state.args.settings,
@@ -333,10 +324,11 @@ async fn spawn_breaker(
         actor: Handle::new(actor, probe),
         shared,
     };
-    state.records.entry(target.to_owned()).or_insert((0, None));
-    state
-        .by_actor
-        .insert(breaker.actor.get_id(), target.to_owned());
+    state.book.started(
+        target.to_owned(),
+        breaker.actor.get_id(),
+        format!("upstream:{target}"),
+    );
     state
         .args
         .directory
@@ -358,9 +350,7 @@ impl Actor for UpstreamSupervisor {
         Ok(UpstreamsState {
             args,
             held: Held::default(),
-            by_actor: HashMap::new(),
-            records: HashMap::new(),
-            faults: HashMap::new(),
+            book: ChildBook::default(),
         })
     }
 
@@ -381,22 +371,11 @@ impl Actor for UpstreamSupervisor {
                 limit,
                 reply,
             } => {
-                let mut names: Vec<&String> = state.records.keys().collect();
-                names.sort();
-                let page = ChildPage {
-                    total: names.len(),
-                    children: names
-                        .into_iter()
-                        .skip(offset)
-                        .take(limit)
-                        .map(|t| ChildInfo {
-                            name: format!("upstream:{t}"),
-                            restarts: state.records.get(t).map_or(0, |r| r.0),
-                            last_failure: state.records.get(t).and_then(|r| r.1.clone()),
-                            handle: state.args.directory.get(t).map(|b| b.actor.clone()),
-                        })
-                        .collect(),
-                };
+                let directory = &state.args.directory;
+                let page =
+                    state
+                        .book
+                        .page(|t| directory.get(t).map(|b| b.actor.clone()), offset, limit);
                 let _ = reply.send(page);
             }
             UpstreamsMsg::Get { target, reply } => {
@@ -426,13 +405,13 @@ impl Actor for UpstreamSupervisor {
         event: SupervisionEvent,
         state: &mut UpstreamsState,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(cell, err) = event
-            && let Some(target) = state.by_actor.remove(&cell.get_id())
+        if let Some(Exit {
+            key: target,
+            failure: Some(error),
+            ..
+        }) = state.book.exit(&event)
         {
-            tracing::warn!(%target, error = %err, "breaker failed; restarting it closed");
-            let record = state.records.entry(target.clone()).or_insert((0, None));
-            record.0 += 1;
-            record.1 = Some(err.to_string());
+            tracing::warn!(%target, %error, "breaker failed; restarting it closed");
             state.args.directory.remove(&target);
             spawn_breaker(state, &myself, &target).await;
         }

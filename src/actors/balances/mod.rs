@@ -184,7 +184,11 @@ impl Actor for BalanceSupervisor {
                 limit,
                 reply,
             } => {
-                let _ = reply.send(state.book.page(&state.args.directory, offset, limit));
+                let directory = &state.args.directory;
+                let page = state
+                    .book
+                    .page(|k| directory.get(k).map(|h| h.clone()), offset, limit);
+                let _ = reply.send(page);
             }
             BalancesMsg::Resolve { user_id, reply } => {
                 if let Some(r) = state.args.directory.get(&user_id) {

@@ -349,7 +349,11 @@ impl Actor for KeySupervisor {
                 limit,
                 reply,
             } => {
-                let _ = reply.send(state.book.page(&state.args.directory, offset, limit));
+                let directory = &state.args.directory;
+                let page = state
+                    .book
+                    .page(|k| directory.get(k).map(|h| h.clone()), offset, limit);
+                let _ = reply.send(page);
             }
             KeysMsg::Find { key_id, reply } => {
                 let found = state
