@@ -504,6 +504,19 @@ async fn metrics_request_ids_and_server_timing() {
         )),
         "{text}"
     );
+
+    // A breaker that panics is restarted under its name, and the tree counts it.
+    let name = format!("upstream:{target}");
+    fault(&app, json!({"actor": name, "fault": "panic"})).await;
+    eventually(5, "the breaker restarted", || async {
+        let t = tree(&app, "").await;
+        child(&t, "upstreams")["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == name && c["restarts"] == 1 && c["status"] == "running")
+    })
+    .await;
     app.stop().await;
 }
 
