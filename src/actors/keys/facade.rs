@@ -18,6 +18,27 @@ pub enum AdmitError {
     Unavailable(String),
 }
 
+/// An admitted call's hold on its key: who the key belongs to, and the way to tell the key
+/// how many tokens the call really used.
+pub struct Admitted {
+    pub admission: Admission,
+    key: KeyHandle,
+    estimated_tokens: u64,
+}
+
+impl Admitted {
+    /// Replaces the call's tpm estimate with `actual_tokens` (0: nothing was produced).
+    /// Keys without a tpm limit have nothing to correct and get no message.
+    pub fn record(&self, actual_tokens: u64) {
+        if self.admission.counts_tokens {
+            let _ = self.key.cast(KeyMsg::Record {
+                estimated_tokens: self.estimated_tokens,
+                actual_tokens,
+            });
+        }
+    }
+}
+
 /// The request path's handle on the key actors.
 #[derive(Clone)]
 pub struct Keys {
@@ -72,13 +93,14 @@ impl Keys {
         )))
     }
 
-    /// Admits one call of `model` with the key whose hash is `hash`.
+    /// Admits one call of `model` with the key whose hash is `hash`, counting
+    /// `estimated_tokens` in its tpm window until the call reports what it used.
     pub async fn admit(
         &self,
         hash: KeyHash,
         model: &str,
         estimated_tokens: u64,
-    ) -> Result<(Admission, KeyHandle), AdmitError> {
+    ) -> Result<Admitted, AdmitError> {
         let (answer, key) = self
             .call(hash, |reply| KeyMsg::Admit {
                 model: model.to_owned(),
@@ -86,9 +108,12 @@ impl Keys {
                 reply,
             })
             .await?;
-        answer
-            .map(|admission| (admission, key))
-            .map_err(AdmitError::Denied)
+        let admission = answer.map_err(AdmitError::Denied)?;
+        Ok(Admitted {
+            admission,
+            key,
+            estimated_tokens,
+        })
     }
 
     pub async fn stats(&self) -> Option<SupervisorStats> {

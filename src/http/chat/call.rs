@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::upstream_error;
 use crate::actors::balances::ChargeRequest;
-use crate::actors::keys::{KeyHandle, KeyMsg};
+use crate::actors::keys::Admitted;
 use crate::app::AppState;
 use crate::billing::{Charge, Decimal, Price, Usage};
 use crate::config::Durability;
@@ -34,14 +34,11 @@ const STRICT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct Call {
     pub app: AppState,
-    pub key: KeyHandle,
-    pub key_id: Uuid,
-    /// The key has a tpm window to correct once the call's tokens are known.
-    pub counts_tokens: bool,
+    /// The key's admission, through which the call reports the tokens it used.
+    pub admitted: Admitted,
     pub user_id: Uuid,
     pub tenant_id: Uuid,
     pub request_id: Uuid,
-    pub estimated_tokens: u64,
     pub reserve: Decimal,
     /// The snapshot the call was admitted with (rates if they vanish meanwhile).
     pub snap: Arc<Snapshot>,
@@ -55,19 +52,7 @@ impl Call {
     /// Nothing was produced: drop the reservation and the tpm estimate.
     fn nothing(&self) {
         self.app.balances.release(self.user_id, self.request_id);
-        self.record_tokens(0);
-    }
-
-    /// Replaces the tpm estimate with the tokens the call used.
-    fn record_tokens(&self, actual_tokens: u64) {
-        if self.counts_tokens {
-            self.key
-                .cast(KeyMsg::Record {
-                    estimated_tokens: self.estimated_tokens,
-                    actual_tokens,
-                })
-                .ok();
-        }
+        self.admitted.record(0);
     }
 
     fn strict(&self) -> bool {
@@ -84,7 +69,7 @@ impl Call {
         usage: Usage,
         source: &'static str,
     ) -> Result<(), ApiError> {
-        self.record_tokens(usage.total());
+        self.admitted.record(usage.total());
         // Rates current now; if they vanished mid-call, those the call was admitted with.
         let (t, u) = (self.tenant_id, self.user_id);
         let price = self
@@ -120,7 +105,7 @@ impl Call {
                     amount: charge.amount,
                     usage: UsageRecord {
                         tenant_id: self.tenant_id,
-                        virtual_key_id: self.key_id,
+                        virtual_key_id: self.admitted.admission.key_id,
                         provider,
                         model,
                         usage,

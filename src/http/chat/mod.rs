@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::extract::{VirtualKey, body_bytes, parse_json};
 use super::types::ErrorBody;
 use crate::actors::balances::{BalanceError, Refusal};
-use crate::actors::keys::{AdmitError, Denied, KeyMsg};
+use crate::actors::keys::{AdmitError, Denied};
 use crate::app::AppState;
 use crate::billing::{AccountStatus, Decimal, Usage};
 use crate::snapshot::Snapshot;
@@ -253,22 +253,13 @@ async fn chat(
         output_tokens: max_out,
     };
     let estimated_tokens = worst.total();
-    let (admission, key) = app
+    let admitted = app
         .keys
         .admit(hash, &model, estimated_tokens)
         .await
         .map_err(admit_error)?;
-    let (user_id, tenant_id) = (admission.user_id, admission.tenant_id);
-    let counts_tokens = admission.counts_tokens;
-    let forget_estimate = || {
-        if counts_tokens {
-            key.cast(KeyMsg::Record {
-                estimated_tokens,
-                actual_tokens: 0,
-            })
-            .ok();
-        }
-    };
+    let (user_id, tenant_id) = (admitted.admission.user_id, admitted.admission.tenant_id);
+    let forget_estimate = || admitted.record(0);
     // The user's or tenant's Portkey config when there is one, else the model's plan.
     let Some((plan, _)) = snap.plan_for(tenant_id, user_id, &model) else {
         forget_estimate();
@@ -290,13 +281,10 @@ async fn chat(
     }
     let call = call::Call {
         app: app.clone(),
-        key,
-        key_id: admission.key_id,
-        counts_tokens,
+        admitted,
         user_id,
         tenant_id,
         request_id,
-        estimated_tokens,
         reserve,
         snap,
         plan,
