@@ -194,6 +194,23 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
         Some(Exit { key, id, failure })
     }
 
+    /// [`ChildBook::exit`] for a supervisor whose live children sit in `directory`: also
+    /// takes the child out of it, and says whether a failed child must be loaded again
+    /// (no caller had a replacement spawned already, and no load is running; the load is
+    /// then marked as running).
+    pub fn exit_live<M: ractor::Message>(
+        &mut self,
+        event: &ractor::SupervisionEvent,
+        directory: &dashmap::DashMap<K, Handle<M>>,
+    ) -> Option<(Exit<K>, bool)> {
+        let exit = self.exit(event)?;
+        directory.remove_if(&exit.key, |_, h| h.get_id() == exit.id);
+        let reload = exit.failure.is_some()
+            && !directory.contains_key(&exit.key)
+            && self.mark_loading(exit.key.clone());
+        Some((exit, reload))
+    }
+
     /// Forgets the actor `id`; returns its key. With `failure`, the child's restart count
     /// goes up and the reason is kept; without, its record is dropped (a clean stop).
     fn exited(&mut self, id: ActorId, failure: Option<String>) -> Option<K> {

@@ -251,24 +251,21 @@ impl Actor for BalanceSupervisor {
         state: &mut BalancesState,
     ) -> Result<(), ActorProcessingErr> {
         tracing::debug!(event = ?event, "balances supervision event");
-        let Some(Exit {
-            key: user_id,
-            id,
-            failure,
-        }) = state.book.exit(&event)
+        let Some((
+            Exit {
+                key: user_id,
+                failure,
+                ..
+            },
+            reload,
+        )) = state.book.exit_live(&event, &state.args.directory)
         else {
             return Ok(());
         };
-        state
-            .args
-            .directory
-            .remove_if(&user_id, |_, r| r.get_id() == id);
         if let Some(reason) = failure {
             tracing::warn!(actor = %format!("balance:{user_id}"), %reason,
                 "balance actor failed; restarting");
-            // A caller may already have had a replacement spawned.
-            let replaced = state.args.directory.contains_key(&user_id);
-            if !replaced && state.book.mark_loading(user_id) {
+            if reload {
                 start_load(&myself, &state.args, user_id);
             }
         }

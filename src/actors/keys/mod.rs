@@ -411,27 +411,22 @@ impl Actor for KeySupervisor {
         event: SupervisionEvent,
         state: &mut KeysState,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(Exit {
-            key: hash,
-            id,
-            failure,
-        }) = state.book.exit(&event)
+        let Some((
+            Exit {
+                key: hash, failure, ..
+            },
+            reload,
+        )) = state.book.exit_live(&event, &state.args.directory)
         else {
             return Ok(());
         };
-        state
-            .args
-            .directory
-            .remove_if(&hash, |_, r| r.get_id() == id);
         if !state.args.directory.contains_key(&hash) {
             state.ids.remove(&hash);
         }
         if let Some(reason) = failure {
             let name = state.book.meta(&hash).map(|m| m.name.clone());
             tracing::warn!(actor = ?name, %reason, "key actor failed; restarting");
-            // A caller may already have had a replacement spawned.
-            let replaced = state.args.directory.contains_key(&hash);
-            if !replaced && state.book.mark_loading(hash) {
+            if reload {
                 start_load(&myself, &state.args, hash, false);
             }
         }
