@@ -253,8 +253,18 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
             .clone()
     }
 
-    /// Children `offset..offset + limit`, sorted by name.
-    /// `handle` finds a child's live actor (`None` while it is being restarted).
+    /// [`ChildBook::page`] for a supervisor whose live children sit in `directory`.
+    pub fn page_live<M: ractor::Message>(
+        &self,
+        directory: &dashmap::DashMap<K, Handle<M>>,
+        offset: usize,
+        limit: usize,
+    ) -> ChildPage<M> {
+        self.page(|k| directory.get(k).map(|h| h.clone()), offset, limit)
+    }
+
+    /// Children `offset..offset + limit`, sorted by name; `handle` finds a child's live
+    /// actor (`None` while it is being restarted).
     pub fn page<M: ractor::Message>(
         &self,
         handle: impl Fn(&K) -> Option<Handle<M>>,

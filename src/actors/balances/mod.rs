@@ -184,11 +184,7 @@ impl Actor for BalanceSupervisor {
                 limit,
                 reply,
             } => {
-                let directory = &state.args.directory;
-                let page = state
-                    .book
-                    .page(|k| directory.get(k).map(|h| h.clone()), offset, limit);
-                let _ = reply.send(page);
+                let _ = reply.send(state.book.page_live(&state.args.directory, offset, limit));
             }
             BalancesMsg::Resolve { user_id, reply } => {
                 if let Some(r) = state.args.directory.get(&user_id) {

@@ -349,11 +349,7 @@ impl Actor for KeySupervisor {
                 limit,
                 reply,
             } => {
-                let directory = &state.args.directory;
-                let page = state
-                    .book
-                    .page(|k| directory.get(k).map(|h| h.clone()), offset, limit);
-                let _ = reply.send(page);
+                let _ = reply.send(state.book.page_live(&state.args.directory, offset, limit));
             }
             KeysMsg::Find { key_id, reply } => {
                 let found = state
