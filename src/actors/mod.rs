@@ -24,7 +24,7 @@ pub mod root;
 
 pub use probe::{Fault, Faults, Gate, Handle, Held, Probe};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,6 +104,8 @@ pub struct ChildMeta {
 pub struct ChildBook<K, R> {
     by_actor: HashMap<ActorId, K>,
     meta: HashMap<K, ChildMeta>,
+    /// Children by name, in order: pages of a large tree without sorting it each time.
+    by_name: BTreeMap<String, K>,
     waiters: HashMap<K, Vec<RpcReplyPort<Result<R, ResolveError>>>>,
     /// Faults injected per child, handed to each incarnation.
     faults: HashMap<K, Arc<Faults>>,
@@ -124,6 +126,7 @@ impl<K: Eq + Hash + Clone, R: Clone> Default for ChildBook<K, R> {
         Self {
             by_actor: HashMap::new(),
             meta: HashMap::new(),
+            by_name: BTreeMap::new(),
             waiters: HashMap::new(),
             faults: HashMap::new(),
             passivated: 0,
@@ -162,14 +165,18 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
     /// Records a started child.
     pub fn started(&mut self, k: K, id: ActorId, name: String) {
         self.by_actor.insert(id, k.clone());
-        let meta = self.meta.entry(k).or_insert_with(|| ChildMeta {
+        let meta = self.meta.entry(k.clone()).or_insert_with(|| ChildMeta {
             name: name.clone(),
             started_at: Instant::now(),
             restarts: 0,
             last_failure: None,
         });
-        meta.name = name;
+        if meta.name != name {
+            self.by_name.remove(&meta.name);
+        }
+        meta.name = name.clone();
         meta.started_at = Instant::now();
+        self.by_name.insert(name, k);
     }
 
     /// Books a child's exit from a supervision event: a failure counts as a restart (its
@@ -223,7 +230,9 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
                 }
             }
             None => {
-                self.meta.remove(&k);
+                if let Some(meta) = self.meta.remove(&k) {
+                    self.by_name.remove(&meta.name);
+                }
                 self.faults.remove(&k);
             }
         }
@@ -241,6 +250,7 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
             self.faults.insert(new.clone(), f);
         }
         if let Some(meta) = self.meta.remove(old) {
+            self.by_name.insert(meta.name.clone(), new.clone());
             self.meta.insert(new, meta);
         }
     }
@@ -271,14 +281,14 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
         offset: usize,
         limit: usize,
     ) -> ChildPage<M> {
-        let mut all: Vec<(&K, &ChildMeta)> = self.meta.iter().collect();
-        all.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         ChildPage {
-            total: all.len(),
-            children: all
-                .into_iter()
+            total: self.by_name.len(),
+            children: self
+                .by_name
+                .values()
                 .skip(offset)
                 .take(limit)
+                .filter_map(|k| self.meta.get(k).map(|m| (k, m)))
                 .map(|(k, m)| ChildInfo {
                     name: m.name.clone(),
                     restarts: m.restarts,
@@ -325,5 +335,38 @@ mod tests {
         book.answer(&1, Ok(7));
         assert!(!book.loading(&1));
         assert!(book.wait(1, port()), "a new miss starts a new load");
+    }
+
+    #[test]
+    fn pages_follow_names_through_starts_rekeys_and_stops() {
+        let mut book: ChildBook<u8, u8> = ChildBook::default();
+        for (k, name) in [(3u8, "c"), (1, "a"), (2, "b")] {
+            book.started(k, ActorId::Local(k.into()), name.into());
+        }
+        let names = |book: &ChildBook<u8, u8>, offset, limit| -> Vec<String> {
+            let page = book.page::<()>(|_| None, offset, limit);
+            page.children.into_iter().map(|c| c.name).collect()
+        };
+        assert_eq!(names(&book, 0, 10), ["a", "b", "c"]);
+        assert_eq!(names(&book, 1, 1), ["b"]);
+        book.rekey(&2, 9);
+        assert_eq!(
+            names(&book, 0, 10),
+            ["a", "b", "c"],
+            "a rotated key keeps its name"
+        );
+        book.exited(ActorId::Local(1), None);
+        assert_eq!(
+            names(&book, 0, 10),
+            ["b", "c"],
+            "a clean stop leaves the tree"
+        );
+        book.exited(ActorId::Local(3), Some("boom".into()));
+        assert_eq!(
+            names(&book, 0, 10),
+            ["b", "c"],
+            "a failed child stays, restarting"
+        );
+        assert_eq!(book.page::<()>(|_| None, 0, 10).total, 2);
     }
 }
