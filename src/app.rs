@@ -7,7 +7,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
@@ -31,9 +31,11 @@ use crate::upstream::breaker::{BreakerDirectory, BreakerSettings, UpstreamsArgs}
 pub struct AppState(Arc<AppInner>);
 
 pub struct AppInner {
+    /// This process's id among the instances sharing the database (in `/health`).
+    pub instance: uuid::Uuid,
     pub config: Arc<Config>,
     pub pool: PgPool,
-    pub redis: Option<ConnectionManager>,
+    pub redis: Option<RedisConn>,
     pub cache: Cache,
     pub jwt: Jwt,
     pub snapshot: SnapshotHandle,
@@ -74,6 +76,16 @@ pub async fn build(config: Config) -> Result<AppState, String> {
         .await
         .map_err(|e| format!("database: {e}"))?;
     let redis = connect_redis(&config).await;
+    let instance = uuid::Uuid::new_v4();
+    let limiter =
+        (config.rate_limit_backend() == crate::config::RateLimitBackend::Redis).then(|| {
+            crate::ratelimit::GlobalLimiter::start(
+                config.redis_url.clone(),
+                config.redis_cluster,
+                redis.clone(),
+                config.instances,
+            )
+        });
 
     let jwt_secret = match &config.jwt_secret {
         Some(s) => s.expose().as_bytes().to_vec(),
@@ -115,6 +127,8 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             cache: cache.clone(),
             database_url: config.database_url.clone(),
             resync_every: Duration::from_secs(config.config_resync_secs),
+            balances: balance_directory.clone(),
+            instance,
         },
         keys: KeysArgs {
             pool: pool.clone(),
@@ -151,6 +165,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             batch_rows: config.ledger_batch_rows,
             probe: Probe::new(),
             write_fault: ledger_fault.clone(),
+            instance,
         },
     })
     .await?;
@@ -158,6 +173,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
     let timeout = config.actor_timeout();
     crate::metrics::install();
     let state = AppState(Arc::new(AppInner {
+        instance,
         started: std::time::Instant::now(),
         ledger_fault,
         upstreams: Upstreams::new(&config, breakers, tree.upstreams.clone())?,
@@ -170,6 +186,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             supervisor: tree.keys.clone(),
             directory: key_directory,
             timeout,
+            limiter,
         },
         balances: Balances {
             supervisor: tree.balances.clone(),
@@ -190,37 +207,19 @@ pub async fn build(config: Config) -> Result<AppState, String> {
     Ok(state)
 }
 
-async fn connect_redis(config: &Config) -> Option<ConnectionManager> {
+async fn connect_redis(config: &Config) -> Option<RedisConn> {
     if config.redis_url.is_empty() {
         return None;
     }
-    let client = match redis::Client::open(config.redis_url.expose()) {
-        Ok(c) => c,
+    match RedisConn::connect(&config.redis_url, config.redis_cluster).await {
+        Ok(conn) => {
+            if conn.is_cluster() {
+                tracing::info!("connected to a Redis Cluster");
+            }
+            Some(conn)
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "REDIS_URL is invalid; running without Redis");
-            return None;
-        }
-    };
-    // Reconnect attempts stay frequent, so the cache is back soon after Redis is.
-    let cfg = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(500))
-        .set_number_of_retries(2);
-    match tokio::time::timeout(
-        Duration::from_secs(3),
-        ConnectionManager::new_with_config(client, cfg),
-    )
-    .await
-    {
-        Ok(Ok(m)) => Some(m),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "Redis unreachable; running without it");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("Redis did not answer; running without it");
+            tracing::warn!(error = %e, "Redis unreachable; running without its cache");
             None
         }
     }

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use std::sync::Mutex;
 
+use crate::redis_conn::RedisConn;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
@@ -81,7 +81,7 @@ fn portkey_name(id: Uuid) -> String {
 impl Cache {
     /// A cache over `conn`; spawns the shard tasks and the monitor, which sweeps with
     /// `pool` before the cache is first used.
-    pub fn new(conn: ConnectionManager, pool: PgPool) -> Self {
+    pub fn new(conn: RedisConn, pool: PgPool) -> Self {
         let mut shards = Vec::with_capacity(SHARDS);
         let mut receivers = Vec::with_capacity(SHARDS);
         for _ in 0..SHARDS {
@@ -210,7 +210,7 @@ impl Inner {
 
 async fn shard(
     inner: std::sync::Weak<Inner>,
-    mut conn: ConnectionManager,
+    mut conn: RedisConn,
     mut rx: mpsc::UnboundedReceiver<Op>,
 ) {
     while let Some(op) = rx.recv().await {
@@ -277,11 +277,7 @@ async fn shard(
 /// Deletes every entry that may be stale because its key or config changed since
 /// `since`: entries under a key's previous hash, and entries whose version differs from
 /// the database's (or whose key is no longer active). Entries that match stay.
-async fn sweep(
-    conn: &mut ConnectionManager,
-    pool: &PgPool,
-    since: DateTime<Utc>,
-) -> Result<(), String> {
+async fn sweep(conn: &mut RedisConn, pool: &PgPool, since: DateTime<Utc>) -> Result<(), String> {
     let (changed, _) = crate::db::keys::changed_since(pool, since)
         .await
         .map_err(|e| e.to_string())?;
@@ -316,7 +312,7 @@ async fn sweep(
     Ok(())
 }
 
-async fn monitor(inner: std::sync::Weak<Inner>, mut conn: ConnectionManager, pool: PgPool) {
+async fn monitor(inner: std::sync::Weak<Inner>, mut conn: RedisConn, pool: PgPool) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;

@@ -82,6 +82,13 @@ pub enum Durability {
     Strict,
 }
 
+/// Where rate limits are counted (`RATE_LIMIT_BACKEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RateLimitBackend {
+    Local,
+    Redis,
+}
+
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/neuropia";
 
 /// Everything `neuropia serve` needs.
@@ -107,6 +114,24 @@ pub struct Config {
     /// Redis URL (a cache, never the only copy of anything). Empty disables Redis.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: Secret,
+
+    /// Treat REDIS_URL as a Redis Cluster seed even when it names one node (a list of
+    /// comma-separated URLs always names a cluster).
+    #[arg(long, env = "REDIS_CLUSTER", value_parser = FalseyValueParser::new())]
+    pub redis_cluster: bool,
+
+    /// Where rpm and tpm limits are counted. `local`: in each key actor (right for one
+    /// instance). `redis`: in Redis, by an atomic script shared by every instance, so limits
+    /// hold across instances; if Redis is unreachable each instance falls back to its local
+    /// limiter with the limits divided by NEUROPIA_INSTANCES. Default: `redis` when
+    /// NEUROPIA_INSTANCES is above 1, else `local`.
+    #[arg(long, env = "RATE_LIMIT_BACKEND", value_enum)]
+    pub rate_limit_backend: Option<RateLimitBackend>,
+
+    /// How many gateway instances share this database and Redis (the divisor of the
+    /// per-instance fallback limits when Redis is unreachable).
+    #[arg(long, env = "NEUROPIA_INSTANCES", default_value_t = 1)]
+    pub instances: u32,
 
     /// Address the HTTP server listens on.
     #[arg(long, env = "NEUROPIA_BIND", default_value = "127.0.0.1:3001")]
@@ -257,6 +282,12 @@ impl Config {
         if self.ledger_batch_rows == 0 || self.ledger_flush_ms == 0 {
             return Err("ledger batch rows and flush interval must be positive".into());
         }
+        if self.instances == 0 {
+            return Err("NEUROPIA_INSTANCES must be at least 1".into());
+        }
+        if self.rate_limit_backend() == RateLimitBackend::Redis && self.redis_url.is_empty() {
+            return Err("RATE_LIMIT_BACKEND=redis needs REDIS_URL".into());
+        }
         if !(1..=16).contains(&self.ledger_lanes) {
             return Err("NEUROPIA_LEDGER_LANES must be between 1 and 16".into());
         }
@@ -299,6 +330,15 @@ impl Config {
         self.admin_password = self.admin_password.filter(|v| !v.is_empty());
         self.jwt_secret = self.jwt_secret.filter(|v| !v.is_empty());
         self
+    }
+
+    /// The rate-limit backend in force: as set, else `redis` for several instances.
+    pub fn rate_limit_backend(&self) -> RateLimitBackend {
+        self.rate_limit_backend.unwrap_or(if self.instances > 1 {
+            RateLimitBackend::Redis
+        } else {
+            RateLimitBackend::Local
+        })
     }
 
     pub fn actor_timeout(&self) -> Duration {

@@ -38,6 +38,8 @@ pub mod demo;
 pub mod http;
 pub mod journal;
 pub mod metrics;
+pub mod ratelimit;
+pub mod redis_conn;
 pub mod snapshot;
 pub mod throttle;
 pub mod tokens;

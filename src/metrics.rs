@@ -117,3 +117,9 @@ pub fn gauge_set(name: &'static str, value: f64) {
 pub fn breaker(target: &str, state: f64) {
     gauge!("neuropia_breaker_state", "target" => target.to_owned()).set(state);
 }
+
+/// 1 while rate limits are counted in Redis (global), 0 while each instance falls back to
+/// its share of them.
+pub fn rate_limit_global(global: bool) {
+    gauge!("neuropia_rate_limit_global").set(if global { 1.0 } else { 0.0 });
+}

@@ -64,6 +64,8 @@ pub struct LedgerArgs {
     pub batch_rows: usize,
     pub probe: Arc<Probe>,
     pub write_fault: Arc<WriteFault>,
+    /// This process's id, in its `balance_update` notices.
+    pub instance: uuid::Uuid,
 }
 
 /// What operators see of the ledger.
@@ -132,7 +134,7 @@ async fn write(
     batch: Vec<Arc<EntryData>>,
 ) -> Result<FlushReport, String> {
     let started = Instant::now();
-    let (tx, outcome) = db::ledger::prepare_batch(&args.pool, &batch)
+    let (tx, outcome) = db::ledger::prepare_batch(&args.pool, &batch, args.instance)
         .await
         .map_err(|e| e.to_string())?;
     let up_to = batch.iter().map(|e| e.seq).max().unwrap_or(0);

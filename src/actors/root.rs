@@ -60,6 +60,10 @@ pub struct ConfigBase {
     pub cache: crate::cache::Cache,
     pub database_url: crate::config::Secret,
     pub resync_every: Duration,
+    /// The live balance actors, told about other instances' balance changes.
+    pub balances: super::balances::BalanceDirectory,
+    /// This process's id (its own `balance_update` notices are skipped).
+    pub instance: uuid::Uuid,
 }
 
 impl ConfigBase {
@@ -72,6 +76,8 @@ impl ConfigBase {
             cache: self.cache.clone(),
             database_url: self.database_url.clone(),
             resync_every: self.resync_every,
+            balances: self.balances.clone(),
+            instance: self.instance,
         }
     }
 }

@@ -39,9 +39,14 @@ fn tokens(v: u32) -> i32 {
 
 /// Writes `batch` inside a new transaction and returns it uncommitted: the caller commits
 /// it under the journal's commit lock.
+///
+/// The balance update tells the other instances (`balance_update`, [`notice_payloads`]) in
+/// the same transaction, so they learn the new balances when it commits. `instance` marks
+/// the notices as this instance's own.
 pub async fn prepare_batch(
     pool: &PgPool,
     batch: &[Arc<EntryData>],
+    instance: Uuid,
 ) -> Result<(Transaction<'static, Postgres>, BatchOutcome), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut outcome = BatchOutcome::default();
@@ -118,10 +123,20 @@ pub async fn prepare_batch(
             acc.2.push(s);
             acc
         });
+    // The status is the actor's decision, made on its view of the balance. With several
+    // instances that view can miss another instance's charges or credits, so the global
+    // balance has the last word on crossing zero: an account left `active` at or below zero
+    // is `overdue`, and one an instance believed at or below zero but whose global balance
+    // is positive stays `active`. With one instance the view is exact and both are no-ops.
     let rows = sqlx::query(
         "UPDATE data.user_profile p SET
              balance = p.balance + d.delta,
-             status = d.status,
+             status = CASE
+                 WHEN d.status = 'active' AND p.balance + d.delta <= 0 THEN 'overdue'
+                 WHEN d.status = 'overdue' AND p.status = 'active' AND p.balance + d.delta > 0
+                     THEN 'active'
+                 ELSE d.status
+             END,
              balance_version = p.balance_version + 1,
              updated_at = now()
          FROM UNNEST($1::uuid[], $2::numeric[], $3::text[]) AS d(user_id, delta, status)
@@ -138,6 +153,12 @@ pub async fn prepare_batch(
         let after = balance_after(r, &up_to)?;
         seen.insert(after.user_id);
         outcome.balances.push(after);
+    }
+    if !outcome.balances.is_empty() {
+        sqlx::query("SELECT pg_notify('balance_update', p) FROM UNNEST($1::text[]) AS p")
+            .bind(notice_payloads(instance, &outcome.balances))
+            .execute(&mut *tx)
+            .await?;
     }
 
     // Users whose entries were all duplicates: their actors applied something the database
@@ -160,6 +181,60 @@ pub async fn prepare_batch(
         }
     }
     Ok((tx, outcome))
+}
+
+/// Longest `balance_update` payload (PostgreSQL's limit is 8,000 bytes).
+const NOTICE_BYTES: usize = 7_000;
+
+/// `balance_update` payloads: `<instance>|<user>,<version>,<balance>,<status>;...`, split
+/// to stay under PostgreSQL's payload limit.
+pub fn notice_payloads(instance: Uuid, balances: &[BalanceAfter]) -> Vec<String> {
+    let head = format!("{instance}|");
+    let mut out = Vec::new();
+    let mut cur = head.clone();
+    for b in balances {
+        let item = format!(
+            "{},{},{},{}",
+            b.user_id,
+            b.version,
+            b.balance,
+            b.status.as_str()
+        );
+        if cur.len() > head.len() && cur.len() + item.len() + 1 > NOTICE_BYTES {
+            out.push(std::mem::replace(&mut cur, head.clone()));
+        }
+        if cur.len() > head.len() {
+            cur.push(';');
+        }
+        cur.push_str(&item);
+    }
+    if cur.len() > head.len() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Reads a `balance_update` payload: the instance that wrote it and the balances.
+pub fn parse_notice(payload: &str) -> Result<(Uuid, Vec<BalanceAfter>), String> {
+    let (instance, items) = payload.split_once('|').ok_or("no instance")?;
+    let instance = Uuid::parse_str(instance).map_err(|e| e.to_string())?;
+    let mut balances = Vec::new();
+    for item in items.split(';').filter(|i| !i.is_empty()) {
+        let mut f = item.split(',');
+        let mut next = || f.next().ok_or_else(|| format!("short item {item:?}"));
+        let user_id = Uuid::parse_str(next()?).map_err(|e| e.to_string())?;
+        let version = next()?.parse().map_err(|e| format!("version: {e}"))?;
+        let balance = next()?.parse().map_err(|e| format!("balance: {e}"))?;
+        let status = next()?.parse()?;
+        balances.push(BalanceAfter {
+            user_id,
+            balance,
+            status,
+            version,
+            up_to_seq: 0,
+        });
+    }
+    Ok((instance, balances))
 }
 
 fn balance_after(
@@ -288,4 +363,46 @@ async fn claim_codes(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balance_notices_split_under_the_payload_limit_and_read_back() {
+        let instance = Uuid::new_v4();
+        let balances: Vec<BalanceAfter> = (0..300)
+            .map(|i| BalanceAfter {
+                user_id: Uuid::new_v4(),
+                balance: Decimal::new(-12_345_678_901 + i, 8),
+                status: if i % 2 == 0 {
+                    AccountStatus::Active
+                } else {
+                    AccountStatus::Overdue
+                },
+                version: i,
+                up_to_seq: 7,
+            })
+            .collect();
+        let payloads = notice_payloads(instance, &balances);
+        assert!(payloads.len() > 1, "300 users need several notices");
+        let mut read = Vec::new();
+        for p in &payloads {
+            assert!(p.len() <= NOTICE_BYTES);
+            let (from, items) = parse_notice(p).expect("readable");
+            assert_eq!(from, instance);
+            read.extend(items);
+        }
+        assert_eq!(read.len(), balances.len());
+        for (a, b) in read.iter().zip(&balances) {
+            assert_eq!(
+                (a.user_id, a.balance, a.status, a.version),
+                (b.user_id, b.balance, b.status, b.version)
+            );
+        }
+        assert!(notice_payloads(instance, &[]).is_empty());
+        assert!(parse_notice("nonsense").is_err());
+        assert!(parse_notice(&format!("{instance}|{},1,x,active", Uuid::nil())).is_err());
+    }
 }

@@ -125,6 +125,34 @@ pub async fn stored_balance(
     .transpose()
 }
 
+/// The committed balances of `users` (for live balance actors to re-anchor on).
+pub async fn committed_balances(
+    pool: &PgPool,
+    users: &[Uuid],
+) -> Result<Vec<crate::db::ledger::BalanceAfter>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT user_id, balance, status, balance_version FROM data.user_profile
+         WHERE user_id = ANY($1)",
+    )
+    .bind(users)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let status: String = r.try_get("status")?;
+            Ok(crate::db::ledger::BalanceAfter {
+                user_id: r.try_get("user_id")?,
+                balance: r.try_get("balance")?,
+                status: status
+                    .parse()
+                    .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+                version: r.try_get("balance_version")?,
+                up_to_seq: 0,
+            })
+        })
+        .collect()
+}
+
 /// True when a login with this email exists.
 pub async fn email_exists(pool: &PgPool, email: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM auth.login WHERE lower(email) = lower($1))")

@@ -81,7 +81,12 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, axum::Json<Valu
             "upstreams": upstreams,
             "config": config,
             "cache": app.cache.stats(),
-            "status": if ok && redis != "unreachable" { "ok" } else { "degraded" },
+            "rate_limits": match &app.keys.limiter {
+                Some(l) => json!(l.stats()),
+                None => json!({"backend": "local", "global": false, "instances": app.config.instances}),
+            },
+            "status": if ok && redis != "unreachable" && app.keys.limiter.as_ref().is_none_or(|l| l.stats().global) { "ok" } else { "degraded" },
+            "instance": app.instance,
             "database": if database { "ok" } else { "unreachable" },
             "redis": redis,
             "actors": actors,

@@ -51,6 +51,9 @@ pub struct BalanceState {
     durable_balance: Decimal,
     durable_status: AccountStatus,
     durable_version: i64,
+    /// A newer committed state from another instance, kept until this instance's own
+    /// entries have committed (only then does `durable + unflushed` stay exact).
+    remote: Option<BalanceAfter>,
     /// This user's journal entries not yet known to be committed, oldest first.
     unflushed: VecDeque<PendingEntry>,
     balance: Decimal,
@@ -143,6 +146,9 @@ pub enum BalanceMsg {
     },
     /// PostgreSQL's state after a ledger commit that included this user. No reply.
     Durable(BalanceAfter),
+    /// PostgreSQL's state after another instance's commit (a `balance_update` notice) or
+    /// a periodic re-read. Applied when newer than what this actor knows. No reply.
+    Remote(BalanceAfter),
     /// Replies with the current view.
     Get { reply: RpcReplyPort<BalanceView> },
     /// Stops the actor if it holds no open reservation (its balance and pending charges
@@ -166,6 +172,7 @@ impl BalanceState {
             durable_balance: stored.balance,
             durable_status: stored.status,
             durable_version: stored.version,
+            remote: None,
             unflushed: args.loaded.pending.into(),
             balance: stored.balance,
             status: stored.status,
@@ -319,6 +326,33 @@ impl BalanceState {
             self.unflushed.pop_front();
         }
         self.rebuild();
+        if let Some(remote) = self.remote.take() {
+            self.remote(remote);
+        }
+    }
+
+    /// Takes another instance's committed state if it is newer than this actor's. While
+    /// this actor has entries of its own not yet committed, it cannot tell which of them
+    /// the newer state includes, so it keeps the state for when they have committed (their
+    /// commit's own report is newer still, or this one is applied then).
+    fn remote(&mut self, after: BalanceAfter) {
+        if after.version <= self.durable_version {
+            return;
+        }
+        if !self.unflushed.is_empty() {
+            if self
+                .remote
+                .as_ref()
+                .is_none_or(|r| r.version < after.version)
+            {
+                self.remote = Some(after);
+            }
+            return;
+        }
+        self.durable_balance = after.balance;
+        self.durable_status = after.status;
+        self.durable_version = after.version;
+        self.rebuild();
     }
 
     fn view(&self) -> BalanceView {
@@ -392,6 +426,7 @@ impl Actor for BalanceActor {
                 let _ = reply.send(state.credit(request_id, amount, kind));
             }
             BalanceMsg::Durable(after) => state.durable(after),
+            BalanceMsg::Remote(after) => state.remote(after),
             BalanceMsg::Get { reply } => {
                 let _ = reply.send(state.view());
             }
@@ -537,6 +572,52 @@ mod tests {
             up_to_seq: seq,
         });
         assert_eq!(s.balance, Decimal::from(107));
+    }
+
+    #[test]
+    fn other_instances_changes_apply_once_own_entries_have_committed() {
+        let mut s = state(10, AccountStatus::Active);
+        let user_id = s.user_id;
+        let remote = |balance: i64, status, version| BalanceAfter {
+            user_id,
+            balance: Decimal::from(balance),
+            status,
+            version,
+            up_to_seq: 0,
+        };
+        // Nothing of its own on the way: another instance's top-up applies at once.
+        let topped = remote(110, AccountStatus::Active, 3);
+        s.remote(topped);
+        assert_eq!(s.balance, Decimal::from(110));
+        assert_eq!(s.durable_version, 3);
+        // An older notice changes nothing.
+        let stale = remote(1, AccountStatus::Overdue, 2);
+        s.remote(stale);
+        assert_eq!(s.balance, Decimal::from(110));
+        // With a charge of its own uncommitted, a newer remote state waits: it may or may
+        // not include that charge.
+        s.settle(charge(4));
+        let seq = s.unflushed.back().map(|e| e.seq).unwrap_or_default();
+        let other = remote(100, AccountStatus::Active, 4);
+        s.remote(other);
+        assert_eq!(s.balance, Decimal::from(106), "own view kept meanwhile");
+        // Its own commit came first (version 4 would then include it): the kept notice
+        // (version 5: the other instance's charge of 6 after it) applies afterwards.
+        let newer = remote(100, AccountStatus::Active, 5);
+        s.remote(newer);
+        let batch = s.journal.take_batch(0, 10);
+        s.journal
+            .complete(0, seq, &batch.iter().map(|e| e.seq).collect());
+        s.durable(BalanceAfter {
+            user_id: s.user_id,
+            balance: Decimal::from(106),
+            status: AccountStatus::Active,
+            version: 4,
+            up_to_seq: seq,
+        });
+        assert_eq!(s.balance, Decimal::from(100));
+        assert_eq!(s.durable_version, 5);
+        assert!(s.remote.is_none());
     }
 
     #[test]

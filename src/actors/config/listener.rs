@@ -13,7 +13,12 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use super::{ConfigMsg, ConfigRef};
 use crate::config::Secret;
 
-pub const CHANNELS: [&str; 3] = ["virtual_key_update", "config_update", "neuropia_config"];
+pub const CHANNELS: [&str; 4] = [
+    "virtual_key_update",
+    "config_update",
+    "neuropia_config",
+    "balance_update",
+];
 pub const APPLICATION_NAME: &str = "neuropia-listener";
 
 async fn connect(url: &Secret) -> Result<PgListener, sqlx::Error> {

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::balances::{BalanceDirectory, BalanceMsg};
 use super::keys::KeysMsg;
 use super::root::Live;
 use super::{Gate, Held, Probe};
@@ -48,6 +49,10 @@ pub struct ConfigArgs {
     pub database_url: Secret,
     /// The safety net: reload everything this often.
     pub resync_every: Duration,
+    /// Live balance actors, told about balance changes committed by other instances.
+    pub balances: BalanceDirectory,
+    /// This process's id: its own `balance_update` notices are skipped.
+    pub instance: Uuid,
 }
 
 /// What operators see of the configuration flow.
@@ -212,6 +217,35 @@ impl ConfigState {
         }
         self.reload(myself);
         let _ = self.args.keys.get().cast(KeysMsg::Refresh);
+        self.refresh_balances();
+    }
+
+    /// Tells every live balance actor PostgreSQL's balance (another instance's changes may
+    /// have been missed while the listener was away). An actor with entries of its own on
+    /// the way keeps it until they commit.
+    fn refresh_balances(&self) {
+        let users: Vec<Uuid> = self.args.balances.iter().map(|e| *e.key()).collect();
+        if users.is_empty() {
+            return;
+        }
+        let (pool, directory) = (self.args.pool.clone(), self.args.balances.clone());
+        tokio::spawn(async move {
+            for chunk in users.chunks(5_000) {
+                match db::users::committed_balances(&pool, chunk).await {
+                    Ok(list) => {
+                        for after in list {
+                            if let Some(actor) = directory.get(&after.user_id) {
+                                let _ = actor.cast(BalanceMsg::Remote(after));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "refreshing live balances failed");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     fn loaded(&mut self, myself: &ConfigRef, result: Result<Box<Snapshot>, String>) {
@@ -260,6 +294,15 @@ impl ConfigState {
                     record: Some(record),
                     reply: None,
                 });
+            }),
+            "balance_update" => db::ledger::parse_notice(payload).map(|(from, balances)| {
+                if from != self.args.instance {
+                    for after in balances {
+                        if let Some(actor) = self.args.balances.get(&after.user_id) {
+                            let _ = actor.cast(BalanceMsg::Remote(after));
+                        }
+                    }
+                }
             }),
             "config_update" => config_notice(payload).map(|(id, action)| {
                 if action == "deactivate" {

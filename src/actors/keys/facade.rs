@@ -9,6 +9,7 @@ use crate::actors::root::Live;
 use crate::actors::{ResolveError, SupervisorStats};
 use crate::auth::KeyHash;
 use crate::db::keys::KeyRecord;
+use crate::ratelimit::{GlobalLimiter, Verdict};
 
 /// Why a key refused a call, or why the call could not be checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,17 +25,27 @@ pub struct Admitted {
     pub admission: Admission,
     key: KeyHandle,
     estimated_tokens: u64,
+    /// The limiter that counted the call's tokens, when Redis did.
+    global: Option<GlobalLimiter>,
 }
 
 impl Admitted {
     /// Replaces the call's tpm estimate with `actual_tokens` (0: nothing was produced).
     /// Keys without a tpm limit have nothing to correct and get no message.
     pub fn record(&self, actual_tokens: u64) {
-        if self.admission.counts_tokens {
-            let _ = self.key.cast(KeyMsg::Record {
-                estimated_tokens: self.estimated_tokens,
-                actual_tokens,
-            });
+        if !self.admission.counts_tokens {
+            return;
+        }
+        match &self.global {
+            Some(limiter) => {
+                limiter.correct(self.admission.key_id, self.estimated_tokens, actual_tokens);
+            }
+            None => {
+                let _ = self.key.cast(KeyMsg::Record {
+                    estimated_tokens: self.estimated_tokens,
+                    actual_tokens,
+                });
+            }
         }
     }
 }
@@ -45,6 +56,8 @@ pub struct Keys {
     pub supervisor: Live<KeysMsg>,
     pub directory: KeyDirectory,
     pub timeout: Duration,
+    /// With `RATE_LIMIT_BACKEND=redis`: where rpm and tpm are counted.
+    pub limiter: Option<GlobalLimiter>,
 }
 
 impl Keys {
@@ -95,25 +108,77 @@ impl Keys {
 
     /// Admits one call of `model` with the key whose hash is `hash`, counting
     /// `estimated_tokens` in its tpm window until the call reports what it used.
+    ///
+    /// With the Redis backend the key actor checks the active flag and the allow-list, then
+    /// Redis counts rpm and tpm; if Redis fails the actor is asked again to count them
+    /// locally at this instance's share.
     pub async fn admit(
         &self,
         hash: KeyHash,
         model: &str,
         estimated_tokens: u64,
     ) -> Result<Admitted, AdmitError> {
+        let share = self.limiter.as_ref().map_or(1, GlobalLimiter::share);
+        let (admission, key) = self
+            .admit_with(hash, model, estimated_tokens, share)
+            .await?;
+        let Some(limiter) = self.limiter.as_ref().filter(|_| admission.global) else {
+            return Ok(Admitted {
+                admission,
+                key,
+                estimated_tokens,
+                global: None,
+            });
+        };
+        let verdict = limiter
+            .admit(
+                admission.key_id,
+                admission.rpm,
+                admission.tpm,
+                estimated_tokens,
+            )
+            .await;
+        match verdict {
+            Ok(Verdict::Allowed) => Ok(Admitted {
+                admission,
+                key,
+                estimated_tokens,
+                global: Some(limiter.clone()),
+            }),
+            Ok(Verdict::Rpm(retry_after)) => Err(AdmitError::Denied(Denied::Rpm { retry_after })),
+            Ok(Verdict::Tpm(retry_after)) => Err(AdmitError::Denied(Denied::Tpm { retry_after })),
+            Err(()) => {
+                // Redis failed: this instance enforces its share of the limits itself.
+                let share = limiter.instances();
+                let (admission, key) = self
+                    .admit_with(hash, model, estimated_tokens, share)
+                    .await?;
+                Ok(Admitted {
+                    admission,
+                    key,
+                    estimated_tokens,
+                    global: None,
+                })
+            }
+        }
+    }
+
+    async fn admit_with(
+        &self,
+        hash: KeyHash,
+        model: &str,
+        estimated_tokens: u64,
+        share: u32,
+    ) -> Result<(Admission, KeyHandle), AdmitError> {
         let (answer, key) = self
             .call(hash, |reply| KeyMsg::Admit {
                 model: model.to_owned(),
                 estimated_tokens,
+                share,
                 reply,
             })
             .await?;
-        let admission = answer.map_err(AdmitError::Denied)?;
-        Ok(Admitted {
-            admission,
-            key,
-            estimated_tokens,
-        })
+        Ok((answer.map_err(AdmitError::Denied)?, key))
     }
 
     pub async fn stats(&self) -> Option<SupervisorStats> {

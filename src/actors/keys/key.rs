@@ -2,6 +2,10 @@
 //! decides whether the key may make a call right now: active flag, model allow-list, rpm
 //! (a governor GCRA limiter of its own, so each key has its own quota) and tpm (a 60 s
 //! window of estimated-then-corrected tokens).
+//!
+//! With the Redis rate-limit backend the actor checks only the flag and the allow-list
+//! (`share` 0) and Redis counts rpm and tpm ([`crate::ratelimit`]); while Redis is
+//! unreachable it counts them here at `limit / instances` (`share` = instances).
 
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
@@ -32,6 +36,10 @@ pub struct KeyState {
     rpm_seen: TokenWindow,
     tpm: Option<TokenWindow>,
     clock: DefaultClock,
+    /// The divisor the local limits are built with (1: the key's own limits).
+    share: u32,
+    /// The `share` of the last admission (0: counted in Redis), for operators.
+    last_share: u32,
 }
 
 /// Who the key belongs to, handed to the request once admitted.
@@ -41,8 +49,13 @@ pub struct Admission {
     pub user_id: Uuid,
     pub tenant_id: Uuid,
     /// The key has a tpm window: the call's actual tokens must be reported back
-    /// ([`KeyMsg::Record`]). Without one there is nothing to correct, and no message to send.
+    /// ([`KeyMsg::Record`], or to Redis when `global`). Without one there is nothing to
+    /// correct, and no message to send.
     pub counts_tokens: bool,
+    /// rpm and tpm are still to be checked in Redis (the actor was asked with `share` 0).
+    pub global: bool,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
 }
 
 /// Why a key may not make this call. Domain outcomes, never actor failures.
@@ -61,9 +74,11 @@ pub enum Denied {
 pub enum KeyMsg {
     /// Checks and takes one request (and `estimated_tokens` of the tpm window) for
     /// `model`. Replies with the key's owner, or why not.
+    /// `share`: 0 leaves rpm and tpm to Redis; n > 0 counts them here at `limit / n`.
     Admit {
         model: String,
         estimated_tokens: u64,
+        share: u32,
         reply: RpcReplyPort<Result<Admission, Denied>>,
     },
     /// Replaces an admitted estimate with the tokens the call actually used. No reply.
@@ -98,8 +113,15 @@ pub struct KeyView {
 
 pub type KeyRef = ActorRef<KeyMsg>;
 
-fn rpm_limiter(rpm: Option<u32>) -> Option<DefaultDirectRateLimiter> {
-    rpm.and_then(NonZeroU32::new)
+/// A limit's share for one of `share` instances (at least 1).
+fn divided<T: From<u32> + std::ops::Div<Output = T> + Ord>(limit: T, share: u32) -> T {
+    let share = share.max(1);
+    (limit / T::from(share)).max(T::from(1))
+}
+
+fn rpm_limiter(rpm: Option<u32>, share: u32) -> Option<DefaultDirectRateLimiter> {
+    rpm.map(|r| divided(r, share))
+        .and_then(NonZeroU32::new)
         .map(|n| RateLimiter::direct(Quota::per_minute(n)))
 }
 
@@ -108,11 +130,13 @@ impl KeyState {
         Self {
             probe,
             held: Held::default(),
-            rpm: rpm_limiter(record.rpm),
+            rpm: rpm_limiter(record.rpm, 1),
             rpm_seen: TokenWindow::new(u64::MAX),
             tpm: record.tpm.map(TokenWindow::new),
             record,
             clock: DefaultClock::default(),
+            share: 1,
+            last_share: 1,
         }
     }
 
@@ -134,22 +158,44 @@ impl KeyState {
             "tpm_limit": self.record.tpm,
             "tpm_used": self.tpm.as_ref().map(|w| w.used(now)),
             "tpm_headroom": self.tpm.as_ref().map(|w| w.limit().saturating_sub(w.used(now))),
+            "limits_counted": match self.last_share {
+                0 => "redis".to_owned(),
+                1 => "local".to_owned(),
+                n => format!("local, 1/{n} of the limits (Redis unreachable)"),
+            },
         })
     }
 
     fn replace(&mut self, record: KeyRecord) {
         if record.rpm != self.record.rpm {
-            self.rpm = rpm_limiter(record.rpm);
+            self.rpm = rpm_limiter(record.rpm, self.share);
         }
-        match (record.tpm, &mut self.tpm) {
+        self.set_tpm(record.tpm);
+        self.record = record;
+    }
+
+    fn set_tpm(&mut self, tpm: Option<u64>) {
+        match (tpm.map(|l| divided(l, self.share)), &mut self.tpm) {
             (Some(limit), Some(w)) => w.set_limit(limit),
             (Some(limit), None) => self.tpm = Some(TokenWindow::new(limit)),
             (None, _) => self.tpm = None,
         }
-        self.record = record;
     }
 
-    fn admit(&mut self, model: &str, estimated_tokens: u64) -> Result<Admission, Denied> {
+    /// Rebuilds the local limits for `share` instances (the rpm limiter restarts; the tpm
+    /// window keeps its count).
+    fn reshare(&mut self, share: u32) {
+        self.share = share;
+        self.rpm = rpm_limiter(self.record.rpm, share);
+        self.set_tpm(self.record.tpm);
+    }
+
+    fn admit(
+        &mut self,
+        model: &str,
+        estimated_tokens: u64,
+        share: u32,
+    ) -> Result<Admission, Denied> {
         let r = &self.record;
         if !r.is_active {
             return Err(Denied::Inactive);
@@ -157,6 +203,24 @@ impl KeyState {
         if !r.allowed_models.is_empty() && !r.allowed_models.iter().any(|m| m == model) {
             return Err(Denied::ModelNotAllowed);
         }
+        self.last_share = share;
+        if share == 0 {
+            // Redis counts rpm and tpm; this instance only remembers that it was busy.
+            self.rpm_seen.take(Instant::now(), 1);
+            return Ok(Admission {
+                key_id: r.id,
+                user_id: r.user_id,
+                tenant_id: r.tenant_id,
+                counts_tokens: r.tpm.is_some(),
+                global: r.rpm.is_some() || r.tpm.is_some(),
+                rpm: r.rpm,
+                tpm: r.tpm,
+            });
+        }
+        if share != self.share {
+            self.reshare(share);
+        }
+        let r = &self.record;
         // Check tpm before taking an rpm cell, so a refused request costs no rpm.
         let now = Instant::now();
         if let Some(w) = &self.tpm
@@ -180,6 +244,9 @@ impl KeyState {
             user_id: r.user_id,
             tenant_id: r.tenant_id,
             counts_tokens: self.tpm.is_some(),
+            global: false,
+            rpm: r.rpm,
+            tpm: r.tpm,
         })
     }
 }
@@ -219,9 +286,10 @@ impl Actor for KeyActor {
             KeyMsg::Admit {
                 model,
                 estimated_tokens,
+                share,
                 reply,
             } => {
-                let _ = reply.send(state.admit(&model, estimated_tokens));
+                let _ = reply.send(state.admit(&model, estimated_tokens, share));
             }
             KeyMsg::Record {
                 estimated_tokens,
@@ -278,9 +346,9 @@ mod tests {
     #[test]
     fn rpm_allows_exactly_the_quota_in_a_burst() {
         let mut s = KeyState::new(record(Some(30), None, &[]), Probe::new());
-        let served = (0..100).filter(|_| s.admit("m", 10).is_ok()).count();
+        let served = (0..100).filter(|_| s.admit("m", 10, 1).is_ok()).count();
         assert_eq!(served, 30);
-        match s.admit("m", 10) {
+        match s.admit("m", 10, 1) {
             Err(Denied::Rpm { retry_after }) => {
                 assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(2))
             }
@@ -291,27 +359,27 @@ mod tests {
     #[test]
     fn allow_list_and_active_flag_are_enforced() {
         let mut s = KeyState::new(record(None, None, &["a"]), Probe::new());
-        assert!(s.admit("a", 1).is_ok());
-        assert_eq!(s.admit("b", 1), Err(Denied::ModelNotAllowed));
+        assert!(s.admit("a", 1, 1).is_ok());
+        assert_eq!(s.admit("b", 1, 1), Err(Denied::ModelNotAllowed));
         s.record.is_active = false;
-        assert_eq!(s.admit("a", 1), Err(Denied::Inactive));
+        assert_eq!(s.admit("a", 1, 1), Err(Denied::Inactive));
     }
 
     #[test]
     fn replacing_the_record_applies_at_once() {
         let mut s = KeyState::new(record(Some(1), Some(100), &[]), Probe::new());
-        assert!(s.admit("m", 60).is_ok());
+        assert!(s.admit("m", 60, 1).is_ok());
         let mut changed = s.record.clone();
         changed.is_active = false;
         s.replace(changed.clone());
-        assert_eq!(s.admit("m", 1), Err(Denied::Inactive));
+        assert_eq!(s.admit("m", 1, 1), Err(Denied::Inactive));
         changed.is_active = true;
         changed.rpm = Some(5);
         changed.tpm = Some(80);
         s.replace(changed);
-        assert!(s.admit("m", 20).is_ok(), "new rpm quota, 60 + 20 <= 80");
+        assert!(s.admit("m", 20, 1).is_ok(), "new rpm quota, 60 + 20 <= 80");
         assert!(
-            matches!(s.admit("m", 1), Err(Denied::Tpm { .. })),
+            matches!(s.admit("m", 1, 1), Err(Denied::Tpm { .. })),
             "tpm count kept"
         );
     }
@@ -319,15 +387,40 @@ mod tests {
     #[test]
     fn tpm_refusals_do_not_spend_rpm() {
         let mut s = KeyState::new(record(Some(2), Some(100), &[]), Probe::new());
-        assert!(s.admit("m", 100).is_ok());
-        assert!(matches!(s.admit("m", 1), Err(Denied::Tpm { .. })));
+        assert!(s.admit("m", 100, 1).is_ok());
+        assert!(matches!(s.admit("m", 1, 1), Err(Denied::Tpm { .. })));
         assert!(matches!(
-            s.admit("m", 1000),
+            s.admit("m", 1000, 1),
             Err(Denied::Tpm { retry_after: None })
         ));
         // One rpm cell is left despite the two tpm refusals.
         s.tpm = None;
-        assert!(s.admit("m", 1).is_ok());
-        assert!(matches!(s.admit("m", 1), Err(Denied::Rpm { .. })));
+        assert!(s.admit("m", 1, 1).is_ok());
+        assert!(matches!(s.admit("m", 1, 1), Err(Denied::Rpm { .. })));
+    }
+
+    #[test]
+    fn redis_share_counts_nothing_here_and_fallback_divides_the_limits() {
+        let mut s = KeyState::new(record(Some(30), Some(900), &[]), Probe::new());
+        for _ in 0..100 {
+            let a = s.admit("m", 10, 0).expect("Redis counts");
+            assert!(a.global && a.counts_tokens);
+            assert_eq!((a.rpm, a.tpm), (Some(30), Some(900)));
+        }
+        // Redis down, three instances: this one serves a third of the limits.
+        let served = (0..100).filter(|_| s.admit("m", 10, 3).is_ok()).count();
+        assert_eq!(served, 10);
+        let mut s = KeyState::new(record(None, Some(900), &[]), Probe::new());
+        assert!(s.admit("m", 300, 3).is_ok());
+        assert!(
+            matches!(s.admit("m", 1, 3), Err(Denied::Tpm { .. })),
+            "900 / 3 = 300 tokens"
+        );
+        // Back to one instance's full limits: the window keeps its count.
+        assert!(s.admit("m", 600, 1).is_ok());
+        assert!(matches!(s.admit("m", 1, 1), Err(Denied::Tpm { .. })));
+        // A key without limits is not sent to Redis at all.
+        let mut s = KeyState::new(record(None, None, &[]), Probe::new());
+        assert!(!s.admit("m", 1, 0).expect("admitted").global);
     }
 }
