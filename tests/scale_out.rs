@@ -1,0 +1,568 @@
+//! Scale-out: three `neuropia serve` processes on loopback over one PostgreSQL database and
+//! one Redis (a private `redis-server`, so the test can stop it). Rate limits hold across
+//! the instances, money stays exact, a revocation reaches every instance, one instance
+//! killed under load loses no answered charge while the others keep serving, and with
+//! Redis gone each instance enforces its share of the limits until Redis is back.
+
+#![expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use neuropia::billing::Decimal;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+const INSTANCES: usize = 3;
+/// One mock call: 12 prompt tokens at 0.001 + 8 completion tokens at 0.002.
+const CALL_COST: &str = "0.028";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_redis(port: u16) -> Child {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server");
+    let url = format!("redis://127.0.0.1:{port}");
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if let Ok(c) = redis::Client::open(url.as_str())
+            && c.get_multiplexed_async_connection().await.is_ok()
+        {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("redis-server did not start on {port}");
+}
+
+/// Three gateways over one database and one Redis.
+struct Cluster {
+    db: String,
+    redis_port: u16,
+    redis: Option<Child>,
+    gateways: std::sync::Mutex<Vec<Option<Child>>>,
+    apis: Vec<Api>,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let db = format!("neuropia_test_{}", Uuid::new_v4().simple());
+        let redis_port = free_port();
+        let redis = start_redis(redis_port).await;
+        let mut gateways = Vec::new();
+        let mut apis = Vec::new();
+        // One after the other: the first creates and migrates the database.
+        for _ in 0..INSTANCES {
+            let port = free_port();
+            gateways.push(Some(start_gateway(&db, port, redis_port).await));
+            apis.push(Api::connect(format!("http://127.0.0.1:{port}")).await);
+        }
+        Self {
+            db,
+            redis_port,
+            redis: Some(redis),
+            gateways: std::sync::Mutex::new(gateways),
+            apis,
+        }
+    }
+
+    async fn pg(&self) -> PgConnection {
+        PgConnection::connect(&format!("{}/{}", server_url(), self.db))
+            .await
+            .unwrap()
+    }
+
+    async fn health(&self, i: usize) -> Value {
+        let r = self.apis[i]
+            .client
+            .get(self.apis[i].url("/health"))
+            .send()
+            .await
+            .unwrap();
+        r.json().await.unwrap()
+    }
+
+    /// Takes instance `i`'s process (to kill it).
+    fn take(&self, i: usize) -> Child {
+        self.gateways.lock().unwrap()[i].take().unwrap()
+    }
+
+    async fn stop(mut self) {
+        let gateways = std::mem::take(&mut *self.gateways.lock().unwrap());
+        for mut g in gateways.into_iter().flatten() {
+            let _ = g.start_kill();
+            let _ = g.wait().await;
+        }
+        if let Some(mut r) = self.redis.take() {
+            let _ = r.start_kill();
+            let _ = r.wait().await;
+        }
+        if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", server_url())).await {
+            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db);
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+async fn start_gateway(db: &str, port: u16, redis_port: u16) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_neuropia"))
+        .arg("serve")
+        .env("DATABASE_URL", format!("{}/{db}", server_url()))
+        .env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
+        .env("NEUROPIA_INSTANCES", INSTANCES.to_string())
+        .env_remove("RATE_LIMIT_BACKEND")
+        .env("NEUROPIA_BIND", format!("127.0.0.1:{port}"))
+        .env("BILLING_DURABILITY", "strict")
+        .env("NEUROPIA_DB_POOL", "6")
+        .env("JWT_SECRET", "scale-out-test-secret-0123")
+        .env("NEUROPIA_ADMIN_EMAIL", ADMIN_EMAIL)
+        .env("NEUROPIA_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("DASHSCOPE_API_KEY", PLATFORM_KEY)
+        .env("NEUROPIA_WORKER_THREADS", "2")
+        .env("RUST_LOG", "error")
+        .env_remove("NEUROPIA_DEMO")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the gateway binary starts");
+    let client = reqwest::Client::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway did not come up on port {port}");
+}
+
+/// Polls `check` every 5 ms until it holds; returns how long that took.
+async fn within<F, Fut>(secs: u64, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(secs) {
+        if check().await {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{what}: not within {secs} s");
+}
+
+async fn chat_status(api: &Api, key: &str) -> StatusCode {
+    let r = api.chat(key, &chat_body("qwen-turbo")).await;
+    let status = r.status();
+    let _ = r.bytes().await;
+    status
+}
+
+/// Sends `n` calls at once, call `i` to instance `i % 3`; returns the statuses per instance.
+async fn burst(apis: &[Api], key: &str, n: usize) -> Vec<Vec<StatusCode>> {
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let api = &apis[i % apis.len()];
+            let (client, url, key) = (
+                api.client.clone(),
+                api.url("/v1/chat/completions"),
+                key.to_owned(),
+            );
+            tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .header("x-virtual-key", key)
+                    .json(&chat_body("qwen-turbo"))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status();
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    assert!(
+                        r.headers().contains_key("retry-after"),
+                        "429 without Retry-After"
+                    );
+                }
+                let _ = r.bytes().await;
+                (i % INSTANCES, status)
+            })
+        })
+        .collect();
+    let mut per = vec![Vec::new(); apis.len()];
+    for c in calls {
+        let (i, status) = c.await.unwrap();
+        per[i].push(status);
+    }
+    per
+}
+
+fn count(per: &[Vec<StatusCode>], status: StatusCode) -> usize {
+    per.iter().flatten().filter(|s| **s == status).count()
+}
+
+/// The user's committed balance, charges and usage rows.
+async fn money(conn: &mut PgConnection, user: Uuid) -> (Decimal, Decimal, i64) {
+    sqlx::query_as(
+        "SELECT p.balance,
+                COALESCE((SELECT -sum(amount) FROM data.balance_ledger
+                          WHERE user_id = p.user_id AND kind = 'charge'), 0),
+                (SELECT count(*) FROM data.usage_log WHERE user_id = p.user_id)
+         FROM data.user_profile p WHERE p.user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// Every instance's balance actor agrees with PostgreSQL (notices reached them); returns
+/// how long that took.
+async fn all_agree(c: &Cluster, user: Uuid, live: &[usize]) -> Duration {
+    let mut conn = c.pg().await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let (committed, _, _) = money(&mut conn, user).await;
+        let mut agree = true;
+        for &i in live {
+            agree &= c.apis[i].api_balance(user).await.0 == committed;
+        }
+        if agree {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the instances do not agree on {user}'s balance within 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_share_limits_money_and_revocation() {
+    let mock = mock_upstream().await;
+    let c = Cluster::start().await;
+    let a = &c.apis[0];
+    a.route_to_mock("qwen-turbo", &mock, "0.001", "0.002").await;
+    let (user, token) = a.register("scale@example.com").await;
+    a.top_up(user, "100").await;
+    let unlimited = a.create_key(&token, user, json!({"name": "plain"})).await;
+    // The routing reached every instance (config_update NOTIFY).
+    for api in &c.apis {
+        within(5, "model routed on every instance", || async {
+            chat_status(api, &unlimited).await == StatusCode::OK
+        })
+        .await;
+    }
+    let h = c.health(1).await;
+    assert_eq!(h["rate_limits"]["backend"], "redis", "{h}");
+    assert_eq!(h["rate_limits"]["global"], true, "{h}");
+
+    // 1. A burst of 90 calls on an rpm=30 key, spread over the instances, serves 30.
+    let key = a
+        .create_key(&token, user, json!({"name": "rpm30", "rate_limit_rpm": 30}))
+        .await;
+    let per = burst(&c.apis, &key, 90).await;
+    assert_eq!(count(&per, StatusCode::OK), 30, "{per:?}");
+    assert_eq!(count(&per, StatusCode::TOO_MANY_REQUESTS), 60, "{per:?}");
+    eprintln!(
+        "rpm 30 over 3 instances: served per instance {:?}",
+        per.iter()
+            .map(|p| p.iter().filter(|s| **s == StatusCode::OK).count())
+            .collect::<Vec<_>>()
+    );
+    // tpm is global too: 3 calls of 24 estimated tokens fit in 80, the 4th does not.
+    let tpm_key = a
+        .create_key(&token, user, json!({"name": "tpm", "rate_limit_tpm": 80}))
+        .await;
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        statuses.push(chat_status(&c.apis[i % INSTANCES], &tpm_key).await);
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ],
+        "after the first calls the window holds their actual 20 tokens each: 60 + 24 > 80"
+    );
+
+    // 2. Money: exact across instances, and every instance learns the others' charges.
+    let mut pg = c.pg().await;
+    let served = 30 + 3 + INSTANCES as i64;
+    let (balance, charges, rows) = money(&mut pg, user).await;
+    assert_eq!(
+        rows, served,
+        "strict durability: every answered call is committed"
+    );
+    assert_eq!(charges, d(CALL_COST) * Decimal::from(served));
+    assert_eq!(balance, d("100") - charges);
+    let took = all_agree(&c, user, &[0, 1, 2]).await;
+    eprintln!("every instance knew the others' charges after {took:?}");
+    // A top-up through instance 2 is seen by 0 and 1 (balance_update notices).
+    c.apis[2].top_up(user, "50").await;
+    let took = all_agree(&c, user, &[0, 1, 2]).await;
+    eprintln!("a top-up through one instance reached the others after {took:?}");
+
+    // 3. Cross-instance overdraft: a user with money for five calls bursts 60 calls over
+    // the three instances. Each instance admits while its own view of the balance minus
+    // its open reservations is positive, so the documented bound is
+    // balance >= -((N - 1) * B + N * r) with B the starting balance and r one reservation.
+    let (poor, poor_token) = a.register("poor@example.com").await;
+    let start = d("0.14");
+    a.top_up(poor, "0.14").await;
+    let poor_key = a
+        .create_key(&poor_token, poor, json!({"name": "poor"}))
+        .await;
+    for api in &c.apis {
+        // Each instance has the user's actor live and funded before the burst.
+        within(5, "the top-up on every instance", || async {
+            api.api_balance(poor).await == (start, "active".to_owned())
+        })
+        .await;
+    }
+    let per = burst(&c.apis, &poor_key, 60).await;
+    let ok = count(&per, StatusCode::OK);
+    assert_eq!(
+        ok + count(&per, StatusCode::PAYMENT_REQUIRED),
+        60,
+        "only served or refused for money: {per:?}"
+    );
+    all_agree(&c, poor, &[0, 1, 2]).await;
+    let (balance, charges, rows) = money(&mut pg, poor).await;
+    assert_eq!(rows as usize, ok);
+    assert_eq!(charges, d(CALL_COST) * Decimal::from(ok as u64));
+    assert_eq!(balance, start - charges);
+    // r: a 16-token prompt estimate at 0.001 + max_tokens 8 at 0.002.
+    let reservation = d("0.032");
+    let n = Decimal::from(INSTANCES as u64);
+    let bound = -((n - Decimal::ONE) * start + n * reservation);
+    assert!(
+        balance >= bound,
+        "balance {balance} below the bound {bound}"
+    );
+    eprintln!(
+        "cross-instance overdraft: {ok} served on a balance for 5, final balance {balance} \
+         (bound {bound})"
+    );
+    if balance <= Decimal::ZERO {
+        // Every instance knows the account is overdue and refuses.
+        for api in &c.apis {
+            let (_, status) = api.api_balance(poor).await;
+            assert_eq!(status, "overdue");
+            assert_eq!(
+                chat_status(api, &poor_key).await,
+                StatusCode::PAYMENT_REQUIRED
+            );
+        }
+    }
+
+    // 4. Revocation through one instance reaches every instance.
+    for (via, how) in [(1usize, "api"), (0, "sql")] {
+        let (status, created) = a
+            .post(
+                &format!("/api/users/{user}/virtual-keys"),
+                &token,
+                json!({"name": format!("revoke-{how}")}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let key = created["virtual_key"].as_str().unwrap().to_owned();
+        let key_id = created["id"].as_str().unwrap().to_owned();
+        for api in &c.apis {
+            assert_eq!(chat_status(api, &key).await, StatusCode::OK);
+        }
+        let sent = Instant::now();
+        if how == "api" {
+            let (status, body) = c.apis[via]
+                .post(
+                    &format!("/api/virtual-keys/{key_id}/deactivate"),
+                    &c.apis[via].admin_token,
+                    json!({"reason": "scale-out test"}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        } else {
+            sqlx::query("SELECT data.deactivate_virtual_key($1, 'revoked in SQL')")
+                .bind(&key)
+                .execute(&mut pg)
+                .await
+                .unwrap();
+        }
+        let mut took = Vec::new();
+        for api in &c.apis {
+            within(5, "revocation on every instance", || async {
+                chat_status(api, &key).await == StatusCode::UNAUTHORIZED
+            })
+            .await;
+            took.push(sent.elapsed());
+        }
+        eprintln!("revoked through {how}: refused by the instances after {took:?}");
+    }
+
+    // 5. One instance killed under load: the others keep serving, nothing answered is lost.
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..24)
+        .map(|w| {
+            let api = &c.apis[w % INSTANCES];
+            let (client, url, key, stop) = (
+                api.client.clone(),
+                api.url("/v1/chat/completions"),
+                unlimited.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut answered = Vec::new();
+                let mut after_kill = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    let sent = client
+                        .post(&url)
+                        .header("x-virtual-key", &key)
+                        .json(&chat_body("qwen-turbo"))
+                        .send()
+                        .await;
+                    let Ok(r) = sent else {
+                        // The killed instance's clients stop.
+                        break;
+                    };
+                    let id = r.headers().get("x-request-id").cloned();
+                    if r.status() == 200 && r.bytes().await.is_ok() {
+                        answered.push(id.unwrap().to_str().unwrap().to_owned());
+                        after_kill += 1;
+                    }
+                }
+                (w % INSTANCES, answered, after_kill)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let rows_before = money(&mut pg, user).await.2;
+    let mut victim = c.take(2);
+    victim.start_kill().unwrap(); // SIGKILL
+    victim.wait().await.unwrap();
+    let killed_at = Instant::now();
+    // The survivors keep serving.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for i in 0..2 {
+        assert_eq!(chat_status(&c.apis[i], &unlimited).await, StatusCode::OK);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut answered = HashSet::new();
+    let mut per_instance = [0usize; INSTANCES];
+    for w in workers {
+        let (i, ids, _) = w.await.unwrap();
+        per_instance[i] += ids.len();
+        answered.extend(ids);
+    }
+    assert!(answered.len() >= 100, "enough load: {per_instance:?}");
+    let logged: HashSet<String> =
+        sqlx::query_scalar::<_, String>("SELECT request_id FROM data.usage_log WHERE user_id = $1")
+            .bind(user)
+            .fetch_all(&mut pg)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let missing: Vec<&String> = answered.difference(&logged).collect();
+    assert!(missing.is_empty(), "answered but not billed: {missing:?}");
+    let (balance, charges, rows) = money(&mut pg, user).await;
+    assert_eq!(charges, d(CALL_COST) * Decimal::from(rows as u64));
+    assert_eq!(balance, d("150") - charges);
+    assert!(rows > rows_before);
+    eprintln!(
+        "kill -9 of one instance under load: answered per instance {per_instance:?}, \
+         {} billed, survivors checked {:?} after the kill",
+        rows,
+        killed_at.elapsed()
+    );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_redis_each_instance_enforces_its_share_until_redis_is_back() {
+    let mock = mock_upstream().await;
+    let mut c = Cluster::start().await;
+    let a = &c.apis[0];
+    a.route_to_mock("qwen-turbo", &mock, "0.001", "0.002").await;
+    let (user, token) = a.register("fallback@example.com").await;
+    a.top_up(user, "100").await;
+    let probe = a.create_key(&token, user, json!({"name": "probe"})).await;
+    for api in &c.apis {
+        within(5, "model routed on every instance", || async {
+            chat_status(api, &probe).await == StatusCode::OK
+        })
+        .await;
+    }
+
+    // Redis goes away: each instance enforces rpm 30 / 3 = 10.
+    let mut redis = c.redis.take().unwrap();
+    redis.start_kill().unwrap();
+    redis.wait().await.unwrap();
+    let key = c.apis[0]
+        .create_key(&token, user, json!({"name": "rpm30", "rate_limit_rpm": 30}))
+        .await;
+    let per = burst(&c.apis, &key, 90).await;
+    let served: Vec<usize> = per
+        .iter()
+        .map(|p| p.iter().filter(|s| **s == StatusCode::OK).count())
+        .collect();
+    assert_eq!(served, vec![10, 10, 10], "{per:?}");
+    assert_eq!(count(&per, StatusCode::TOO_MANY_REQUESTS), 60);
+    for i in 0..INSTANCES {
+        let h = c.health(i).await;
+        assert_eq!(h["rate_limits"]["global"], false, "{h}");
+        assert_eq!(h["status"], "degraded", "{h}");
+    }
+    let metrics = c.apis[0].metrics().await;
+    assert!(
+        metrics.contains("neuropia_rate_limit_global 0"),
+        "fallback visible in /metrics"
+    );
+
+    // Redis is back: limits are global again, and a new key's burst serves exactly 30.
+    c.redis = Some(start_redis(c.redis_port).await);
+    for i in 0..INSTANCES {
+        within(5, "rate limits global again", || async {
+            c.health(i).await["rate_limits"]["global"] == true
+        })
+        .await;
+    }
+    let key = c.apis[1]
+        .create_key(
+            &token,
+            user,
+            json!({"name": "rpm30-again", "rate_limit_rpm": 30}),
+        )
+        .await;
+    let per = burst(&c.apis, &key, 90).await;
+    assert_eq!(count(&per, StatusCode::OK), 30, "{per:?}");
+    c.stop().await;
+}
