@@ -42,17 +42,8 @@ async fn start_redis(port: u16) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("redis-server");
-    let url = format!("redis://127.0.0.1:{port}");
-    let until = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < until {
-        if let Ok(c) = redis::Client::open(url.as_str())
-            && c.get_multiplexed_async_connection().await.is_ok()
-        {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("redis-server did not start on {port}");
+    start_wait(port).await;
+    child
 }
 
 /// Three gateways over one database and one Redis.
@@ -187,8 +178,9 @@ async fn chat_status(api: &Api, key: &str) -> StatusCode {
     status
 }
 
-/// Sends `n` calls at once, call `i` to instance `i % 3`; returns the statuses per instance.
+/// Sends `n` calls at once, call `i` to `apis[i % apis.len()]`; returns the statuses per instance.
 async fn burst(apis: &[Api], key: &str, n: usize) -> Vec<Vec<StatusCode>> {
+    let n_apis = apis.len();
     let calls: Vec<_> = (0..n)
         .map(|i| {
             let api = &apis[i % apis.len()];
@@ -213,7 +205,7 @@ async fn burst(apis: &[Api], key: &str, n: usize) -> Vec<Vec<StatusCode>> {
                     );
                 }
                 let _ = r.bytes().await;
-                (i % INSTANCES, status)
+                (i % n_apis, status)
             })
         })
         .collect();
@@ -565,4 +557,133 @@ async fn without_redis_each_instance_enforces_its_share_until_redis_is_back() {
     let per = burst(&c.apis, &key, 90).await;
     assert_eq!(count(&per, StatusCode::OK), 30, "{per:?}");
     c.stop().await;
+}
+
+/// Starts a three-master Redis Cluster on free ports; returns the processes and the
+/// comma-separated seed URLs.
+async fn start_redis_cluster(dir: &std::path::Path) -> (Vec<Child>, String) {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut nodes = Vec::new();
+    for port in &ports {
+        let conf = dir.join(format!("nodes-{port}.conf"));
+        nodes.push(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(&conf)
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("redis-server"),
+        );
+    }
+    for port in &ports {
+        start_wait(*port).await;
+    }
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .await
+        .expect("redis-cli");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // Wait until every node reports the cluster as ok.
+    for port in &ports {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "cluster", "info"])
+                .output()
+                .await
+                .expect("redis-cli");
+            if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(Instant::now() < until, "cluster did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let urls = ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (nodes, urls)
+}
+
+async fn start_wait(port: u16) {
+    let url = format!("redis://127.0.0.1:{port}");
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if let Ok(c) = redis::Client::open(url.as_str())
+            && c.get_multiplexed_async_connection().await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("redis-server did not start on {port}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_holds_the_limits_and_the_cache() {
+    let dir = std::env::temp_dir().join(format!("neuropia-cluster-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (nodes, urls) = start_redis_cluster(&dir).await;
+    let mock = mock_upstream().await;
+    let app = TestApp::spawn_with(|c| {
+        c.redis_url = neuropia::config::Secret::new(urls.clone());
+        c.rate_limit_backend = Some(neuropia::config::RateLimitBackend::Redis);
+    })
+    .await;
+    app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002").await;
+    let (user, token) = app.register("cluster@example.com").await;
+    app.top_up(user, "100").await;
+    let key = app
+        .create_key(&token, user, json!({"name": "rpm30", "rate_limit_rpm": 30}))
+        .await;
+    let apis = [Api::connect(app.base.clone()).await];
+    let per = burst(&apis, &key, 60).await;
+    assert_eq!(count(&per, StatusCode::OK), 30, "{per:?}");
+    let h: Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["redis"], "ok", "{h}");
+    assert_eq!(h["rate_limits"]["global"], true, "{h}");
+    assert!(h["rate_limits"]["checks"].as_u64().unwrap() >= 60, "{h}");
+    // The limiter's keys are in the cluster, and the cache wrote the key there too.
+    let client = redis::cluster::ClusterClient::new(urls.split(',').collect::<Vec<_>>()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    let key_id: Uuid = sqlx::query_scalar("SELECT data.virtual_key_id_of($1)")
+        .bind(&key)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    let tat: Option<String> = redis::cmd("GET")
+        .arg(format!("ratelimit:{{{key_id}}}:rpm"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(tat.is_some(), "the rpm state lives in the cluster");
+    let cached: i64 = redis::cmd("EXISTS")
+        .arg(format!(
+            "virtual_key:{}",
+            neuropia::auth::KeyHash::of(&key).to_hex()
+        ))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(cached, 1, "the key's record is cached in the cluster");
+    app.stop().await;
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
 }
