@@ -101,6 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             probe: Probe::new(),
             write_fault: Arc::new(WriteFault::default()),
             instance: Uuid::new_v4(),
+            shared: None,
         },
     )
     .await?;

@@ -117,6 +117,15 @@ pub async fn build(config: Config) -> Result<AppState, String> {
         Some(conn) => Cache::new(conn.clone(), pool.clone()),
         None => Cache::disabled(),
     };
+    // With several instances the shared reservations ride on the limiter's connection;
+    // an entry outlives any call (twice the upstream timeout) unless settled first.
+    let shared = limiter.as_ref().map(|l| {
+        crate::reservations::GlobalReservations::new(
+            l.clone(),
+            Duration::from_millis(config.upstream_timeout_ms.saturating_mul(2))
+                .max(Duration::from_secs(60)),
+        )
+    });
     let ledger_fault = Arc::new(WriteFault::default());
     let passivate_after =
         (config.passivate_secs > 0).then(|| Duration::from_secs(config.passivate_secs));
@@ -166,6 +175,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             probe: Probe::new(),
             write_fault: ledger_fault.clone(),
             instance,
+            shared: shared.clone(),
         },
     })
     .await?;
@@ -192,6 +202,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             supervisor: tree.balances.clone(),
             directory: balance_directory,
             timeout,
+            shared,
         },
         config,
         pool,

@@ -40,6 +40,7 @@ pub mod journal;
 pub mod metrics;
 pub mod ratelimit;
 pub mod redis_conn;
+pub mod reservations;
 pub mod snapshot;
 pub mod throttle;
 pub mod tokens;

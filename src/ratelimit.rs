@@ -192,7 +192,15 @@ impl GlobalLimiter {
         self.0.instances
     }
 
-    fn went_down(&self, error: &str) {
+    /// The connection, while Redis is up (for the shared reservations).
+    pub(crate) fn connection(&self) -> Option<RedisConn> {
+        if self.0.down.load(Ordering::Acquire) {
+            return None;
+        }
+        self.0.conn.load_full().map(|c| (*c).clone())
+    }
+
+    pub(crate) fn went_down(&self, error: &str) {
         self.0.failures.fetch_add(1, Ordering::Relaxed);
         if !self.0.down.swap(true, Ordering::AcqRel) {
             tracing::error!(

@@ -1,6 +1,6 @@
 # Sourced by the benchmark scripts: builds the release binary, starts the loopback mock
 # upstream and a gateway on a fresh database, and prepares a funded user with a key.
-# Leaves: BIN, GW (URL), PGURL, DB, MOCK_PORT, ADMIN, USER_ID, TOKEN, KEY, work (temp dir).
+# Leaves: BIN, GW (URL), GWS (every instance's URL), PGURL, DB, MOCK_PORT, ADMIN, USER_ID, TOKEN, KEY, work (temp dir).
 set -euo pipefail
 MOCK_PORT="${MOCK_PORT:-19001}"
 GW_PORT="${GW_PORT:-13001}"
@@ -30,12 +30,20 @@ trap cleanup EXIT
 psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null
 "$BIN" mock-upstream --bind "127.0.0.1:$MOCK_PORT" >"$work/mock.log" 2>&1 &
 pids+=($!)
-RUST_LOG=warn DATABASE_URL="$PGURL/$DB" NEUROPIA_BIND="127.0.0.1:$GW_PORT" \
-  REDIS_URL="redis://127.0.0.1:6379/$BENCH_REDIS_DB" \
-  JWT_SECRET=bench-secret-0123456789 NEUROPIA_ADMIN_EMAIL=admin@bench.local \
-  NEUROPIA_ADMIN_PASSWORD=bench-password-1 env ${BENCH_GATEWAY_ENV:-} "$BIN" serve >"$work/gw.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do curl -sf "$GW/health" >/dev/null && break; sleep 0.2; done
+# INSTANCES=n (default 1) starts n gateways over the same database and Redis, on
+# GW_PORT, GW_PORT+1, ...; GWS lists their URLs (comma-separated), GW is the first.
+INSTANCES="${INSTANCES:-1}"
+GWS=""
+for i in $(seq 0 $((INSTANCES - 1))); do
+  port=$((GW_PORT + i))
+  RUST_LOG=warn DATABASE_URL="$PGURL/$DB" NEUROPIA_BIND="127.0.0.1:$port" \
+    REDIS_URL="redis://127.0.0.1:6379/$BENCH_REDIS_DB" NEUROPIA_INSTANCES="$INSTANCES" \
+    JWT_SECRET=bench-secret-0123456789 NEUROPIA_ADMIN_EMAIL=admin@bench.local \
+    NEUROPIA_ADMIN_PASSWORD=bench-password-1 env ${BENCH_GATEWAY_ENV:-} "$BIN" serve >"$work/gw$i.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done
+  GWS="${GWS:+$GWS,}http://127.0.0.1:$port"
+done
 
 api() { curl -sf -X "$1" "$GW$2" -H 'content-type: application/json' ${3:+-H "authorization: Bearer $3"} ${4:+-d "$4"}; }
 ADMIN=$(api POST /api/auth/login "" '{"email":"admin@bench.local","password":"bench-password-1"}' | jq -r .token)

@@ -66,6 +66,9 @@ pub struct LedgerArgs {
     pub write_fault: Arc<WriteFault>,
     /// This process's id, in its `balance_update` notices.
     pub instance: uuid::Uuid,
+    /// With several instances: the shared reservations of the charges in a batch are
+    /// dropped once it commits (the other instances learn the charges from its notice).
+    pub shared: Option<crate::reservations::GlobalReservations>,
 }
 
 /// What operators see of the ledger.
@@ -147,6 +150,14 @@ async fn write(
         if let Some(actor) = args.balances.get(&after.user_id) {
             let _ = actor.cast(BalanceMsg::Durable(after));
         }
+    }
+    if let Some(shared) = &args.shared {
+        shared.release_committed(
+            batch
+                .iter()
+                .filter(|e| matches!(e.kind, crate::journal::EntryKind::Charge(_)))
+                .map(|e| (e.user_id, e.request_id.as_str())),
+        );
     }
     Ok(FlushReport {
         rows: batch.len(),

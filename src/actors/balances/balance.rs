@@ -122,11 +122,12 @@ pub struct ChargeRequest {
 
 pub enum BalanceMsg {
     /// Reserves `amount` for a call. Admitted when the account is active and balance minus
-    /// open reservations is positive. Replies `Ok(())` or the refusal.
+    /// open reservations is positive. Replies with the balance it admitted on (for the
+    /// check against other instances' reservations), or the refusal.
     Reserve {
         request_id: Uuid,
         amount: Decimal,
-        reply: RpcReplyPort<Result<(), Refusal>>,
+        reply: RpcReplyPort<Result<Decimal, Refusal>>,
     },
     /// Drops a reservation whose call was not billed. No reply.
     Release { request_id: Uuid },
@@ -197,7 +198,7 @@ impl BalanceState {
             .unwrap_or(self.durable_status);
     }
 
-    fn reserve(&mut self, request_id: Uuid, amount: Decimal) -> Result<(), Refusal> {
+    fn reserve(&mut self, request_id: Uuid, amount: Decimal) -> Result<Decimal, Refusal> {
         if self.status != AccountStatus::Active {
             return Err(Refusal::NotActive(self.status));
         }
@@ -217,7 +218,7 @@ impl BalanceState {
             self.reserved -= old;
         }
         self.reserved += amount;
-        Ok(())
+        Ok(self.balance)
     }
 
     fn release(&mut self, request_id: Uuid) {

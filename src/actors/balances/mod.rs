@@ -17,6 +17,8 @@ use sqlx::PgPool;
 use tokio::sync::OwnedRwLockReadGuard;
 use uuid::Uuid;
 
+use crate::reservations::Shared;
+
 pub use balance::{
     BalanceActor, BalanceArgs, BalanceMsg, BalanceRef, BalanceView, ChargeRequest, CreditReply,
     LoadedBalance, Refusal, Settled,
@@ -283,6 +285,8 @@ pub struct Balances {
     pub supervisor: Live<BalancesMsg>,
     pub directory: BalanceDirectory,
     pub timeout: Duration,
+    /// With several instances: every instance's open reservations, in Redis.
+    pub shared: Option<crate::reservations::GlobalReservations>,
 }
 
 impl Balances {
@@ -338,7 +342,8 @@ impl Balances {
         Err(BalanceError::Unavailable(last))
     }
 
-    /// Reserves `amount` for a call.
+    /// Reserves `amount` for a call: on the user's actor, then (with several instances)
+    /// against every instance's open reservations.
     pub async fn reserve(
         &self,
         user_id: Uuid,
@@ -352,18 +357,36 @@ impl Balances {
                 reply,
             })
             .await;
-        match result {
-            Ok(r) => r.map_err(BalanceError::Refused),
+        let balance = match result {
+            Ok(r) => r.map_err(BalanceError::Refused)?,
             Err(e) => {
                 // A timed-out reserve may still be applied later: undo it in mailbox order.
-                self.release(user_id, request_id);
-                Err(e)
+                self.release_here(user_id, request_id);
+                return Err(e);
+            }
+        };
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        match shared.reserve(user_id, request_id, amount, balance).await {
+            Shared::Reserved | Shared::Skipped => Ok(()),
+            Shared::Refused => {
+                self.release_here(user_id, request_id);
+                Err(BalanceError::Refused(Refusal::InsufficientFunds))
             }
         }
     }
 
-    /// Drops a reservation (best effort: a dead actor took its reservations with it).
+    /// Drops a reservation (best effort: a dead actor took its reservations with it, and a
+    /// shared one left behind expires).
     pub fn release(&self, user_id: Uuid, request_id: Uuid) {
+        self.release_here(user_id, request_id);
+        if let Some(shared) = &self.shared {
+            shared.release(user_id, request_id);
+        }
+    }
+
+    fn release_here(&self, user_id: Uuid, request_id: Uuid) {
         if let Some(r) = self.directory.get(&user_id) {
             let _ = r.cast(BalanceMsg::Release { request_id });
         }
@@ -400,7 +423,17 @@ impl Balances {
                     // Time for a restarting supervisor or actor to come back.
                     tokio::time::sleep(Duration::from_millis(50 << round)).await;
                 }
-                other => return other,
+                other => {
+                    // A journaled charge keeps its shared reservation until the ledger
+                    // commits it (the other instances then learn it from the notice);
+                    // anything else lets it go now.
+                    if !matches!(other, Ok(Settled::Charged { .. }))
+                        && let Some(shared) = &self.shared
+                    {
+                        shared.release(user_id, charge.request_id);
+                    }
+                    return other;
+                }
             }
         }
         Err(last)
