@@ -39,6 +39,7 @@ fn charge(user_id: Uuid, tenant_id: Uuid, key_id: Uuid) -> NewEntry {
         user_id,
         delta: -amount,
         status_after: AccountStatus::Active,
+        balance_after: Decimal::from(1_000_000),
         kind: EntryKind::Charge(Box::new(UsageRecord {
             tenant_id,
             virtual_key_id: key_id,

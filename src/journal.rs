@@ -73,6 +73,7 @@ pub struct EntryData {
     pub user_id: Uuid,
     pub delta: Decimal,
     pub status_after: AccountStatus,
+    pub balance_after: Decimal,
     pub created_at: DateTime<Utc>,
     pub kind: EntryKind,
 }
@@ -101,6 +102,8 @@ pub struct NewEntry {
     pub user_id: Uuid,
     pub delta: Decimal,
     pub status_after: AccountStatus,
+    /// The balance the actor saw after this entry (its view: exact on one instance).
+    pub balance_after: Decimal,
     pub kind: EntryKind,
     pub ack: Option<oneshot::Sender<Committed>>,
 }
@@ -198,6 +201,7 @@ impl Journal {
                 user_id: entry.user_id,
                 delta: entry.delta,
                 status_after: entry.status_after,
+                balance_after: entry.balance_after,
                 created_at: Utc::now(),
                 kind: entry.kind,
             }),
@@ -330,6 +334,7 @@ mod tests {
             user_id: user,
             delta: Decimal::from(delta),
             status_after: AccountStatus::Active,
+            balance_after: Decimal::from(delta),
             kind: EntryKind::TopUp { note: None },
             ack: None,
         }

@@ -700,3 +700,59 @@ async fn a_redis_cluster_holds_the_limits_and_the_cache() {
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A journal entry as another instance's stale balance actor would have written it.
+fn stale_entry(
+    user_id: Uuid,
+    delta: &str,
+    status: neuropia::billing::AccountStatus,
+    seen: &str,
+) -> Arc<neuropia::journal::EntryData> {
+    Arc::new(neuropia::journal::EntryData {
+        seq: 1,
+        request_id: format!("topup:stale:{}", Uuid::new_v4()),
+        user_id,
+        delta: d(delta),
+        status_after: status,
+        balance_after: d(seen),
+        created_at: chrono::Utc::now(),
+        kind: neuropia::journal::EntryKind::TopUp { note: None },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_balance_settles_the_status_an_instance_decided_on_a_stale_view() {
+    use neuropia::billing::AccountStatus::{Active, Overdue};
+    let app = TestApp::spawn().await;
+    let (user, _) = app.register("stale@example.com").await;
+    app.top_up(user, "10").await;
+    app.settle_journal().await;
+    let commit = |entry| async {
+        let (tx, outcome) =
+            neuropia::db::ledger::prepare_batch(app.pool(), &[entry], Uuid::new_v4())
+                .await
+                .unwrap();
+        tx.commit().await.unwrap();
+        let after = &outcome.balances[0];
+        (after.balance, after.status)
+    };
+    // An instance that missed the top-up saw -1 after its entry and decided `overdue`; the
+    // global balance is 9: the account stays active.
+    assert_eq!(
+        commit(stale_entry(user, "-1", Overdue, "-1")).await,
+        (d("9"), Active)
+    );
+    // An instance that missed others' charges saw 5 and left it `active`; the global
+    // balance is -11: overdue.
+    assert_eq!(
+        commit(stale_entry(user, "-20", Active, "5")).await,
+        (d("-11"), Overdue)
+    );
+    // One that saw the balance positive but kept `overdue` (a top-up below the threshold)
+    // is left overdue, even with a positive global balance.
+    assert_eq!(
+        commit(stale_entry(user, "12", Overdue, "1")).await,
+        (d("1"), Overdue)
+    );
+    app.stop().await;
+}

@@ -98,15 +98,18 @@ pub async fn prepare_batch(
     insert_usage(&mut tx, &inserted, &mut outcome).await?;
     claim_codes(&mut tx, &inserted).await?;
 
-    // Per user: the sum of inserted deltas and the status of the newest inserted entry.
-    // Entries arrive in journal order, so the last one seen is the newest.
-    let mut per_user: BTreeMap<Uuid, (Decimal, AccountStatus)> = BTreeMap::new();
+    // Per user: the sum of inserted deltas, and the status and balance the actor decided
+    // and saw at the newest inserted entry. Entries arrive in journal order, so the last one
+    // seen is the newest.
+    let mut per_user: BTreeMap<Uuid, (Decimal, AccountStatus, Decimal)> = BTreeMap::new();
     for e in &inserted {
-        let slot = per_user
-            .entry(e.user_id)
-            .or_insert((Decimal::ZERO, e.status_after));
+        let slot =
+            per_user
+                .entry(e.user_id)
+                .or_insert((Decimal::ZERO, e.status_after, e.balance_after));
         slot.0 += e.delta;
         slot.1 = e.status_after;
+        slot.2 = e.balance_after;
     }
     let mut up_to: HashMap<Uuid, u64> = HashMap::new();
     for e in batch {
@@ -114,38 +117,42 @@ pub async fn prepare_batch(
         *s = (*s).max(e.seq);
     }
 
-    let (u_ids, deltas, u_status): (Vec<Uuid>, Vec<Decimal>, Vec<&str>) = per_user
-        .iter()
-        .map(|(u, (d, s))| (*u, *d, s.as_str()))
-        .fold((vec![], vec![], vec![]), |mut acc, (u, d, s)| {
-            acc.0.push(u);
-            acc.1.push(d);
-            acc.2.push(s);
-            acc
-        });
+    let mut u_ids = Vec::with_capacity(per_user.len());
+    let mut deltas = Vec::with_capacity(per_user.len());
+    let mut u_status = Vec::with_capacity(per_user.len());
+    let mut seen_balance = Vec::with_capacity(per_user.len());
+    for (u, (d, s, b)) in &per_user {
+        u_ids.push(*u);
+        deltas.push(*d);
+        u_status.push(s.as_str());
+        seen_balance.push(*b);
+    }
     // The status is the actor's decision, made on its view of the balance. With several
     // instances that view can miss another instance's charges or credits, so the global
     // balance has the last word on crossing zero: an account left `active` at or below zero
-    // is `overdue`, and one an instance believed at or below zero but whose global balance
-    // is positive stays `active`. With one instance the view is exact and both are no-ops.
+    // is `overdue`, and one the actor made `overdue` because it saw the balance at or below
+    // zero while the global balance is positive (another instance's top-up made it
+    // `active`) stays `active`. With one instance the view is exact and neither applies.
     let rows = sqlx::query(
         "UPDATE data.user_profile p SET
              balance = p.balance + d.delta,
              status = CASE
                  WHEN d.status = 'active' AND p.balance + d.delta <= 0 THEN 'overdue'
-                 WHEN d.status = 'overdue' AND p.status = 'active' AND p.balance + d.delta > 0
-                     THEN 'active'
+                 WHEN d.status = 'overdue' AND d.seen <= 0 AND p.status = 'active'
+                      AND p.balance + d.delta > 0 THEN 'active'
                  ELSE d.status
              END,
              balance_version = p.balance_version + 1,
              updated_at = now()
-         FROM UNNEST($1::uuid[], $2::numeric[], $3::text[]) AS d(user_id, delta, status)
+         FROM UNNEST($1::uuid[], $2::numeric[], $3::text[], $4::numeric[])
+              AS d(user_id, delta, status, seen)
          WHERE p.user_id = d.user_id
          RETURNING p.user_id, p.balance, p.status, p.balance_version",
     )
     .bind(&u_ids)
     .bind(&deltas)
     .bind(&u_status)
+    .bind(&seen_balance)
     .fetch_all(&mut *tx)
     .await?;
     let mut seen: HashSet<Uuid> = HashSet::new();

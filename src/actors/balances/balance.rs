@@ -255,6 +255,7 @@ impl BalanceState {
             user_id: self.user_id,
             delta,
             status_after,
+            balance_after: self.balance + delta,
             kind,
             ack,
         };
