@@ -117,9 +117,10 @@ pub async fn build(config: Config) -> Result<AppState, String> {
         Some(conn) => Cache::new(conn.clone(), pool.clone()),
         None => Cache::disabled(),
     };
-    // With several instances the shared reservations ride on the limiter's connection;
-    // an entry outlives any call (twice the upstream timeout) unless settled first.
-    let shared = limiter.as_ref().map(|l| {
+    // With several instances (NEUROPIA_INSTANCES > 1) the shared reservations ride on the
+    // limiter's connection; an entry outlives any call (twice the upstream timeout) unless
+    // settled first.
+    let shared = limiter.as_ref().filter(|_| config.instances > 1).map(|l| {
         crate::reservations::GlobalReservations::new(
             l.clone(),
             Duration::from_millis(config.upstream_timeout_ms.saturating_mul(2))

@@ -178,7 +178,8 @@ impl GlobalLimiter {
     }
 
     /// The divisor the key actors apply to their local limits for the next call: 0 when
-    /// Redis counts (the actors count nothing), the instance count while it is down.
+    /// Redis counts (the actors count nothing), the instance count while it is down (such
+    /// an admission is counted in the stats).
     pub fn share(&self) -> u32 {
         if self.0.down.load(Ordering::Acquire) {
             self.0.fallback_admissions.fetch_add(1, Ordering::Relaxed);

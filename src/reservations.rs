@@ -5,9 +5,11 @@
 //! Each BalanceActor still admits on its own view (`balance - its reservations > 0`); then
 //! one Lua script checks the same rule against *every* instance's open reservations and
 //! records this one, atomically: `reserve:{<user id>}` is a hash of request id ->
-//! `<micro-units>:<deadline ms>` plus a running `sum`. A settle or a release deletes the
-//! entry. Amounts are in millionths, reservations rounded up and balances down, so the
-//! check never admits more than the exact rule would.
+//! `<micro-units>:<deadline ms>` plus a running `sum`. A release deletes the entry at once;
+//! a settled charge's entry goes when the ledger has committed the charge, whose
+//! `balance_update` notice tells the other instances, so none of them admits on a view that
+//! lacks it meanwhile. Amounts are in millionths, reservations rounded up and balances
+//! down, so the check never admits more than the exact rule would.
 //!
 //! An entry outlives its call by design (its deadline is twice the upstream timeout): if its
 //! instance dies, the entry expires and the refusal path drops it. While Redis is
