@@ -756,3 +756,50 @@ async fn the_global_balance_settles_the_status_an_instance_decided_on_a_stale_vi
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_reservations_count_every_instance_and_expire_when_their_instance_dies() {
+    use neuropia::reservations::{GlobalReservations, Shared};
+    let url = neuropia::config::Secret::new("redis://127.0.0.1:6379");
+    let conn = neuropia::redis_conn::RedisConn::connect(&url, false)
+        .await
+        .expect("the test Redis");
+    let limiter = neuropia::ratelimit::GlobalLimiter::start(url, false, Some(conn), 2);
+    // Two instances' handles on the same Redis; entries live 300 ms unless settled.
+    let a = GlobalReservations::new(limiter.clone(), Duration::from_millis(300));
+    let b = GlobalReservations::new(limiter, Duration::from_millis(300));
+    let user = Uuid::new_v4();
+    let (r1, r2, r3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    // Balance 1: A's 0.6 leaves 0.4 for B; B's 0.6 then leaves nothing for anyone.
+    assert_eq!(
+        a.reserve(user, r1, d("0.6"), d("1")).await,
+        Shared::Reserved
+    );
+    assert_eq!(
+        b.reserve(user, r2, d("0.6"), d("1")).await,
+        Shared::Reserved
+    );
+    assert_eq!(
+        a.reserve(user, r3, d("0.01"), d("1")).await,
+        Shared::Refused
+    );
+    // A's call is committed: its reservation goes, and B's view (now 0.4 after the
+    // charge) leaves 0.4 - 0.6 for a new call: still refused.
+    a.release_committed([(user, r1.to_string().as_str())].into_iter());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        b.reserve(user, r3, d("0.01"), d("0.4")).await,
+        Shared::Refused
+    );
+    assert_eq!(
+        b.reserve(user, r3, d("0.01"), d("0.7")).await,
+        Shared::Reserved
+    );
+    b.release(user, r3);
+    // B dies with r2 open: once its deadline passes, the refusal path drops it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        a.reserve(user, r3, d("0.3"), d("0.4")).await,
+        Shared::Reserved
+    );
+}
