@@ -101,7 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             batch_rows,
             probe: Probe::new(),
             write_fault: Arc::new(WriteFault::default()),
-            instance: Uuid::new_v4(),
+            notify_as: None,
             shared: None,
         },
     )

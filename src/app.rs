@@ -75,6 +75,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
     let pool = db::connect_and_migrate(config.database_url.expose(), config.db_pool)
         .await
         .map_err(|e| format!("database: {e}"))?;
+    crate::metrics::install();
     let redis = connect_redis(&config).await;
     let instance = uuid::Uuid::new_v4();
     let limiter =
@@ -155,6 +156,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             journal_max: config.journal_max,
             probe: Probe::new(),
             passivate_after,
+            recheck_after_load: config.instances > 1,
         },
         upstreams: UpstreamsArgs {
             directory: breakers.clone(),
@@ -175,14 +177,13 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             batch_rows: config.ledger_batch_rows,
             probe: Probe::new(),
             write_fault: ledger_fault.clone(),
-            instance,
+            notify_as: (config.instances > 1).then_some(instance),
             shared: shared.clone(),
         },
     })
     .await?;
 
     let timeout = config.actor_timeout();
-    crate::metrics::install();
     let state = AppState(Arc::new(AppInner {
         instance,
         started: std::time::Instant::now(),

@@ -201,6 +201,12 @@ impl GlobalLimiter {
         self.0.conn.load_full().map(|c| (*c).clone())
     }
 
+    /// The connection whether or not Redis counts as up (for background work that may as
+    /// well try).
+    pub(crate) fn stored_connection(&self) -> Option<RedisConn> {
+        self.0.conn.load_full().map(|c| (*c).clone())
+    }
+
     pub(crate) fn went_down(&self, error: &str) {
         self.0.failures.fetch_add(1, Ordering::Relaxed);
         if !self.0.down.swap(true, Ordering::AcqRel) {
@@ -289,9 +295,11 @@ impl GlobalLimiter {
     }
 }
 
-/// Connects when there is no connection yet; while down, pings and brings the limiter
-/// back up once Redis answers.
+/// Connects when there is no connection yet; while down, runs the admission script on a
+/// probe key of its own (a write, on the node that owns that slot: `PING` would succeed on
+/// a Redis that refuses writes) and brings the limiter back up once it succeeds.
 async fn monitor(inner: std::sync::Weak<Inner>) {
+    let probe_key = Uuid::new_v4();
     let mut tick = tokio::time::interval(MONITOR_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -312,12 +320,18 @@ async fn monitor(inner: std::sync::Weak<Inner>) {
             },
         };
         let mut c = (*conn).clone();
-        let pong = tokio::time::timeout(
+        let mut probe = inner.admit.key(rpm_name(probe_key));
+        probe
+            .key(tpm_name(probe_key))
+            .arg(u32::MAX)
+            .arg(0u64)
+            .arg(0u64);
+        let answer = tokio::time::timeout(
             Duration::from_millis(300),
-            redis::cmd("PING").query_async::<String>(&mut c),
+            probe.invoke_async::<(i64, i64)>(&mut c),
         )
         .await;
-        if matches!(pong, Ok(Ok(_))) {
+        if matches!(answer, Ok(Ok(_))) {
             inner.down.store(false, Ordering::Release);
             crate::metrics::rate_limit_global(true);
             tracing::warn!("rate limits: Redis is back; limits are global again");

@@ -5,18 +5,31 @@
 //! Each BalanceActor still admits on its own view (`balance - its reservations > 0`); then
 //! one Lua script checks the same rule against *every* instance's open reservations and
 //! records this one, atomically: `reserve:{<user id>}` is a hash of request id ->
-//! `<micro-units>:<deadline ms>` plus a running `sum`. A release deletes the entry at once;
-//! a settled charge's entry goes when the ledger has committed the charge, whose
-//! `balance_update` notice tells the other instances, so none of them admits on a view that
-//! lacks it meanwhile. Amounts are in millionths, reservations rounded up and balances
-//! down, so the check never admits more than the exact rule would.
+//! `<micro-units>:<deadline ms>` plus a running `sum`. A release deletes the entry at once.
+//! A settled charge's entry stays until the ledger commits the charge; then its amount moves
+//! to `c:<balance version of that commit>` (with a running `recent` total), which every
+//! instance whose view predates that version keeps counting: no instance admits on a view
+//! that lacks a call in flight, settled, or committed but not yet known through its
+//! `balance_update` notice. The quick check counts all of `recent`; only when that refuses
+//! does the script count exactly (and sweep what is past its deadline). Amounts are in
+//! millionths, reservations rounded up and balances down, so the check never admits more
+//! than the exact rule would.
 //!
-//! An entry outlives its call by design (its deadline is twice the upstream timeout): if its
-//! instance dies, the entry expires and the refusal path drops it. While Redis is
-//! unreachable (the rate limiter's state), admissions use the local view alone.
+//! An entry lives as long as its instance: the instance pushes the deadlines of its open
+//! entries forward every `ttl / 3` (so a stream of any length keeps its reservation), and the
+//! entries of an instance that died expire within `ttl` and are dropped by the next refusal's
+//! sweep. A release that fails is not retried: the entry is no longer refreshed, so it too
+//! expires within `ttl`. While Redis is unreachable (the rate limiter's state), admissions
+//! use the local view alone.
+//!
+//! The instance that made a charge counts it twice until its commit (in its own view and in
+//! its Redis entry): near the end of a balance, a call to that instance may be refused up to
+//! one flush interval early. Nothing is ever admitted beyond the rule.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use rust_decimal::prelude::ToPrimitive;
 use uuid::Uuid;
 
@@ -24,43 +37,84 @@ use crate::billing::Decimal;
 use crate::ratelimit::GlobalLimiter;
 
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long a committed charge is still counted by instances whose view predates it (its
+/// notice arrives in milliseconds; an instance that lost notices resyncs).
+const COMMITTED_GRACE: Duration = Duration::from_secs(5);
 /// Largest integer a Lua number holds exactly.
 const EXACT: i64 = 1 << 53;
 
+/// ARGV: request id, amount, available (the instance's view), time to live (ms), the
+/// balance version the view is at.
 const RESERVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = ARGV[1]
 local available = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
+local known = tonumber(ARGV[5])
 local function amount_of(v) return tonumber(string.match(v, '^(%-?%d+):')) end
-local total = tonumber(redis.call('HGET', KEYS[1], 'sum') or '0')
+local sum = tonumber(redis.call('HGET', KEYS[1], 'sum') or '0')
+local recent = tonumber(redis.call('HGET', KEYS[1], 'recent') or '0')
 local mine = redis.call('HGET', KEYS[1], id)
-local others = total - (mine and amount_of(mine) or 0)
-if available - others <= 0 then
-  -- Before refusing, drop entries past their deadline (their instance died).
-  total = 0
+local others = sum - (mine and amount_of(mine) or 0)
+if available - others - recent <= 0 then
+  -- The quick check counted every recent commit; now count exactly: drop what is past its
+  -- deadline (a dead instance's entries, old commits) and count only the commits newer
+  -- than the version this instance's view is at.
+  sum = 0
+  recent = 0
+  local unseen = 0
   local all = redis.call('HGETALL', KEYS[1])
   for i = 1, #all, 2 do
     local f = all[i]
-    if f ~= 'sum' then
+    if f ~= 'sum' and f ~= 'recent' then
       local a, d = string.match(all[i + 1], '^(%-?%d+):(%d+)$')
       if a == nil or tonumber(d) < now then
         redis.call('HDEL', KEYS[1], f)
         if f == id then mine = nil end
+      elseif string.sub(f, 1, 2) == 'c:' then
+        recent = recent + tonumber(a)
+        if tonumber(string.sub(f, 3)) > known then unseen = unseen + tonumber(a) end
       else
-        total = total + tonumber(a)
+        sum = sum + tonumber(a)
       end
     end
   end
-  redis.call('HSET', KEYS[1], 'sum', total)
-  others = total - (mine and amount_of(mine) or 0)
-  if available - others <= 0 then return 0 end
+  redis.call('HSET', KEYS[1], 'sum', string.format('%d', sum),
+    'recent', string.format('%d', recent))
+  others = sum - (mine and amount_of(mine) or 0)
+  if available - others - unseen <= 0 then return 0 end
 end
 redis.call('HSET', KEYS[1], id, ARGV[2] .. ':' .. string.format('%d', now + ttl),
   'sum', string.format('%d', others + tonumber(ARGV[2])))
 redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
+"#;
+
+/// ARGV: the balance version the commit made, how long to keep counting it (ms), the
+/// committed request ids. Their amounts move to `c:<version>` (and the `recent` total),
+/// which instances whose view is older than that version still count.
+const COMMIT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local moved = 0
+for i = 3, #ARGV do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    moved = moved + tonumber(string.match(v, '^(%-?%d+):'))
+  end
+end
+if moved ~= 0 then
+  redis.call('HINCRBY', KEYS[1], 'sum', string.format('%d', -moved))
+  local f = 'c:' .. ARGV[1]
+  local old = redis.call('HGET', KEYS[1], f)
+  local prev = old and tonumber(string.match(old, '^(%-?%d+):')) or 0
+  redis.call('HSET', KEYS[1], f, string.format('%d', prev + moved) .. ':' ..
+    string.format('%d', now + tonumber(ARGV[2])))
+  redis.call('HINCRBY', KEYS[1], 'recent', string.format('%d', moved))
+end
+return moved
 "#;
 
 const RELEASE: &str = r#"
@@ -69,11 +123,27 @@ for _, id in ipairs(ARGV) do
   local v = redis.call('HGET', KEYS[1], id)
   if v then
     redis.call('HDEL', KEYS[1], id)
-    redis.call('HINCRBY', KEYS[1], 'sum', -tonumber(string.match(v, '^(%-?%d+):')))
+    local a = tonumber(string.match(v, '^(%-?%d+):'))
+    if a ~= 0 then redis.call('HINCRBY', KEYS[1], 'sum', string.format('%d', -a)) end
     n = n + 1
   end
 end
 return n
+"#;
+
+/// Moves the deadlines of this instance's open entries (ARGV[2..]) to now + ARGV[1] ms.
+const REFRESH: &str = r#"
+local t = redis.call('TIME')
+local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v then
+    redis.call('HSET', KEYS[1], ARGV[i],
+      string.match(v, '^(%-?%d+):') .. ':' .. string.format('%d', deadline))
+  end
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
 "#;
 
 fn name(user_id: Uuid) -> String {
@@ -92,11 +162,17 @@ fn micros(d: Decimal, up: bool) -> i64 {
 
 /// A handle on the shared reservations; cheap to clone.
 #[derive(Clone)]
-pub struct GlobalReservations {
+pub struct GlobalReservations(Arc<Inner>);
+
+struct Inner {
     redis: GlobalLimiter,
-    script: redis::Script,
+    reserve: redis::Script,
     release: redis::Script,
+    commit: redis::Script,
+    refresh: redis::Script,
     ttl_ms: u64,
+    /// This instance's entries in Redis: (user, request id), until released or committed.
+    open: DashMap<(Uuid, Uuid), ()>,
 }
 
 /// The shared check's answer.
@@ -112,42 +188,54 @@ pub enum Shared {
 
 impl GlobalReservations {
     /// Shares the rate limiter's connection and its view of whether Redis is up. An entry
-    /// lives `ttl` unless settled or released first.
+    /// lives `ttl` past its instance's last refresh (every `ttl / 3`); spawns the refresher.
     pub fn new(redis: GlobalLimiter, ttl: Duration) -> Self {
-        Self {
+        let inner = Arc::new(Inner {
             redis,
-            script: redis::Script::new(RESERVE),
+            reserve: redis::Script::new(RESERVE),
             release: redis::Script::new(RELEASE),
-            ttl_ms: ttl.as_millis().max(1) as u64,
-        }
+            commit: redis::Script::new(COMMIT),
+            refresh: redis::Script::new(REFRESH),
+            ttl_ms: ttl.as_millis().max(3) as u64,
+            open: DashMap::new(),
+        });
+        tokio::spawn(refresher(Arc::downgrade(&inner)));
+        Self(inner)
     }
 
-    /// Records `amount` for `request_id` if `balance` (this instance's view) minus every
-    /// instance's open reservations is positive.
+    /// Records `amount` for `request_id` if `balance` (this instance's view, which includes
+    /// the user's commits up to balance version `version`) minus every instance's open
+    /// reservations and the charges committed since `version` is positive.
     pub async fn reserve(
         &self,
         user_id: Uuid,
         request_id: Uuid,
         amount: Decimal,
         balance: Decimal,
+        version: i64,
     ) -> Shared {
-        let Some(mut conn) = self.redis.connection() else {
+        let inner = &self.0;
+        let Some(mut conn) = inner.redis.connection() else {
             return Shared::Skipped;
         };
-        let mut call = self.script.key(name(user_id));
+        let mut call = inner.reserve.key(name(user_id));
         call.arg(request_id.to_string())
             .arg(micros(amount, true))
             .arg(micros(balance, false))
-            .arg(self.ttl_ms);
+            .arg(inner.ttl_ms)
+            .arg(version);
         match tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await {
-            Ok(Ok(1)) => Shared::Reserved,
+            Ok(Ok(1)) => {
+                inner.open.insert((user_id, request_id), ());
+                Shared::Reserved
+            }
             Ok(Ok(_)) => Shared::Refused,
             Ok(Err(e)) => {
-                self.redis.went_down(&e.to_string());
+                inner.redis.went_down(&e.to_string());
                 Shared::Skipped
             }
             Err(_) => {
-                self.redis.went_down("timed out");
+                inner.redis.went_down("timed out");
                 Shared::Skipped
             }
         }
@@ -155,42 +243,109 @@ impl GlobalReservations {
 
     /// Deletes a reservation whose call was not charged, in the background.
     pub fn release(&self, user_id: Uuid, request_id: Uuid) {
-        self.release_many(vec![(user_id, vec![request_id.to_string()])]);
-    }
-
-    /// Deletes the reservations of charges just committed (their balance notice is on its
-    /// way to the other instances), in the background. Until then every instance counts
-    /// them, so no instance admits on a view that lacks them.
-    pub fn release_committed<'a>(&self, charges: impl Iterator<Item = (Uuid, &'a str)>) {
-        let mut per_user: std::collections::HashMap<Uuid, Vec<String>> = Default::default();
-        for (user, id) in charges {
-            per_user.entry(user).or_default().push(id.to_owned());
+        if self.0.open.remove(&(user_id, request_id)).is_some() {
+            self.release_many(vec![(user_id, vec![request_id.to_string()])]);
         }
-        self.release_many(per_user.into_iter().collect());
     }
 
+    /// Marks the reservations of charges just committed at each user's new balance
+    /// `version`, in the background: every instance whose view is older than that version
+    /// keeps counting them (for `COMMITTED_GRACE`), so none admits on a view that lacks
+    /// them while the commit's notice is on its way.
+    pub fn committed<'a>(&self, charges: impl Iterator<Item = (Uuid, i64, &'a str)>) {
+        let mut per_user: std::collections::HashMap<(Uuid, i64), Vec<String>> = Default::default();
+        for (user, version, id) in charges {
+            let Ok(request_id) = Uuid::parse_str(id) else {
+                continue;
+            };
+            if self.0.open.remove(&(user, request_id)).is_some() {
+                per_user
+                    .entry((user, version))
+                    .or_default()
+                    .push(id.to_owned());
+            }
+        }
+        if per_user.is_empty() {
+            return;
+        }
+        let Some(mut conn) = self.0.redis.stored_connection() else {
+            return;
+        };
+        let script = self.0.commit.clone();
+        tokio::spawn(async move {
+            for ((user, version), ids) in per_user {
+                let mut call = script.key(name(user));
+                call.arg(version).arg(COMMITTED_GRACE.as_millis() as u64);
+                for id in ids {
+                    call.arg(id);
+                }
+                let _ =
+                    tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await;
+            }
+        });
+    }
+
+    /// Runs the releases on the stored connection even while the limiter counts Redis as
+    /// down (they are background work); one that fails leaves an entry nobody refreshes,
+    /// which expires within the time to live.
     fn release_many(&self, per_user: Vec<(Uuid, Vec<String>)>) {
         if per_user.is_empty() {
             return;
         }
-        let Some(mut conn) = self.redis.connection() else {
+        let Some(mut conn) = self.0.redis.stored_connection() else {
             return;
         };
-        let script = self.release.clone();
+        let script = self.0.release.clone();
         tokio::spawn(async move {
             for (user, ids) in per_user {
                 let mut call = script.key(name(user));
                 for id in ids {
                     call.arg(id);
                 }
-                let done =
+                let _ =
                     tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await;
-                if !matches!(done, Ok(Ok(_))) {
-                    // Redis is failing: what is left expires at its deadline.
-                    return;
-                }
             }
         });
+    }
+
+    /// Entries of this instance in Redis (for operators and tests).
+    pub fn open(&self) -> usize {
+        self.0.open.len()
+    }
+}
+
+/// Every `ttl / 3`, pushes the deadlines of this instance's open entries forward, so they
+/// outlive any call while the instance lives.
+async fn refresher(inner: std::sync::Weak<Inner>) {
+    let every = {
+        let Some(i) = inner.upgrade() else { return };
+        Duration::from_millis(i.ttl_ms / 3)
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(mut conn) = inner.redis.stored_connection() else {
+            continue;
+        };
+        let mut per_user: std::collections::HashMap<Uuid, Vec<String>> = Default::default();
+        for e in inner.open.iter() {
+            let (user, request_id) = *e.key();
+            per_user
+                .entry(user)
+                .or_default()
+                .push(request_id.to_string());
+        }
+        for (user, ids) in per_user {
+            let mut call = inner.refresh.key(name(user));
+            call.arg(inner.ttl_ms);
+            for id in ids {
+                call.arg(id);
+            }
+            let _ = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await;
+        }
     }
 }
 

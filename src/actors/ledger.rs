@@ -64,8 +64,9 @@ pub struct LedgerArgs {
     pub batch_rows: usize,
     pub probe: Arc<Probe>,
     pub write_fault: Arc<WriteFault>,
-    /// This process's id, in its `balance_update` notices.
-    pub instance: uuid::Uuid,
+    /// This process's id, in its `balance_update` notices; `None` with one instance (no
+    /// notices).
+    pub notify_as: Option<uuid::Uuid>,
     /// With several instances: the shared reservations of the charges in a batch are
     /// dropped once it commits (the other instances learn the charges from its notice).
     pub shared: Option<crate::reservations::GlobalReservations>,
@@ -137,7 +138,7 @@ async fn write(
     batch: Vec<Arc<EntryData>>,
 ) -> Result<FlushReport, String> {
     let started = Instant::now();
-    let (tx, outcome) = db::ledger::prepare_batch(&args.pool, &batch, args.instance)
+    let (tx, outcome) = db::ledger::prepare_batch(&args.pool, &batch, args.notify_as)
         .await
         .map_err(|e| e.to_string())?;
     let up_to = batch.iter().map(|e| e.seq).max().unwrap_or(0);
@@ -146,18 +147,26 @@ async fn write(
         tx.commit().await.map_err(|e| e.to_string())?;
         args.journal.complete(lane, up_to, &outcome.inserted);
     }
+    if let Some(shared) = &args.shared {
+        let versions: std::collections::HashMap<uuid::Uuid, i64> = outcome
+            .balances
+            .iter()
+            .map(|b| (b.user_id, b.version))
+            .collect();
+        shared.committed(
+            batch
+                .iter()
+                .filter(|e| matches!(e.kind, crate::journal::EntryKind::Charge(_)))
+                .filter_map(|e| {
+                    let version = *versions.get(&e.user_id)?;
+                    Some((e.user_id, version, e.request_id.as_str()))
+                }),
+        );
+    }
     for after in outcome.balances {
         if let Some(actor) = args.balances.get(&after.user_id) {
             let _ = actor.cast(BalanceMsg::Durable(after));
         }
-    }
-    if let Some(shared) = &args.shared {
-        shared.release_committed(
-            batch
-                .iter()
-                .filter(|e| matches!(e.kind, crate::journal::EntryKind::Charge(_)))
-                .map(|e| (e.user_id, e.request_id.as_str())),
-        );
     }
     Ok(FlushReport {
         rows: batch.len(),

@@ -40,13 +40,14 @@ fn tokens(v: u32) -> i32 {
 /// Writes `batch` inside a new transaction and returns it uncommitted: the caller commits
 /// it under the journal's commit lock.
 ///
-/// The balance update tells the other instances (`balance_update`, [`notice_payloads`]) in
-/// the same transaction, so they learn the new balances when it commits. `instance` marks
-/// the notices as this instance's own.
+/// With `notify_as` (several instances), the balance update tells the other instances
+/// (`balance_update`, [`notice_payloads`]) in the same transaction, so they learn the new
+/// balances when it commits; the id marks the notices as this instance's own. (A notifying
+/// transaction takes PostgreSQL's notify lock at commit, so one instance does not.)
 pub async fn prepare_batch(
     pool: &PgPool,
     batch: &[Arc<EntryData>],
-    instance: Uuid,
+    notify_as: Option<Uuid>,
 ) -> Result<(Transaction<'static, Postgres>, BatchOutcome), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut outcome = BatchOutcome::default();
@@ -161,7 +162,9 @@ pub async fn prepare_batch(
         seen.insert(after.user_id);
         outcome.balances.push(after);
     }
-    if !outcome.balances.is_empty() {
+    if let Some(instance) = notify_as
+        && !outcome.balances.is_empty()
+    {
         sqlx::query("SELECT pg_notify('balance_update', p) FROM UNNEST($1::text[]) AS p")
             .bind(notice_payloads(instance, &outcome.balances))
             .execute(&mut *tx)

@@ -122,12 +122,13 @@ pub struct ChargeRequest {
 
 pub enum BalanceMsg {
     /// Reserves `amount` for a call. Admitted when the account is active and balance minus
-    /// open reservations is positive. Replies with the balance it admitted on (for the
-    /// check against other instances' reservations), or the refusal.
+    /// open reservations is positive. Replies with the balance it admitted on and the
+    /// balance version that includes (for the check against other instances'
+    /// reservations and commits), or the refusal.
     Reserve {
         request_id: Uuid,
         amount: Decimal,
-        reply: RpcReplyPort<Result<Decimal, Refusal>>,
+        reply: RpcReplyPort<Result<(Decimal, i64), Refusal>>,
     },
     /// Drops a reservation whose call was not billed. No reply.
     Release { request_id: Uuid },
@@ -198,7 +199,7 @@ impl BalanceState {
             .unwrap_or(self.durable_status);
     }
 
-    fn reserve(&mut self, request_id: Uuid, amount: Decimal) -> Result<Decimal, Refusal> {
+    fn reserve(&mut self, request_id: Uuid, amount: Decimal) -> Result<(Decimal, i64), Refusal> {
         if self.status != AccountStatus::Active {
             return Err(Refusal::NotActive(self.status));
         }
@@ -218,7 +219,7 @@ impl BalanceState {
             self.reserved -= old;
         }
         self.reserved += amount;
-        Ok(self.balance)
+        Ok((self.balance, self.durable_version))
     }
 
     fn release(&mut self, request_id: Uuid) {

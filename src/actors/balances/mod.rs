@@ -52,6 +52,9 @@ pub struct BalancesArgs {
     pub probe: Arc<Probe>,
     /// Balance actors idle this long are asked to stop (`None`: never).
     pub passivate_after: Option<Duration>,
+    /// Several instances: a new actor re-reads its committed balance once registered, in
+    /// case another instance's notice arrived while it was loading (and found no actor).
+    pub recheck_after_load: bool,
 }
 
 pub struct BalancesState {
@@ -119,6 +122,19 @@ pub async fn load_balance(
         })
         .map_err(|e| e.to_string());
     (result, guard)
+}
+
+/// Tells a freshly registered actor the committed balance read now (newer than its load if
+/// another instance committed in between; ignored otherwise).
+fn recheck(pool: &PgPool, user_id: Uuid, actor: &BalanceHandle) {
+    let (pool, actor) = (pool.clone(), actor.clone());
+    tokio::spawn(async move {
+        if let Ok(list) = db::users::committed_balances(&pool, &[user_id]).await {
+            for after in list {
+                let _ = actor.cast(BalanceMsg::Remote(after));
+            }
+        }
+    });
 }
 
 fn start_load(myself: &BalancesRef, args: &BalancesArgs, user_id: Uuid) {
@@ -224,6 +240,9 @@ impl Actor for BalanceSupervisor {
                                 let name = format!("balance:{user_id}");
                                 state.book.started(user_id, child.get_id(), name);
                                 state.args.directory.insert(user_id, child.clone());
+                                if state.args.recheck_after_load {
+                                    recheck(&state.args.pool, user_id, &child);
+                                }
                                 Ok(child)
                             }
                             Err(e) => Err(ResolveError::Unavailable(e.to_string())),
@@ -357,7 +376,7 @@ impl Balances {
                 reply,
             })
             .await;
-        let balance = match result {
+        let (balance, version) = match result {
             Ok(r) => r.map_err(BalanceError::Refused)?,
             Err(e) => {
                 // A timed-out reserve may still be applied later: undo it in mailbox order.
@@ -368,7 +387,10 @@ impl Balances {
         let Some(shared) = &self.shared else {
             return Ok(());
         };
-        match shared.reserve(user_id, request_id, amount, balance).await {
+        match shared
+            .reserve(user_id, request_id, amount, balance, version)
+            .await
+        {
             Shared::Reserved | Shared::Skipped => Ok(()),
             Shared::Refused => {
                 self.release_here(user_id, request_id);
@@ -424,10 +446,10 @@ impl Balances {
                     tokio::time::sleep(Duration::from_millis(50 << round)).await;
                 }
                 other => {
-                    // A journaled charge keeps its shared reservation until the ledger
-                    // commits it (the other instances then learn it from the notice);
-                    // anything else lets it go now.
-                    if !matches!(other, Ok(Settled::Charged { .. }))
+                    // A journaled charge (or a duplicate of one) keeps its shared
+                    // reservation until the ledger commits it (the other instances then
+                    // learn it from the notice); a failed settle lets it go now.
+                    if other.is_err()
                         && let Some(shared) = &self.shared
                     {
                         shared.release(user_id, charge.request_id);
