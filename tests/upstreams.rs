@@ -181,20 +181,28 @@ async fn a_client_that_leaves_mid_stream_is_billed_for_what_the_upstream_produce
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_before_a_whole_answer_is_still_billed() {
     let mock = mock_upstream().await;
-    mock.state.delay_ms.store(400, Ordering::SeqCst);
+    mock.state.delay_ms.store(1000, Ordering::SeqCst);
     let app = TestApp::spawn().await;
     app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
         .await;
     let (user, key) = funded(&app, "hangup@example.com").await;
-    let gave_up = app
+    // The client hangs up once the upstream has the call (and before it answers).
+    let request = app
         .client
         .post(app.url("/v1/chat/completions"))
         .header("x-virtual-key", &key)
-        .timeout(Duration::from_millis(100))
         .json(&chat_body("qwen-turbo"))
-        .send()
-        .await;
-    assert!(gave_up.is_err(), "the client gave up before the answer");
+        .send();
+    let call = tokio::spawn(request);
+    for _ in 0..500 {
+        if mock.calls() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(mock.calls(), 1, "the upstream got the call");
+    call.abort();
+    assert!(call.await.is_err(), "the client gave up before the answer");
     // The upstream still answers; the call is billed in full, once.
     let rows = wait_rows(&app, user, 1).await;
     assert_eq!(
