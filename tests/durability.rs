@@ -2,63 +2,27 @@
 //! killed with SIGKILL; after a restart, every call whose response reached a client is in
 //! `usage_log`, and the balance is exactly the top-up minus the charges.
 
-#![expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
-
 mod common;
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use neuropia::billing::Decimal;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use uuid::Uuid;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Starts `neuropia serve` on `port` over database `db` and waits until it answers.
 async fn start(db: &str, port: u16, mode: &str) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_neuropia"))
-        .arg("serve")
-        .env("DATABASE_URL", format!("{}/{db}", server_url()))
-        .env("NEUROPIA_BIND", format!("127.0.0.1:{port}"))
+    let mut command = gateway_command(db, port);
+    command
         .env("BILLING_DURABILITY", mode)
-        .env("JWT_SECRET", "durability-test-secret-0123")
-        .env("NEUROPIA_ADMIN_EMAIL", ADMIN_EMAIL)
-        .env("NEUROPIA_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("DASHSCOPE_API_KEY", PLATFORM_KEY)
-        .env("RUST_LOG", "warn")
-        .env_remove("NEUROPIA_DEMO")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the gateway binary starts");
-    let client = reqwest::Client::new();
-    let until = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < until {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/health"))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the gateway did not come up on port {port}");
+        .env("JWT_SECRET", "durability-test-secret-0123");
+    spawn_gateway(command, port).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -127,14 +91,7 @@ async fn strict_durability_loses_no_answered_call_to_kill_9() {
     let mut conn = PgConnection::connect(&format!("{}/{db}", server_url()))
         .await
         .unwrap();
-    let logged: HashSet<String> =
-        sqlx::query_scalar::<_, String>("SELECT request_id FROM data.usage_log WHERE user_id = $1")
-            .bind(user)
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
+    let logged = billed_request_ids(&mut conn, user).await;
     let missing: Vec<&String> = answered.difference(&logged).collect();
     assert!(missing.is_empty(), "answered but not billed: {missing:?}");
     let (balance, charges): (Decimal, Decimal) = sqlx::query_as(

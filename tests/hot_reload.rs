@@ -6,29 +6,12 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use common::*;
 use neuropia::auth::KeyHash;
 use neuropia::billing::Decimal;
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-/// Polls `f` until it returns true; panics after `secs`.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(secs) {
-        if f().await {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("{what}: not within {secs} s");
-}
 
 async fn exec(app: &TestApp, sql: &'static str, key: &str) {
     sqlx::query(sql)
@@ -550,36 +533,6 @@ async fn unreadable_notifications_reload_instead_of_crashing() {
     app.stop().await;
 }
 
-async fn start_redis(port: u16) -> tokio::process::Child {
-    let child = tokio::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server");
-    let url = format!("redis://127.0.0.1:{port}");
-    eventually(5, "redis up", || {
-        let url = url.clone();
-        async move {
-            match redis::Client::open(url) {
-                Ok(c) => c.get_multiplexed_async_connection().await.is_ok(),
-                Err(_) => false,
-            }
-        }
-    })
-    .await;
-    child
-}
-
 async fn cached(port: u16, hash: &str) -> Option<String> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
     let mut conn = client.get_multiplexed_async_connection().await.ok()?;
@@ -592,11 +545,7 @@ async fn cached(port: u16, hash: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_cache_serves_cold_keys_and_survives_redis_going_away() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let mut redis = start_redis(port).await;
     let mock = mock_upstream().await;
     let db = format!("neuropia_test_{}", Uuid::new_v4().simple());

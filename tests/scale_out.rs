@@ -26,26 +26,6 @@ const INSTANCES: usize = 3;
 /// One mock call: 12 prompt tokens at 0.001 + 8 completion tokens at 0.002.
 const CALL_COST: &str = "0.028";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_redis(port: u16) -> Child {
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server");
-    start_wait(port).await;
-    child
-}
-
 /// Three gateways over one database and one Redis.
 struct Cluster {
     db: String,
@@ -84,13 +64,7 @@ impl Cluster {
     }
 
     async fn health(&self, i: usize) -> Value {
-        let r = self.apis[i]
-            .client
-            .get(self.apis[i].url("/health"))
-            .send()
-            .await
-            .unwrap();
-        r.json().await.unwrap()
+        self.apis[i].health().await
     }
 
     /// Takes instance `i`'s process (to kill it).
@@ -118,57 +92,17 @@ impl Cluster {
 }
 
 async fn start_gateway(db: &str, port: u16, redis_port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_neuropia"))
-        .arg("serve")
-        .env("DATABASE_URL", format!("{}/{db}", server_url()))
+    let mut command = gateway_command(db, port);
+    command
         .env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
         .env("NEUROPIA_INSTANCES", INSTANCES.to_string())
         .env_remove("RATE_LIMIT_BACKEND")
-        .env("NEUROPIA_BIND", format!("127.0.0.1:{port}"))
         .env("BILLING_DURABILITY", "strict")
         .env("NEUROPIA_DB_POOL", "6")
         .env("JWT_SECRET", "scale-out-test-secret-0123")
-        .env("NEUROPIA_ADMIN_EMAIL", ADMIN_EMAIL)
-        .env("NEUROPIA_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("DASHSCOPE_API_KEY", PLATFORM_KEY)
         .env("NEUROPIA_WORKER_THREADS", "2")
-        .env("RUST_LOG", "error")
-        .env_remove("NEUROPIA_DEMO")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the gateway binary starts");
-    let client = reqwest::Client::new();
-    let until = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < until {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/health"))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the gateway did not come up on port {port}");
-}
-
-/// Polls `check` every 5 ms until it holds; returns how long that took.
-async fn within<F, Fut>(secs: u64, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(secs) {
-        if check().await {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("{what}: not within {secs} s");
+        .env("RUST_LOG", "error");
+    spawn_gateway(command, port).await
 }
 
 async fn chat_status(api: &Api, key: &str) -> StatusCode {
@@ -266,7 +200,7 @@ async fn three_instances_share_limits_money_and_revocation() {
     let unlimited = a.create_key(&token, user, json!({"name": "plain"})).await;
     // The routing reached every instance (config_update NOTIFY).
     for api in &c.apis {
-        within(5, "model routed on every instance", || async {
+        eventually(5, "model routed on every instance", || async {
             chat_status(api, &unlimited).await == StatusCode::OK
         })
         .await;
@@ -338,7 +272,7 @@ async fn three_instances_share_limits_money_and_revocation() {
         .await;
     for api in &c.apis {
         // Each instance has the user's actor live and funded before the burst.
-        within(5, "the top-up on every instance", || async {
+        eventually(5, "the top-up on every instance", || async {
             api.api_balance(poor).await == (start, "active".to_owned())
         })
         .await;
@@ -420,7 +354,7 @@ async fn three_instances_share_limits_money_and_revocation() {
         }
         let mut took = Vec::new();
         for api in &c.apis {
-            within(5, "revocation on every instance", || async {
+            eventually(5, "revocation on every instance", || async {
                 chat_status(api, &key).await == StatusCode::UNAUTHORIZED
             })
             .await;
@@ -484,14 +418,7 @@ async fn three_instances_share_limits_money_and_revocation() {
         answered.extend(ids);
     }
     assert!(answered.len() >= 100, "enough load: {per_instance:?}");
-    let logged: HashSet<String> =
-        sqlx::query_scalar::<_, String>("SELECT request_id FROM data.usage_log WHERE user_id = $1")
-            .bind(user)
-            .fetch_all(&mut pg)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
+    let logged = billed_request_ids(&mut pg, user).await;
     let missing: Vec<&String> = answered.difference(&logged).collect();
     assert!(missing.is_empty(), "answered but not billed: {missing:?}");
     let (balance, charges, rows) = money(&mut pg, user).await;
@@ -517,7 +444,7 @@ async fn without_redis_each_instance_enforces_its_share_until_redis_is_back() {
     a.top_up(user, "100").await;
     let probe = a.create_key(&token, user, json!({"name": "probe"})).await;
     for api in &c.apis {
-        within(5, "model routed on every instance", || async {
+        eventually(5, "model routed on every instance", || async {
             chat_status(api, &probe).await == StatusCode::OK
         })
         .await;
@@ -551,7 +478,7 @@ async fn without_redis_each_instance_enforces_its_share_until_redis_is_back() {
     // Redis is back: limits are global again, and a new key's burst serves exactly 30.
     c.redis = Some(start_redis(c.redis_port).await);
     for i in 0..INSTANCES {
-        within(5, "rate limits global again", || async {
+        eventually(5, "rate limits global again", || async {
             c.health(i).await["rate_limits"]["global"] == true
         })
         .await;
@@ -588,7 +515,7 @@ async fn start_redis_cluster(dir: &std::path::Path) -> (Vec<Child>, String) {
         );
     }
     for port in &ports {
-        start_wait(*port).await;
+        wait_for_redis(*port).await;
     }
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let out = Command::new("redis-cli")
@@ -627,20 +554,6 @@ async fn start_redis_cluster(dir: &std::path::Path) -> (Vec<Child>, String) {
     (nodes, urls)
 }
 
-async fn start_wait(port: u16) {
-    let url = format!("redis://127.0.0.1:{port}");
-    let until = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < until {
-        if let Ok(c) = redis::Client::open(url.as_str())
-            && c.get_multiplexed_async_connection().await.is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("redis-server did not start on {port}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_holds_the_limits_and_the_cache() {
     let dir = std::env::temp_dir().join(format!("neuropia-cluster-{}", Uuid::new_v4().simple()));
@@ -662,15 +575,7 @@ async fn a_redis_cluster_holds_the_limits_and_the_cache() {
     let apis = [Api::connect(app.base.clone()).await];
     let per = burst(&apis, &key, 60).await;
     assert_eq!(count(&per, StatusCode::OK), 30, "{per:?}");
-    let h: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h = app.health().await;
     assert_eq!(h["redis"], "ok", "{h}");
     assert_eq!(h["rate_limits"]["global"], true, "{h}");
     assert!(h["rate_limits"]["checks"].as_u64().unwrap() >= 60, "{h}");

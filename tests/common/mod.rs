@@ -36,6 +36,116 @@ pub fn server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// Polls `check` every 5 ms until it holds; returns how long that took. Panics after
+/// `secs`.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(secs) {
+        if check().await {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{what}: not within {secs} s");
+}
+
+/// The request ids of `user`'s usage rows: the calls billed.
+pub async fn billed_request_ids(
+    conn: &mut PgConnection,
+    user: Uuid,
+) -> std::collections::HashSet<String> {
+    sqlx::query_scalar::<_, String>("SELECT request_id FROM data.usage_log WHERE user_id = $1")
+        .bind(user)
+        .fetch_all(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// A loopback port free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `neuropia serve` as a child process on `port` over database `db`, signed-in admin and
+/// platform key as in [`TestApp`]; the caller adds its own settings and spawns it with
+/// [`spawn_gateway`].
+pub fn gateway_command(db: &str, port: u16) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_neuropia"));
+    c.arg("serve")
+        .env("DATABASE_URL", format!("{}/{db}", server_url()))
+        .env("NEUROPIA_BIND", format!("127.0.0.1:{port}"))
+        .env("NEUROPIA_ADMIN_EMAIL", ADMIN_EMAIL)
+        .env("NEUROPIA_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("DASHSCOPE_API_KEY", PLATFORM_KEY)
+        .env("RUST_LOG", "warn")
+        .env_remove("NEUROPIA_DEMO")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    c
+}
+
+/// Spawns `command` (a [`gateway_command`] on `port`) and waits until it answers
+/// `/health`.
+pub async fn spawn_gateway(
+    mut command: tokio::process::Command,
+    port: u16,
+) -> tokio::process::Child {
+    let child = command.spawn().expect("the gateway binary starts");
+    let client = reqwest::Client::new();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < until {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway did not come up on port {port}");
+}
+
+/// A `redis-server` of the test's own on `port` (so the test can stop it), once it answers.
+pub async fn start_redis(port: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server");
+    wait_for_redis(port).await;
+    child
+}
+
+/// Waits until a Redis on `port` takes connections.
+pub async fn wait_for_redis(port: u16) {
+    let url = format!("redis://127.0.0.1:{port}");
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        if let Ok(c) = redis::Client::open(url.as_str())
+            && c.get_multiplexed_async_connection().await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("redis-server did not start on {port}");
+}
+
 /// What the mock upstream does and has seen.
 #[derive(Default)]
 pub struct MockState {
@@ -467,6 +577,12 @@ impl Api {
 
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.send(reqwest::Method::GET, path, token, None).await
+    }
+
+    /// `GET /health`'s body (whatever its status).
+    pub async fn health(&self) -> Value {
+        let r = self.client.get(self.url("/health")).send().await.unwrap();
+        r.json().await.unwrap()
     }
 
     /// The Prometheus text of `GET /metrics`.
