@@ -50,6 +50,29 @@ impl Admitted {
     }
 }
 
+/// A call the key actor admitted; with the Redis backend its rpm and tpm are still to be
+/// checked ([`Keys::confirm`]), which the request path does while the balance is reserved.
+pub struct Checked {
+    pub admission: Admission,
+    key: KeyHandle,
+    hash: KeyHash,
+    model: String,
+    estimated_tokens: u64,
+}
+
+impl Checked {
+    /// Gives back what the key actor counted, for a call that goes no further (nothing was
+    /// counted in Redis yet).
+    pub fn forget(&self) {
+        if self.admission.counts_tokens && !self.admission.global {
+            let _ = self.key.cast(KeyMsg::Record {
+                estimated_tokens: self.estimated_tokens,
+                actual_tokens: 0,
+            });
+        }
+    }
+}
+
 /// The request path's handle on the key actors.
 #[derive(Clone)]
 pub struct Keys {
@@ -107,21 +130,50 @@ impl Keys {
     }
 
     /// Admits one call of `model` with the key whose hash is `hash`, counting
-    /// `estimated_tokens` in its tpm window until the call reports what it used.
-    ///
-    /// With the Redis backend the key actor checks the active flag and the allow-list, then
-    /// Redis counts rpm and tpm; if Redis fails the actor is asked again to count them
-    /// locally at this instance's share.
+    /// `estimated_tokens` in its tpm window until the call reports what it used:
+    /// [`Keys::check`] then [`Keys::confirm`].
     pub async fn admit(
         &self,
         hash: KeyHash,
         model: &str,
         estimated_tokens: u64,
     ) -> Result<Admitted, AdmitError> {
+        let checked = self.check(hash, model, estimated_tokens).await?;
+        self.confirm(checked).await
+    }
+
+    /// The key actor's part of an admission: the active flag, the allow-list, and (unless
+    /// Redis counts them) rpm and tpm. Tells who the key belongs to.
+    pub async fn check(
+        &self,
+        hash: KeyHash,
+        model: &str,
+        estimated_tokens: u64,
+    ) -> Result<Checked, AdmitError> {
         let share = self.limiter.as_ref().map_or(1, GlobalLimiter::share);
         let (admission, key) = self
             .admit_with(hash, model, estimated_tokens, share)
             .await?;
+        Ok(Checked {
+            admission,
+            key,
+            hash,
+            model: model.to_owned(),
+            estimated_tokens,
+        })
+    }
+
+    /// The rest of an admission: with the Redis backend, rpm and tpm in Redis (if Redis
+    /// fails, the actor is asked again to count them locally at this instance's share);
+    /// otherwise nothing left to do.
+    pub async fn confirm(&self, checked: Checked) -> Result<Admitted, AdmitError> {
+        let Checked {
+            admission,
+            key,
+            hash,
+            model,
+            estimated_tokens,
+        } = checked;
         let Some(limiter) = self.limiter.as_ref().filter(|_| admission.global) else {
             return Ok(Admitted {
                 admission,
@@ -151,7 +203,7 @@ impl Keys {
                 // Redis failed: this instance enforces its share of the limits itself.
                 let share = limiter.instances();
                 let (admission, key) = self
-                    .admit_with(hash, model, estimated_tokens, share)
+                    .admit_with(hash, &model, estimated_tokens, share)
                     .await?;
                 Ok(Admitted {
                     admission,

@@ -25,7 +25,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use sqlx::PgPool;
 use uuid::Uuid;
 
-pub use facade::{AdmitError, Admitted, Keys};
+pub use facade::{AdmitError, Admitted, Checked, Keys};
 pub use key::{Admission, Denied, KeyActor, KeyArgs, KeyMsg, KeyRef, KeyView};
 pub use window::TokenWindow;
 

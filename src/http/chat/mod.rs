@@ -253,32 +253,46 @@ async fn chat(
         output_tokens: max_out,
     };
     let estimated_tokens = worst.total();
-    let admitted = app
+    let checked = app
         .keys
-        .admit(hash, &model, estimated_tokens)
+        .check(hash, &model, estimated_tokens)
         .await
         .map_err(admit_error)?;
-    let (user_id, tenant_id) = (admitted.admission.user_id, admitted.admission.tenant_id);
-    let forget_estimate = || admitted.record(0);
+    let (user_id, tenant_id) = (checked.admission.user_id, checked.admission.tenant_id);
     // The user's or tenant's Portkey config when there is one, else the model's plan.
     let Some((plan, _)) = snap.plan_for(tenant_id, user_id, &model) else {
-        forget_estimate();
+        checked.forget();
         return Err(ApiError::NotFound(format!(
             "model {model:?} does not exist"
         )));
     };
     let Some(reserve) = reservation(&snap, &plan, &model, tenant_id, user_id, worst) else {
-        forget_estimate();
+        checked.forget();
         return Err(ApiError::Unavailable(format!(
             "model {model:?} is not priced yet"
         )));
     };
 
+    // The key's global limits (Redis, with several instances) and the balance are checked
+    // side by side; whichever refuses undoes the other.
     let request_id = ctx.id;
-    if let Err(e) = app.balances.reserve(user_id, request_id, reserve).await {
-        forget_estimate();
-        return Err(balance_error(e));
-    }
+    let (confirmed, reserved) = tokio::join!(
+        app.keys.confirm(checked),
+        app.balances.reserve(user_id, request_id, reserve)
+    );
+    let admitted = match (confirmed, reserved) {
+        (Ok(admitted), Ok(())) => admitted,
+        (Err(e), reserved) => {
+            if reserved.is_ok() {
+                app.balances.release(user_id, request_id);
+            }
+            return Err(admit_error(e));
+        }
+        (Ok(admitted), Err(e)) => {
+            admitted.record(0);
+            return Err(balance_error(e));
+        }
+    };
     let call = call::Call {
         app: app.clone(),
         admitted,
