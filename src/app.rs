@@ -114,20 +114,24 @@ pub async fn build(config: Config) -> Result<AppState, String> {
     let key_directory = Arc::default();
     let balance_directory: crate::actors::balances::BalanceDirectory = Arc::default();
 
-    let cache = match &redis {
-        Some(conn) => Cache::new(conn.clone(), pool.clone()),
-        None => Cache::disabled(),
+    // With REDIS_URL set the cache exists even if Redis is unreachable now: it connects
+    // (and sweeps) when Redis answers.
+    let cache = if config.redis_url.is_empty() {
+        Cache::disabled()
+    } else {
+        Cache::new(
+            redis.clone(),
+            config.redis_url.clone(),
+            config.redis_cluster,
+            pool.clone(),
+        )
     };
     // With several instances (NEUROPIA_INSTANCES > 1) the shared reservations ride on the
-    // limiter's connection; an entry outlives any call (twice the upstream timeout) unless
-    // settled first.
-    let shared = limiter.as_ref().filter(|_| config.instances > 1).map(|l| {
-        crate::reservations::GlobalReservations::new(
-            l.clone(),
-            Duration::from_millis(config.upstream_timeout_ms.saturating_mul(2))
-                .max(Duration::from_secs(60)),
-        )
-    });
+    // limiter's connection; an entry lives 60 s past its instance's last refresh.
+    let shared = limiter
+        .as_ref()
+        .filter(|_| config.instances > 1)
+        .map(|l| crate::reservations::GlobalReservations::new(l.clone(), Duration::from_secs(60)));
     let ledger_fault = Arc::new(WriteFault::default());
     let passivate_after =
         (config.passivate_secs > 0).then(|| Duration::from_secs(config.passivate_secs));
@@ -232,7 +236,7 @@ async fn connect_redis(config: &Config) -> Option<RedisConn> {
             Some(conn)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "Redis unreachable; running without its cache");
+            tracing::warn!(error = %e, "Redis unreachable; the cache connects once it answers");
             None
         }
     }

@@ -10,6 +10,8 @@
 //!   every key changed in PostgreSQL since the cache went down (at start: within the
 //!   entries' time to live) are deleted, so whatever a skipped or lost write left stale is
 //!   gone. Then `recovered` wakes whoever repopulates it.
+//! - a gateway that starts while Redis is unreachable keeps trying to connect (the
+//!   monitor), and uses the cache once it has connected and swept.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,6 +58,10 @@ pub struct CacheStats {
 
 struct Inner {
     shards: Vec<mpsc::UnboundedSender<Op>>,
+    /// `None` until the first connection succeeds.
+    conn: arc_swap::ArcSwapOption<RedisConn>,
+    url: crate::config::Secret,
+    cluster: bool,
     up: AtomicBool,
     sweep_from: Mutex<Option<DateTime<Utc>>>,
     recovered: Notify,
@@ -79,9 +85,15 @@ fn portkey_name(id: Uuid) -> String {
 }
 
 impl Cache {
-    /// A cache over `conn`; spawns the shard tasks and the monitor, which sweeps with
-    /// `pool` before the cache is first used.
-    pub fn new(conn: RedisConn, pool: PgPool) -> Self {
+    /// A cache over `conn` (or, when Redis was unreachable at start, over the connection
+    /// the monitor makes to `url` once it can); spawns the shard tasks and the monitor,
+    /// which sweeps with `pool` before the cache is first used.
+    pub fn new(
+        conn: Option<RedisConn>,
+        url: crate::config::Secret,
+        cluster: bool,
+        pool: PgPool,
+    ) -> Self {
         let mut shards = Vec::with_capacity(SHARDS);
         let mut receivers = Vec::with_capacity(SHARDS);
         for _ in 0..SHARDS {
@@ -91,6 +103,9 @@ impl Cache {
         }
         let inner = Arc::new(Inner {
             shards,
+            conn: arc_swap::ArcSwapOption::from(conn.map(Arc::new)),
+            url,
+            cluster,
             up: AtomicBool::new(false),
             // Entries older than their time to live are gone; younger ones may be stale.
             sweep_from: Mutex::new(Some(
@@ -104,14 +119,19 @@ impl Cache {
             sweeps: AtomicU64::new(0),
         });
         for rx in receivers {
-            tokio::spawn(shard(Arc::downgrade(&inner), conn.clone(), rx));
+            tokio::spawn(shard(Arc::downgrade(&inner), rx));
         }
-        tokio::spawn(monitor(Arc::downgrade(&inner), conn, pool));
+        tokio::spawn(monitor(Arc::downgrade(&inner), pool));
         Self(Some(inner))
     }
 
     pub fn disabled() -> Self {
         Self(None)
+    }
+
+    /// The cache's connection, once it has one (for `/health`).
+    pub fn connection(&self) -> Option<RedisConn> {
+        self.0.as_ref()?.conn.load_full().map(|c| (*c).clone())
     }
 
     fn send(&self, shard: usize, op: Op) {
@@ -208,20 +228,18 @@ impl Inner {
     }
 }
 
-async fn shard(
-    inner: std::sync::Weak<Inner>,
-    mut conn: RedisConn,
-    mut rx: mpsc::UnboundedReceiver<Op>,
-) {
+async fn shard(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Op>) {
     while let Some(op) = rx.recv().await {
         let Some(inner) = inner.upgrade() else { break };
-        if !inner.up.load(Ordering::Acquire) {
+        let conn = inner.conn.load_full();
+        let (true, Some(conn)) = (inner.up.load(Ordering::Acquire), conn) else {
             // Reads miss; a skipped write is covered by the sweep before the cache is up.
             if let Op::GetKey(_, tx) = op {
                 let _ = tx.send(None);
             }
             continue;
-        }
+        };
+        let mut conn = (*conn).clone();
         match op {
             Op::GetKey(hash, tx) => {
                 let read = tokio::time::timeout(
@@ -312,7 +330,7 @@ async fn sweep(conn: &mut RedisConn, pool: &PgPool, since: DateTime<Utc>) -> Res
     Ok(())
 }
 
-async fn monitor(inner: std::sync::Weak<Inner>, mut conn: RedisConn, pool: PgPool) {
+async fn monitor(inner: std::sync::Weak<Inner>, pool: PgPool) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
@@ -320,6 +338,19 @@ async fn monitor(inner: std::sync::Weak<Inner>, mut conn: RedisConn, pool: PgPoo
         if inner.up.load(Ordering::Acquire) {
             continue;
         }
+        let conn = match inner.conn.load_full() {
+            Some(c) => c,
+            None => match RedisConn::connect(&inner.url, inner.cluster).await {
+                Ok(c) => {
+                    tracing::info!("connected to Redis");
+                    let c = Arc::new(c);
+                    inner.conn.store(Some(c.clone()));
+                    c
+                }
+                Err(_) => continue,
+            },
+        };
+        let mut conn = (*conn).clone();
         let pong = tokio::time::timeout(
             Duration::from_millis(300),
             redis::cmd("PING").query_async::<String>(&mut conn),

@@ -648,3 +648,43 @@ async fn the_redis_cache_serves_cold_keys_and_survives_redis_going_away() {
     assert_eq!(chat_status(&app, &fresh, "qwen-turbo").await, 200);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_while_redis_is_down_gets_its_cache_when_redis_answers() {
+    let port = free_port();
+    let mock = mock_upstream().await;
+    let app = TestApp::spawn_with(|c| {
+        c.redis_url = neuropia::config::Secret::new(format!("redis://127.0.0.1:{port}"));
+    })
+    .await;
+    app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
+        .await;
+    let (user, token) = app.register("late-redis@example.com").await;
+    app.top_up(user, "10").await;
+    let key = app.create_key(&token, user, json!({"name": "k"})).await;
+    // Served from PostgreSQL meanwhile; the cache is configured but not up.
+    assert_eq!(chat_status(&app, &key, "qwen-turbo").await, 200);
+    let h = health(&app).await;
+    assert_eq!(
+        (h["redis"].as_str(), h["status"].as_str()),
+        (Some("unreachable"), Some("degraded")),
+        "{h}"
+    );
+    assert_eq!(h["cache"]["enabled"], true);
+    assert_eq!(h["cache"]["up"], false);
+
+    let _redis = start_redis(port).await;
+    eventually(10, "cache up once Redis answers", || async {
+        health(&app).await["cache"]["up"] == true
+    })
+    .await;
+    let h = health(&app).await;
+    assert_eq!(h["redis"], "ok", "{h}");
+    // The live key is written again once the cache is up.
+    let hash = KeyHash::of(&key).to_hex();
+    eventually(5, "key cached", || async {
+        cached(port, &hash).await.is_some()
+    })
+    .await;
+    app.stop().await;
+}

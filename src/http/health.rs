@@ -29,8 +29,9 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, axum::Json<Valu
         .fetch_one(&app.pool)
         .await
         .is_ok();
-    let redis = match app.redis.clone() {
-        None => "disabled",
+    let redis = match app.cache.connection() {
+        None if app.config.redis_url.is_empty() => "disabled",
+        None => "unreachable",
         Some(mut conn) => {
             let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
             if pong.is_ok() { "ok" } else { "unreachable" }
