@@ -503,6 +503,18 @@ async fn without_redis_each_instance_enforces_its_share_until_redis_is_back() {
         .await;
     let per = burst(&c.apis, &key, 90).await;
     assert_eq!(count(&per, StatusCode::OK), 30, "{per:?}");
+
+    // Through it all, money stayed exact: every served call once, nothing left reserved.
+    let served = 3 + 30 + 30;
+    let mut pg = c.pg().await;
+    let (balance, charges, rows) = money(&mut pg, user).await;
+    assert_eq!(
+        rows, served,
+        "strict durability: every answered call is committed"
+    );
+    assert_eq!(charges, d(CALL_COST) * Decimal::from(served as u64));
+    assert_eq!(balance, d("100") - charges);
+    all_agree(&c, user, &[0, 1, 2]).await;
     c.stop().await;
 }
 
