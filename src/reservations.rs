@@ -152,13 +152,17 @@ fn name(user_id: Uuid) -> String {
 
 /// `d` in millionths, rounded up or down, within what Lua holds exactly.
 fn micros(d: Decimal, up: bool) -> i64 {
-    let scaled = d * Decimal::from(1_000_000);
+    let bound = if d.is_sign_negative() { -EXACT } else { EXACT };
+    let Some(scaled) = d.checked_mul(Decimal::from(1_000_000)) else {
+        return bound;
+    };
     let rounded = if up { scaled.ceil() } else { scaled.floor() };
-    rounded
-        .to_i64()
-        .unwrap_or(if up { EXACT } else { -EXACT })
-        .clamp(-EXACT, EXACT)
+    rounded.to_i64().unwrap_or(bound).clamp(-EXACT, EXACT)
 }
+
+/// How long this instance keeps refreshing an entry whose call never settled nor released
+/// (a lost call): as long as a balance actor keeps a reservation.
+const LONGEST_CALL: Duration = Duration::from_secs(30 * 60);
 
 /// A handle on the shared reservations; cheap to clone.
 #[derive(Clone)]
@@ -171,8 +175,9 @@ struct Inner {
     commit: redis::Script,
     refresh: redis::Script,
     ttl_ms: u64,
-    /// This instance's entries in Redis: (user, request id), until released or committed.
-    open: DashMap<(Uuid, Uuid), ()>,
+    /// This instance's entries in Redis: (user, request id) -> when reserved, until
+    /// released or committed.
+    open: DashMap<(Uuid, Uuid), std::time::Instant>,
 }
 
 /// The shared check's answer.
@@ -226,7 +231,9 @@ impl GlobalReservations {
             .arg(version);
         match tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await {
             Ok(Ok(1)) => {
-                inner.open.insert((user_id, request_id), ());
+                inner
+                    .open
+                    .insert((user_id, request_id), std::time::Instant::now());
                 Shared::Reserved
             }
             Ok(Ok(_)) => Shared::Refused,
@@ -252,19 +259,23 @@ impl GlobalReservations {
     /// `version`, in the background: every instance whose view is older than that version
     /// keeps counting them (for `COMMITTED_GRACE`), so none admits on a view that lacks
     /// them while the commit's notice is on its way.
-    pub fn committed<'a>(&self, charges: impl Iterator<Item = (Uuid, i64, &'a str)>) {
+    /// A charge without a version (its user's row was not returned) is released outright.
+    pub fn committed<'a>(&self, charges: impl Iterator<Item = (Uuid, Option<i64>, &'a str)>) {
         let mut per_user: std::collections::HashMap<(Uuid, i64), Vec<String>> = Default::default();
+        let mut unversioned = Vec::new();
         for (user, version, id) in charges {
             let Ok(request_id) = Uuid::parse_str(id) else {
                 continue;
             };
-            if self.0.open.remove(&(user, request_id)).is_some() {
-                per_user
-                    .entry((user, version))
-                    .or_default()
-                    .push(id.to_owned());
+            if self.0.open.remove(&(user, request_id)).is_none() {
+                continue;
+            }
+            match version {
+                Some(v) => per_user.entry((user, v)).or_default().push(id.to_owned()),
+                None => unversioned.push((user, vec![id.to_owned()])),
             }
         }
+        self.release_many(unversioned);
         if per_user.is_empty() {
             return;
         }
@@ -330,6 +341,9 @@ async fn refresher(inner: std::sync::Weak<Inner>) {
         let Some(mut conn) = inner.redis.stored_connection() else {
             continue;
         };
+        // A call lost without a settle or a release stops being refreshed (and expires)
+        // when a balance actor would drop its reservation too.
+        inner.open.retain(|_, at| at.elapsed() < LONGEST_CALL);
         let mut per_user: std::collections::HashMap<Uuid, Vec<String>> = Default::default();
         for e in inner.open.iter() {
             let (user, request_id) = *e.key();
@@ -362,5 +376,7 @@ mod tests {
         assert_eq!(micros(d("-0.0000001"), false), -1);
         assert_eq!(micros(d("1e12"), false), EXACT);
         assert_eq!(micros(d("-1e12"), false), -EXACT);
+        assert_eq!(micros(Decimal::MAX, false), EXACT, "no overflow");
+        assert_eq!(micros(Decimal::MIN, true), -EXACT);
     }
 }

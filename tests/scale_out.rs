@@ -711,7 +711,7 @@ async fn shared_reservations_count_every_instance_and_expire_when_their_instance
     // A's call is committed at version 2 (charge 0.6). B has not heard of it yet: its view
     // (1.2 after a top-up of 0.2, at version 1) lacks the charge, which must still count:
     // 1.2 - 0.6 (charged) - 0.6 (r2) = 0.
-    a.committed([(user, 2, r1.to_string().as_str())].into_iter());
+    a.committed([(user, Some(2), r1.to_string().as_str())].into_iter());
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(reserve(&b, r3, "0.01", "1.2", 1).await, Shared::Refused);
     // Once B's view is at version 2 it includes the charge, which no longer counts twice.

@@ -157,9 +157,9 @@ async fn write(
             batch
                 .iter()
                 .filter(|e| matches!(e.kind, crate::journal::EntryKind::Charge(_)))
-                .filter_map(|e| {
-                    let version = *versions.get(&e.user_id)?;
-                    Some((e.user_id, version, e.request_id.as_str()))
+                .map(|e| {
+                    let version = versions.get(&e.user_id).copied();
+                    (e.user_id, version, e.request_id.as_str())
                 }),
         );
     }
