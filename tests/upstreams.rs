@@ -216,6 +216,48 @@ async fn a_client_that_hangs_up_before_a_whole_answer_is_still_billed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_during_admission_leaves_no_reservation() {
+    let mock = mock_upstream().await;
+    let app = TestApp::spawn().await;
+    app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
+        .await;
+    let (user, key) = funded(&app, "admission-hangup@example.com").await;
+    // The balance actor is live, then slow: the reserve is answered after the client left.
+    assert_eq!(app.chat(&key, &chat_body("qwen-turbo")).await.status(), 200);
+    let (s, body) = app
+        .post(
+            "/api/admin/faults",
+            &app.admin_token,
+            json!({"actor": format!("balance:{user}"), "fault": "delay", "ms": 300, "seconds": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let gave_up = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .header("x-virtual-key", &key)
+        .timeout(Duration::from_millis(100))
+        .json(&chat_body("qwen-turbo"))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gave up during the reserve");
+    // The reservation the actor made for nobody is released: the balance is all available.
+    eventually(5, "no reservation left open", || async {
+        let (_, b) = app
+            .get(&format!("/api/users/{user}/balance"), &app.admin_token)
+            .await;
+        b["reserved"] == "0"
+    })
+    .await;
+    assert_eq!(
+        mock.calls(),
+        1,
+        "the abandoned call never reached the upstream"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_breaking_mid_stream_yields_an_error_event_and_bills_what_was_delivered() {
     let mock = mock_upstream().await;
     mock.state.break_after.store(3, Ordering::SeqCst);

@@ -62,8 +62,9 @@ pub struct ConfigBase {
     pub resync_every: Duration,
     /// The live balance actors, told about other instances' balance changes.
     pub balances: super::balances::BalanceDirectory,
-    /// This process's id (its own `balance_update` notices are skipped).
-    pub instance: uuid::Uuid,
+    /// With several instances, this process's id (its own `balance_update` notices are
+    /// skipped); `None` with one instance (no notices, no balance re-reads).
+    pub instance: Option<uuid::Uuid>,
 }
 
 impl ConfigBase {

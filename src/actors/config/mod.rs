@@ -51,8 +51,9 @@ pub struct ConfigArgs {
     pub resync_every: Duration,
     /// Live balance actors, told about balance changes committed by other instances.
     pub balances: BalanceDirectory,
-    /// This process's id: its own `balance_update` notices are skipped.
-    pub instance: Uuid,
+    /// With several instances, this process's id: its own `balance_update` notices are
+    /// skipped, and live balances are re-read on every resync. `None` with one instance.
+    pub instance: Option<Uuid>,
 }
 
 /// What operators see of the configuration flow.
@@ -224,6 +225,9 @@ impl ConfigState {
     /// have been missed while the listener was away). An actor with entries of its own on
     /// the way keeps it until they commit.
     fn refresh_balances(&self) {
+        if self.args.instance.is_none() {
+            return;
+        }
         let users: Vec<Uuid> = self.args.balances.iter().map(|e| *e.key()).collect();
         if users.is_empty() {
             return;
@@ -296,7 +300,7 @@ impl ConfigState {
                 });
             }),
             "balance_update" => db::ledger::parse_notice(payload).map(|(from, balances)| {
-                if from != self.args.instance {
+                if Some(from) != self.args.instance {
                     for after in balances {
                         if let Some(actor) = self.args.balances.get(&after.user_id) {
                             let _ = actor.cast(BalanceMsg::Remote(after));

@@ -40,14 +40,17 @@ impl Admitted {
             Some(limiter) => {
                 limiter.correct(self.admission.key_id, self.estimated_tokens, actual_tokens);
             }
-            None => {
-                let _ = self.key.cast(KeyMsg::Record {
-                    estimated_tokens: self.estimated_tokens,
-                    actual_tokens,
-                });
-            }
+            None => record_here(&self.key, self.estimated_tokens, actual_tokens),
         }
     }
+}
+
+/// Replaces an estimate the key actor counted with the tokens actually used.
+fn record_here(key: &KeyHandle, estimated_tokens: u64, actual_tokens: u64) {
+    let _ = key.cast(KeyMsg::Record {
+        estimated_tokens,
+        actual_tokens,
+    });
 }
 
 /// A call the key actor admitted; with the Redis backend its rpm and tpm are still to be
@@ -56,7 +59,6 @@ pub struct Checked {
     pub admission: Admission,
     key: KeyHandle,
     hash: KeyHash,
-    model: String,
     estimated_tokens: u64,
 }
 
@@ -65,10 +67,7 @@ impl Checked {
     /// counted in Redis yet).
     pub fn forget(&self) {
         if self.admission.counts_tokens && !self.admission.global {
-            let _ = self.key.cast(KeyMsg::Record {
-                estimated_tokens: self.estimated_tokens,
-                actual_tokens: 0,
-            });
+            record_here(&self.key, self.estimated_tokens, 0);
         }
     }
 }
@@ -139,7 +138,7 @@ impl Keys {
         estimated_tokens: u64,
     ) -> Result<Admitted, AdmitError> {
         let checked = self.check(hash, model, estimated_tokens).await?;
-        self.confirm(checked).await
+        self.confirm(checked, model).await
     }
 
     /// The key actor's part of an admission: the active flag, the allow-list, and (unless
@@ -158,20 +157,18 @@ impl Keys {
             admission,
             key,
             hash,
-            model: model.to_owned(),
             estimated_tokens,
         })
     }
 
-    /// The rest of an admission: with the Redis backend, rpm and tpm in Redis (if Redis
-    /// fails, the actor is asked again to count them locally at this instance's share);
-    /// otherwise nothing left to do.
-    pub async fn confirm(&self, checked: Checked) -> Result<Admitted, AdmitError> {
+    /// The rest of an admission of `model`: with the Redis backend, rpm and tpm in Redis
+    /// (if Redis fails, the actor is asked again to count them locally at this instance's
+    /// share); otherwise nothing left to do.
+    pub async fn confirm(&self, checked: Checked, model: &str) -> Result<Admitted, AdmitError> {
         let Checked {
             admission,
             key,
             hash,
-            model,
             estimated_tokens,
         } = checked;
         let Some(limiter) = self.limiter.as_ref().filter(|_| admission.global) else {
@@ -203,7 +200,7 @@ impl Keys {
                 // Redis failed: this instance enforces its share of the limits itself.
                 let share = limiter.instances();
                 let (admission, key) = self
-                    .admit_with(hash, &model, estimated_tokens, share)
+                    .admit_with(hash, model, estimated_tokens, share)
                     .await?;
                 Ok(Admitted {
                     admission,

@@ -274,25 +274,25 @@ async fn chat(
     };
 
     // The key's global limits (Redis, with several instances) and the balance are checked
-    // side by side; whichever refuses undoes the other.
+    // side by side; whichever refuses undoes the other. Until the call takes it over, the
+    // reservation is released by `held` however the handler ends, a hung-up client included.
     let request_id = ctx.id;
+    let held = HeldReservation {
+        app: &app,
+        user_id,
+        request_id,
+        armed: true,
+    };
     let (confirmed, reserved) = tokio::join!(
-        app.keys.confirm(checked),
+        app.keys.confirm(checked, &model),
         app.balances.reserve(user_id, request_id, reserve)
     );
-    let admitted = match (confirmed, reserved) {
-        (Ok(admitted), Ok(())) => admitted,
-        (Err(e), reserved) => {
-            if reserved.is_ok() {
-                app.balances.release(user_id, request_id);
-            }
-            return Err(admit_error(e));
-        }
-        (Ok(admitted), Err(e)) => {
-            admitted.record(0);
-            return Err(balance_error(e));
-        }
-    };
+    let admitted = confirmed.map_err(admit_error)?;
+    if let Err(e) = reserved {
+        admitted.record(0);
+        return Err(balance_error(e));
+    }
+    held.hand_over();
     let call = call::Call {
         app: app.clone(),
         admitted,
@@ -308,6 +308,30 @@ async fn chat(
     // The call runs to its end (and is billed) even if the client goes away: polled here
     // while the client waits (no task hop), moved to a task of its own if it hangs up.
     Detached(Some(Box::pin(call.run(body, stream)))).await
+}
+
+/// A reservation made for a call not yet running: released when dropped, unless handed
+/// over to the call (which then settles or releases it).
+struct HeldReservation<'a> {
+    app: &'a AppState,
+    user_id: Uuid,
+    request_id: Uuid,
+    armed: bool,
+}
+
+impl HeldReservation<'_> {
+    fn hand_over(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for HeldReservation<'_> {
+    fn drop(&mut self) {
+        // Releasing a reservation that was refused or never made changes nothing.
+        if self.armed {
+            self.app.balances.release(self.user_id, self.request_id);
+        }
+    }
 }
 
 type CallFuture = std::pin::Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send>>;
