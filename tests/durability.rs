@@ -46,30 +46,12 @@ async fn strict_durability_loses_no_answered_call_to_kill_9() {
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..32)
         .map(|_| {
-            let (client, url, key, stop) = (
+            call_until_stopped(
                 api.client.clone(),
                 format!("{base}/v1/chat/completions"),
                 key.clone(),
                 stop.clone(),
-            );
-            tokio::spawn(async move {
-                let mut answered = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    let sent = client
-                        .post(&url)
-                        .header("x-virtual-key", &key)
-                        .json(&chat_body("qwen-turbo"))
-                        .send()
-                        .await;
-                    let Ok(r) = sent else { break };
-                    let id = r.headers().get("x-request-id").cloned();
-                    // The response reached the client only once its body did.
-                    if r.status() == 200 && r.bytes().await.is_ok() {
-                        answered.push(id.unwrap().to_str().unwrap().to_owned());
-                    }
-                }
-                answered
-            })
+            )
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;

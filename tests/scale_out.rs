@@ -379,34 +379,13 @@ async fn three_instances_share_limits_money_and_revocation() {
     let workers: Vec<_> = (0..24)
         .map(|w| {
             let api = &c.apis[w % INSTANCES];
-            let (client, url, key, stop) = (
+            let answered = call_until_stopped(
                 api.client.clone(),
                 api.url("/v1/chat/completions"),
                 unlimited.clone(),
                 stop.clone(),
             );
-            tokio::spawn(async move {
-                let mut answered = Vec::new();
-                let mut after_kill = 0usize;
-                while !stop.load(Ordering::SeqCst) {
-                    let sent = client
-                        .post(&url)
-                        .header("x-virtual-key", &key)
-                        .json(&chat_body("qwen-turbo"))
-                        .send()
-                        .await;
-                    let Ok(r) = sent else {
-                        // The killed instance's clients stop.
-                        break;
-                    };
-                    let id = r.headers().get("x-request-id").cloned();
-                    if r.status() == 200 && r.bytes().await.is_ok() {
-                        answered.push(id.unwrap().to_str().unwrap().to_owned());
-                        after_kill += 1;
-                    }
-                }
-                (w % INSTANCES, answered, after_kill)
-            })
+            (w % INSTANCES, answered)
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -423,8 +402,8 @@ async fn three_instances_share_limits_money_and_revocation() {
     stop.store(true, Ordering::SeqCst);
     let mut answered = HashSet::new();
     let mut per_instance = [0usize; INSTANCES];
-    for w in workers {
-        let (i, ids, _) = w.await.unwrap();
+    for (i, worker) in workers {
+        let ids = worker.await.unwrap();
         per_instance[i] += ids.len();
         answered.extend(ids);
     }

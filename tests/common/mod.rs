@@ -67,6 +67,34 @@ pub async fn billed_request_ids(
         .collect()
 }
 
+/// A client that calls chat with `key` at `url` back to back until `stop` (or until the
+/// gateway is gone); returns the `x-request-id`s of the calls whose whole answer arrived.
+pub fn call_until_stopped(
+    client: reqwest::Client,
+    url: String,
+    key: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut answered = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            let sent = client
+                .post(&url)
+                .header("x-virtual-key", &key)
+                .json(&chat_body("qwen-turbo"))
+                .send()
+                .await;
+            let Ok(r) = sent else { break };
+            let id = r.headers().get("x-request-id").cloned();
+            // The response reached the client only once its body did.
+            if r.status() == 200 && r.bytes().await.is_ok() {
+                answered.push(id.unwrap().to_str().unwrap().to_owned());
+            }
+        }
+        answered
+    })
+}
+
 /// A loopback port free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
