@@ -276,53 +276,49 @@ impl GlobalReservations {
             }
         }
         self.release_many(unversioned);
-        if per_user.is_empty() {
-            return;
-        }
-        let Some(mut conn) = self.0.redis.stored_connection() else {
-            return;
-        };
-        let script = self.0.commit.clone();
-        tokio::spawn(async move {
-            for ((user, version), ids) in per_user {
-                let mut call = script.key(name(user));
-                call.arg(version).arg(COMMITTED_GRACE.as_millis() as u64);
-                for id in ids {
-                    call.arg(id);
-                }
-                let _ =
-                    tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await;
-            }
-        });
+        let grace = COMMITTED_GRACE.as_millis().to_string();
+        let calls = per_user
+            .into_iter()
+            .map(|((user, version), ids)| {
+                let args = [version.to_string(), grace.clone()].into_iter().chain(ids);
+                (user, args.collect())
+            })
+            .collect();
+        self.run_per_user(&self.0.commit, calls);
     }
 
     /// Runs the releases on the stored connection even while the limiter counts Redis as
     /// down (they are background work); one that fails leaves an entry nobody refreshes,
     /// which expires within the time to live.
     fn release_many(&self, per_user: Vec<(Uuid, Vec<String>)>) {
-        if per_user.is_empty() {
-            return;
-        }
-        let Some(mut conn) = self.0.redis.stored_connection() else {
-            return;
-        };
-        let script = self.0.release.clone();
-        tokio::spawn(async move {
-            for (user, ids) in per_user {
-                let mut call = script.key(name(user));
-                for id in ids {
-                    call.arg(id);
-                }
-                let _ =
-                    tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await;
-            }
-        });
+        self.run_per_user(&self.0.release, per_user);
     }
 
-    /// Entries of this instance in Redis (for operators and tests).
-    pub fn open(&self) -> usize {
-        self.0.open.len()
+    fn run_per_user(&self, script: &redis::Script, calls: Vec<(Uuid, Vec<String>)>) {
+        run_per_user(&self.0.redis, script, calls);
     }
+}
+
+/// Runs `script` once per user (`reserve:{<user>}`, with that user's arguments) in the
+/// background, on the stored connection whether or not the limiter counts Redis as up:
+/// this is background work, and a call that fails leaves entries that expire.
+fn run_per_user(redis: &GlobalLimiter, script: &redis::Script, calls: Vec<(Uuid, Vec<String>)>) {
+    if calls.is_empty() {
+        return;
+    }
+    let Some(mut conn) = redis.stored_connection() else {
+        return;
+    };
+    let script = script.clone();
+    tokio::spawn(async move {
+        for (user, args) in calls {
+            let mut call = script.key(name(user));
+            for a in args {
+                call.arg(a);
+            }
+            let _ = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await;
+        }
+    });
 }
 
 /// Every `ttl / 3`, pushes the deadlines of this instance's open entries forward, so they
@@ -338,9 +334,6 @@ async fn refresher(inner: std::sync::Weak<Inner>) {
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let Some(mut conn) = inner.redis.stored_connection() else {
-            continue;
-        };
         // A call lost without a settle or a release stops being refreshed (and expires)
         // when a balance actor would drop its reservation too.
         inner.open.retain(|_, at| at.elapsed() < LONGEST_CALL);
@@ -349,17 +342,10 @@ async fn refresher(inner: std::sync::Weak<Inner>) {
             let (user, request_id) = *e.key();
             per_user
                 .entry(user)
-                .or_default()
+                .or_insert_with(|| vec![inner.ttl_ms.to_string()])
                 .push(request_id.to_string());
         }
-        for (user, ids) in per_user {
-            let mut call = inner.refresh.key(name(user));
-            call.arg(inner.ttl_ms);
-            for id in ids {
-                call.arg(id);
-            }
-            let _ = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await;
-        }
+        run_per_user(&inner.redis, &inner.refresh, per_user.into_iter().collect());
     }
 }
 

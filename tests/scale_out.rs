@@ -219,13 +219,7 @@ async fn three_instances_share_limits_money_and_revocation() {
     // The refused calls' balance reservations (made side by side with the Redis check)
     // were all given back on every instance.
     for api in &c.apis {
-        eventually(5, "no reservation left open", || async {
-            let (_, b) = api
-                .get(&format!("/api/users/{user}/balance"), &api.admin_token)
-                .await;
-            b["reserved"] == "0"
-        })
-        .await;
+        api.no_reservation_left(user).await;
     }
     eprintln!(
         "rpm 30 over 3 instances: served per instance {:?}",

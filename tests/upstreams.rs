@@ -242,13 +242,7 @@ async fn a_client_that_hangs_up_during_admission_leaves_no_reservation() {
         .await;
     assert!(gave_up.is_err(), "the client gave up during the reserve");
     // The reservation the actor made for nobody is released: the balance is all available.
-    eventually(5, "no reservation left open", || async {
-        let (_, b) = app
-            .get(&format!("/api/users/{user}/balance"), &app.admin_token)
-            .await;
-        b["reserved"] == "0"
-    })
-    .await;
+    app.no_reservation_left(user).await;
     assert_eq!(
         mock.calls(),
         1,

@@ -607,6 +607,17 @@ impl Api {
         self.send(reqwest::Method::GET, path, token, None).await
     }
 
+    /// Waits until the user's balance actor on this gateway holds no open reservation.
+    pub async fn no_reservation_left(&self, user: Uuid) {
+        eventually(5, "no reservation left open", || async {
+            let (_, b) = self
+                .get(&format!("/api/users/{user}/balance"), &self.admin_token)
+                .await;
+            b["reserved"] == "0"
+        })
+        .await;
+    }
+
     /// `GET /health`'s body (whatever its status).
     pub async fn health(&self) -> Value {
         let r = self.client.get(self.url("/health")).send().await.unwrap();
