@@ -239,9 +239,20 @@ pub struct Config {
     #[arg(long, env = "NEUROPIA_UPSTREAM_TIMEOUT_MS", default_value_t = 60_000)]
     pub upstream_timeout_ms: u64,
 
-    /// Output tokens reserved for a request that sets no `max_tokens`.
+    /// Output tokens reserved for a request that sets no `max_tokens` (and sent upstream
+    /// as its `max_tokens`), unless its model sets its own `default_max_tokens`.
     #[arg(long, env = "NEUROPIA_DEFAULT_MAX_TOKENS", default_value_t = 4_096)]
     pub default_max_tokens: u32,
+
+    /// The most output tokens a call may ask for per choice,
+    /// unless its model sets its own `max_output_tokens`; more is refused with 400.
+    #[arg(long, env = "NEUROPIA_MAX_OUTPUT_TOKENS", default_value_t = 131_072)]
+    pub max_output_tokens: u32,
+
+    /// Prompt tokens reserved per image (or other non-text part) of a message, unless its
+    /// model sets its own `image_tokens`.
+    #[arg(long, env = "NEUROPIA_IMAGE_TOKENS", default_value_t = 2_000)]
+    pub image_tokens: u32,
 
     /// The ledger flushes the charge journal at least this often, in milliseconds.
     #[arg(long, env = "NEUROPIA_LEDGER_FLUSH_MS", default_value_t = 5)]
@@ -304,6 +315,12 @@ impl Config {
         }
         if self.actor_timeout_ms == 0 || self.upstream_timeout_ms == 0 {
             return Err("timeouts must be positive".into());
+        }
+        if self.default_max_tokens == 0 || self.max_output_tokens == 0 {
+            return Err(
+                "NEUROPIA_DEFAULT_MAX_TOKENS and NEUROPIA_MAX_OUTPUT_TOKENS must be positive"
+                    .into(),
+            );
         }
         if self.max_body_bytes < 1024 {
             return Err("NEUROPIA_MAX_BODY_BYTES must be at least 1024".into());

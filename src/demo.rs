@@ -56,9 +56,14 @@ pub async fn seed(app: &AppState) -> Result<Seeded, String> {
     db::config::upsert_rate(pool, "mock", DEMO_MODEL, &rate)
         .await
         .map_err(err)?;
-    db::config::upsert_model_config(pool, DEMO_MODEL, &Plan::single("mock", DEMO_MODEL), None)
-        .await
-        .map_err(err)?;
+    db::config::upsert_model_config(
+        pool,
+        DEMO_MODEL,
+        &Plan::single("mock", DEMO_MODEL),
+        Default::default(),
+    )
+    .await
+    .map_err(err)?;
     app.reload_config().await?;
 
     let user_id = match db::users::find_login(pool, DEMO_EMAIL).await.map_err(err)? {

@@ -2,8 +2,9 @@
 //! reservations on every instance, so that one instance's admission counts what the others
 //! have in flight.
 //!
-//! Each BalanceActor still admits on its own view (`balance - its reservations > 0`); then
-//! one Lua script checks the same rule against *every* instance's open reservations and
+//! Each BalanceActor still admits on its own view (`amount <= balance - its reservations +
+//! overdraft`); then one Lua script checks the same rule against *every* instance's open
+//! reservations and
 //! records this one, atomically: `reserve:{<user id>}` is a hash of request id ->
 //! `<micro-units>:<deadline ms>` plus a running `sum`. A release deletes the entry at once.
 //! A settled charge's entry stays until the ledger commits the charge; then its amount moves
@@ -43,8 +44,9 @@ const COMMITTED_GRACE: Duration = Duration::from_secs(5);
 /// Largest integer a Lua number holds exactly.
 const EXACT: i64 = 1 << 53;
 
-/// ARGV: request id, amount, available (the instance's view), time to live (ms), the
-/// balance version the view is at.
+/// ARGV: request id, amount, available (the instance's view of the balance plus the
+/// overdraft allowance), time to live (ms), the balance version the view is at. Admits when
+/// the amount fits what the other reservations and unseen commits leave.
 const RESERVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -52,12 +54,13 @@ local id = ARGV[1]
 local available = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local known = tonumber(ARGV[5])
+local amount = tonumber(ARGV[2])
 local function amount_of(v) return tonumber(string.match(v, '^(%-?%d+):')) end
 local sum = tonumber(redis.call('HGET', KEYS[1], 'sum') or '0')
 local recent = tonumber(redis.call('HGET', KEYS[1], 'recent') or '0')
 local mine = redis.call('HGET', KEYS[1], id)
 local others = sum - (mine and amount_of(mine) or 0)
-if available - others - recent <= 0 then
+if available - others - recent < amount then
   -- The quick check counted every recent commit; now count exactly: drop what is past its
   -- deadline (a dead instance's entries, old commits) and count only the commits newer
   -- than the version this instance's view is at.
@@ -83,7 +86,7 @@ if available - others - recent <= 0 then
   redis.call('HSET', KEYS[1], 'sum', string.format('%d', sum),
     'recent', string.format('%d', recent))
   others = sum - (mine and amount_of(mine) or 0)
-  if available - others - unseen <= 0 then return 0 end
+  if available - others - unseen < amount then return 0 end
 end
 redis.call('HSET', KEYS[1], id, ARGV[2] .. ':' .. string.format('%d', now + ttl),
   'sum', string.format('%d', others + tonumber(ARGV[2])))
@@ -208,15 +211,16 @@ impl GlobalReservations {
         Self(inner)
     }
 
-    /// Records `amount` for `request_id` if `balance` (this instance's view, which includes
-    /// the user's commits up to balance version `version`) minus every instance's open
-    /// reservations and the charges committed since `version` is positive.
+    /// Records `amount` for `request_id` if it fits `available` (this instance's view of the
+    /// balance, which includes the user's commits up to balance version `version`, plus the
+    /// overdraft allowance) minus every instance's open reservations and the charges
+    /// committed since `version`.
     pub async fn reserve(
         &self,
         user_id: Uuid,
         request_id: Uuid,
         amount: Decimal,
-        balance: Decimal,
+        available: Decimal,
         version: i64,
     ) -> Shared {
         let inner = &self.0;
@@ -226,7 +230,7 @@ impl GlobalReservations {
         let mut call = inner.reserve.key(name(user_id));
         call.arg(request_id.to_string())
             .arg(micros(amount, true))
-            .arg(micros(balance, false))
+            .arg(micros(available, false))
             .arg(inner.ttl_ms)
             .arg(version);
         match tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await {

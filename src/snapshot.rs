@@ -23,6 +23,11 @@ pub struct ModelRoute {
     pub plan: Arc<Plan>,
     /// Output ceiling for calls that set no `max_tokens` (also sent upstream).
     pub default_max_tokens: Option<u32>,
+    /// The most output tokens a call may ask for (`None`: `NEUROPIA_MAX_OUTPUT_TOKENS`).
+    pub max_output_tokens: Option<u32>,
+    /// Prompt tokens reserved per image or other non-text part (`None`:
+    /// `NEUROPIA_IMAGE_TOKENS`).
+    pub image_tokens: Option<u32>,
 }
 
 /// An active Portkey config of a tenant or a user (the brief's `data.portkey_configs`).
@@ -49,6 +54,8 @@ pub enum PlanSource {
 pub struct TenantSettings {
     pub markup_percent: Decimal,
     pub overdue_threshold: Decimal,
+    /// How far below zero a reservation may take a user's balance.
+    pub overdraft_limit: Decimal,
 }
 
 #[derive(Debug, Default)]
@@ -107,6 +114,14 @@ impl Snapshot {
             .unwrap_or(Decimal::ZERO)
     }
 
+    /// How far below zero a reservation may take a balance of `tenant_id` (0 when unknown).
+    pub fn overdraft(&self, tenant_id: Uuid) -> Decimal {
+        self.tenants
+            .get(&tenant_id)
+            .map(|t| t.overdraft_limit)
+            .unwrap_or(Decimal::ZERO)
+    }
+
     pub fn overdue_threshold(&self, tenant_id: Uuid) -> Decimal {
         self.tenants
             .get(&tenant_id)
@@ -142,6 +157,8 @@ mod tests {
                 provider: "mock".into(),
                 plan: Arc::new(Plan::single("mock", "m")),
                 default_max_tokens: None,
+                max_output_tokens: None,
+                image_tokens: None,
             }),
         );
         assert_eq!(
@@ -185,6 +202,7 @@ mod tests {
             TenantSettings {
                 markup_percent: Decimal::from(20),
                 overdue_threshold: Decimal::ONE,
+                overdraft_limit: Decimal::ZERO,
             },
         );
         s.user_markups.insert(u2, Decimal::from(5));

@@ -550,7 +550,17 @@ async fn redemption_codes_credit_exactly_once_and_thresholds_hold() {
         .await;
     assert_eq!(s, 400);
 
-    // Threshold 5: an overdue account comes back only when a top-up brings it to 5.
+    // Threshold 5: an overdue account comes back only when a top-up brings it to 5. An
+    // overdraft allowance of 0.1 lets calls take the balance below zero (to overdue).
+    let (status, body) = app
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/admin/tenants/{tenant}"),
+            &app.admin_token,
+            Some(json!({"overdraft_limit": "0.1"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let (u3, t3) = app
         .tenant_user(&app.admin_token, tenant, "u3@t.example", "user")
         .await;

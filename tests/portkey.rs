@@ -81,7 +81,8 @@ async fn plans_run_through_the_real_portkey_gateway() {
          "override_params": {"model": "first-model"}},
         {"provider": "openai", "custom_host": format!("http://{}/v1", mock.addr), "api_key": "sk-second",
          "override_params": {"model": "second-model"}}]})).await;
-    app.set_rate("openai", "first-model", "1", "1").await;
+    // Dearer, but a call's worst case on it (24 tokens) still fits the balance.
+    app.set_rate("openai", "first-model", "0.1", "0.1").await;
     app.set_rate("openai", "second-model", "0.001", "0.002")
         .await;
     let (user, token) = app.register("portkey@example.com").await;

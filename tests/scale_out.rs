@@ -673,23 +673,24 @@ async fn shared_reservations_count_every_instance_and_expire_when_their_instance
     let b = GlobalReservations::new(limiter, Duration::from_millis(300));
     let user = Uuid::new_v4();
     let (r1, r2, r3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    // Balance 1 at version 1: A's 0.6 leaves 0.4 for B; B's 0.6 then leaves nothing.
     let reserve = |g: &GlobalReservations, id, amount: &str, view: &str, version| {
         let (g, amount, view) = (g.clone(), d(amount), d(view));
         async move { g.reserve(user, id, amount, view, version).await }
     };
+    // Balance 1 at version 1: A's 0.6 leaves 0.4 for B, which B's 0.4 takes whole.
     assert_eq!(reserve(&a, r1, "0.6", "1", 1).await, Shared::Reserved);
-    assert_eq!(reserve(&b, r2, "0.6", "1", 1).await, Shared::Reserved);
+    assert_eq!(reserve(&b, r2, "0.41", "1", 1).await, Shared::Refused);
+    assert_eq!(reserve(&b, r2, "0.4", "1", 1).await, Shared::Reserved);
     assert_eq!(reserve(&a, r3, "0.01", "1", 1).await, Shared::Refused);
     // A's call is committed at version 2 (charge 0.6). B has not heard of it yet: its view
-    // (1.2 after a top-up of 0.2, at version 1) lacks the charge, which must still count:
-    // 1.2 - 0.6 (charged) - 0.6 (r2) = 0.
+    // (1 at version 1) lacks the charge, which must still count: 1 - 0.6 - 0.4 (r2) = 0.
     a.committed([(user, Some(2), r1.to_string().as_str())].into_iter());
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(reserve(&b, r3, "0.01", "1.2", 1).await, Shared::Refused);
-    // Once B's view is at version 2 it includes the charge, which no longer counts twice.
-    assert_eq!(reserve(&b, r3, "0.01", "0.6", 2).await, Shared::Refused);
-    assert_eq!(reserve(&b, r3, "0.01", "0.7", 2).await, Shared::Reserved);
+    assert_eq!(reserve(&b, r3, "0.01", "1", 1).await, Shared::Refused);
+    // Once B's view is at version 2 it includes the charge, which no longer counts twice:
+    // 0.41 - 0.4 (r2) leaves exactly 0.01.
+    assert_eq!(reserve(&b, r3, "0.01", "0.4", 2).await, Shared::Refused);
+    assert_eq!(reserve(&b, r3, "0.01", "0.41", 2).await, Shared::Reserved);
     b.release(user, r3);
     // A live instance keeps its entries past their first deadline (it refreshes them)...
     tokio::time::sleep(Duration::from_millis(450)).await;

@@ -142,7 +142,7 @@ async fn streams_without_usage_are_counted() {
     let r = app.chat(&key, &body).await;
     assert_eq!(content(&events(&r.text().await.expect("body"))), ANSWER);
     let rows = wait_rows(&app, user, 1).await;
-    let prompt = neuropia::tokens::prompt(&body["messages"]) as i32;
+    let prompt = neuropia::tokens::prompt(&body["messages"], 0) as i32;
     let answer = neuropia::tokens::count(ANSWER) as i32;
     assert_eq!(
         (rows[0].2, rows[0].3, rows[0].4.as_str()),
@@ -273,7 +273,7 @@ async fn an_upstream_breaking_mid_stream_yields_an_error_event_and_bills_what_wa
     let last: Value = serde_json::from_str(evs.last().expect("events")).expect("json");
     assert_eq!(last["error"]["code"], "upstream_error");
     let rows = wait_rows(&app, user, 1).await;
-    let prompt = neuropia::tokens::prompt(&body["messages"]) as i32;
+    let prompt = neuropia::tokens::prompt(&body["messages"], 0) as i32;
     assert_eq!(
         (rows[0].2, rows[0].3, rows[0].4.as_str()),
         (
@@ -542,7 +542,7 @@ async fn reservations_use_the_prompt_estimate_and_the_output_ceiling() {
     };
     let (r, balance) = tokio::join!(call, watch);
     assert_eq!(r.status(), 200);
-    let prompt = Decimal::from(neuropia::tokens::prompt(&body["messages"]));
+    let prompt = Decimal::from(neuropia::tokens::prompt(&body["messages"], 0));
     let expected = prompt * d("0.001") + Decimal::from(50) * d("0.002");
     assert!(
         prompt > Decimal::from(1000),

@@ -36,8 +36,8 @@ pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
     }
 
     let rows = sqlx::query(
-        "SELECT model, provider, config, default_max_tokens FROM data.model_configs
-             WHERE is_active",
+        "SELECT model, provider, config, default_max_tokens, max_output_tokens, image_tokens
+         FROM data.model_configs WHERE is_active",
     )
     .fetch_all(pool)
     .await?;
@@ -45,7 +45,12 @@ pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
         let model: String = r.try_get("model")?;
         let provider: String = r.try_get("provider")?;
         let config: serde_json::Value = r.try_get("config")?;
-        let default_max_tokens: Option<i32> = r.try_get("default_max_tokens")?;
+        let limits = ModelLimits {
+            default_max_tokens: r.try_get("default_max_tokens")?,
+            max_output_tokens: r.try_get("max_output_tokens")?,
+            image_tokens: r.try_get("image_tokens")?,
+        };
+        let tokens = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok());
         match Plan::from_json(&config) {
             Ok(plan) => {
                 snap.models.insert(
@@ -54,7 +59,9 @@ pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
                         model,
                         provider,
                         plan: Arc::new(plan),
-                        default_max_tokens: default_max_tokens.and_then(|n| u32::try_from(n).ok()),
+                        default_max_tokens: tokens(limits.default_max_tokens),
+                        max_output_tokens: tokens(limits.max_output_tokens),
+                        image_tokens: tokens(limits.image_tokens),
                     }),
                 );
             }
@@ -62,15 +69,18 @@ pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
         }
     }
 
-    let rows = sqlx::query("SELECT tenant_id, markup_percent, overdue_threshold FROM data.tenant")
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT tenant_id, markup_percent, overdue_threshold, overdraft_limit FROM data.tenant",
+    )
+    .fetch_all(pool)
+    .await?;
     for r in rows {
         snap.tenants.insert(
             r.try_get("tenant_id")?,
             TenantSettings {
                 markup_percent: r.try_get("markup_percent")?,
                 overdue_threshold: r.try_get("overdue_threshold")?,
+                overdraft_limit: r.try_get("overdraft_limit")?,
             },
         );
     }
@@ -159,11 +169,22 @@ pub async fn upsert_rate(
 
 /// Stores the plan for a public model name (the plan's JSON keeps any platform key it has;
 /// it is never returned unredacted).
+/// A model's token bounds as stored (`None`: the gateway's defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelLimits {
+    /// Output ceiling reserved (and sent upstream) for calls that set no `max_tokens`.
+    pub default_max_tokens: Option<i32>,
+    /// The most output tokens a call may ask for.
+    pub max_output_tokens: Option<i32>,
+    /// Prompt tokens reserved per image or other non-text part.
+    pub image_tokens: Option<i32>,
+}
+
 pub async fn upsert_model_config(
     pool: &PgPool,
     model: &str,
     plan: &Plan,
-    default_max_tokens: Option<i32>,
+    limits: ModelLimits,
 ) -> Result<(), sqlx::Error> {
     let provider = plan
         .targets
@@ -172,16 +193,20 @@ pub async fn upsert_model_config(
         .unwrap_or("");
     let config = serde_json::to_value(plan).map_err(|e| sqlx::Error::Encode(e.into()))?;
     sqlx::query(
-        "INSERT INTO data.model_configs (model, provider, config, default_max_tokens)
-         VALUES ($1, $2, $3, $4)
+        "INSERT INTO data.model_configs
+             (model, provider, config, default_max_tokens, max_output_tokens, image_tokens)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (model) DO UPDATE SET provider = EXCLUDED.provider,
              config = EXCLUDED.config, default_max_tokens = EXCLUDED.default_max_tokens,
-             is_active = true, updated_at = now()",
+             max_output_tokens = EXCLUDED.max_output_tokens,
+             image_tokens = EXCLUDED.image_tokens, is_active = true, updated_at = now()",
     )
     .bind(model)
     .bind(provider)
     .bind(config)
-    .bind(default_max_tokens)
+    .bind(limits.default_max_tokens)
+    .bind(limits.max_output_tokens)
+    .bind(limits.image_tokens)
     .execute(pool)
     .await?;
     Ok(())

@@ -19,6 +19,21 @@ pub struct Tenant {
     #[serde(serialize_with = "crate::billing::ser_money")]
     #[schema(value_type = String, example = "0")]
     pub overdue_threshold: Decimal,
+    /// How far below zero a call's reservation may take a user of this tenant (0: a call
+    /// is admitted only when its worst case fits the balance).
+    #[serde(serialize_with = "crate::billing::ser_money")]
+    #[schema(value_type = String, example = "0")]
+    pub overdraft_limit: Decimal,
+}
+
+/// A tenant's settings as given to [`create`] and [`update`] (`None`: the default, or
+/// unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct TenantSettings<'a> {
+    pub name: Option<&'a str>,
+    pub markup_percent: Option<Decimal>,
+    pub overdue_threshold: Option<Decimal>,
+    pub overdraft_limit: Option<Decimal>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,19 +52,16 @@ fn name_taken(e: sqlx::Error) -> TenantError {
     }
 }
 
-pub async fn create(
-    pool: &PgPool,
-    name: &str,
-    markup_percent: Decimal,
-    overdue_threshold: Decimal,
-) -> Result<Tenant, TenantError> {
+pub async fn create(pool: &PgPool, t: TenantSettings<'_>) -> Result<Tenant, TenantError> {
     sqlx::query_as(
-        "INSERT INTO data.tenant (name, markup_percent, overdue_threshold) VALUES ($1, $2, $3)
-         RETURNING tenant_id, name, markup_percent, overdue_threshold",
+        "INSERT INTO data.tenant (name, markup_percent, overdue_threshold, overdraft_limit)
+         VALUES ($1, coalesce($2, 0), coalesce($3, 0), coalesce($4, 0))
+         RETURNING tenant_id, name, markup_percent, overdue_threshold, overdraft_limit",
     )
-    .bind(name)
-    .bind(markup_percent)
-    .bind(overdue_threshold)
+    .bind(t.name)
+    .bind(t.markup_percent)
+    .bind(t.overdue_threshold)
+    .bind(t.overdraft_limit)
     .fetch_one(pool)
     .await
     .map_err(name_taken)
@@ -57,8 +69,8 @@ pub async fn create(
 
 pub async fn get(pool: &PgPool, tenant_id: Uuid) -> Result<Option<Tenant>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT tenant_id, name, markup_percent, overdue_threshold FROM data.tenant
-         WHERE tenant_id = $1",
+        "SELECT tenant_id, name, markup_percent, overdue_threshold, overdraft_limit
+         FROM data.tenant WHERE tenant_id = $1",
     )
     .bind(tenant_id)
     .fetch_optional(pool)
@@ -67,7 +79,8 @@ pub async fn get(pool: &PgPool, tenant_id: Uuid) -> Result<Option<Tenant>, sqlx:
 
 pub async fn list(pool: &PgPool) -> Result<Vec<Tenant>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT tenant_id, name, markup_percent, overdue_threshold FROM data.tenant ORDER BY name",
+        "SELECT tenant_id, name, markup_percent, overdue_threshold, overdraft_limit
+         FROM data.tenant ORDER BY name",
     )
     .fetch_all(pool)
     .await
@@ -78,23 +91,23 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Tenant>, sqlx::Error> {
 pub async fn update(
     pool: &PgPool,
     tenant_id: Uuid,
-    name: Option<&str>,
-    markup_percent: Option<Decimal>,
-    overdue_threshold: Option<Decimal>,
+    t: TenantSettings<'_>,
 ) -> Result<Option<Tenant>, TenantError> {
     sqlx::query_as(
         "UPDATE data.tenant SET
              name = coalesce($2, name),
              markup_percent = coalesce($3, markup_percent),
              overdue_threshold = coalesce($4, overdue_threshold),
+             overdraft_limit = coalesce($5, overdraft_limit),
              updated_at = now()
          WHERE tenant_id = $1
-         RETURNING tenant_id, name, markup_percent, overdue_threshold",
+         RETURNING tenant_id, name, markup_percent, overdue_threshold, overdraft_limit",
     )
     .bind(tenant_id)
-    .bind(name)
-    .bind(markup_percent)
-    .bind(overdue_threshold)
+    .bind(t.name)
+    .bind(t.markup_percent)
+    .bind(t.overdue_threshold)
+    .bind(t.overdraft_limit)
     .fetch_optional(pool)
     .await
     .map_err(name_taken)

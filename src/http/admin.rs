@@ -21,7 +21,7 @@ use crate::upstream::plan::Plan;
 async fn reload(app: &AppState) -> Result<(), ApiError> {
     app.reload_config()
         .await
-        .map_err(|e| ApiError::Unavailable(format!("saved, but the reload failed: {e}")))
+        .map_err(|e| ApiError::degraded("saved, but the configuration reload failed", e))
 }
 
 fn check_name(value: &str, what: &str) -> Result<(), ApiError> {
@@ -151,6 +151,14 @@ pub struct PutModelConfig {
     /// Output ceiling for calls that set no `max_tokens`: reserved, and sent upstream.
     #[schema(example = 1024)]
     pub default_max_tokens: Option<i64>,
+    /// The most output tokens a call may ask for (`max_tokens` above it is refused with
+    /// 400); default `NEUROPIA_MAX_OUTPUT_TOKENS`.
+    #[schema(example = 16384)]
+    pub max_output_tokens: Option<i64>,
+    /// Prompt tokens reserved per image (or other non-text part) of a message; default
+    /// `NEUROPIA_IMAGE_TOKENS`.
+    #[schema(example = 1500)]
+    pub image_tokens: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -160,6 +168,29 @@ pub struct ModelConfigView {
     #[schema(value_type = Object)]
     pub config: Value,
     pub default_max_tokens: Option<u32>,
+    pub max_output_tokens: Option<u32>,
+    pub image_tokens: Option<u32>,
+}
+
+/// A token setting of a model: `None`, or a whole number in `range`.
+fn token_setting(
+    v: Option<i64>,
+    what: &str,
+    range: std::ops::RangeInclusive<i32>,
+) -> Result<Option<i32>, ApiError> {
+    v.map(|n| {
+        i32::try_from(n)
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{what} must be {} to {}",
+                    range.start(),
+                    range.end()
+                ))
+            })
+    })
+    .transpose()
 }
 
 /// Sets the routing plan of a public model name; the next call uses it.
@@ -188,21 +219,35 @@ pub async fn put_model_config(
             ));
         }
     };
-    let default_max_tokens = body
-        .default_max_tokens
-        .map(|n| {
-            i32::try_from(n)
-                .ok()
-                .filter(|n| (1..=1_000_000).contains(n))
-                .ok_or_else(|| ApiError::bad_request("default_max_tokens must be 1 to 1000000"))
-        })
-        .transpose()?;
-    db::config::upsert_model_config(&app.pool, &body.model, &plan, default_max_tokens).await?;
+    let limits = db::config::ModelLimits {
+        default_max_tokens: token_setting(
+            body.default_max_tokens,
+            "default_max_tokens",
+            1..=1_000_000,
+        )?,
+        max_output_tokens: token_setting(
+            body.max_output_tokens,
+            "max_output_tokens",
+            1..=10_000_000,
+        )?,
+        image_tokens: token_setting(body.image_tokens, "image_tokens", 0..=1_000_000)?,
+    };
+    if let (Some(default), Some(max)) = (limits.default_max_tokens, limits.max_output_tokens)
+        && default > max
+    {
+        return Err(ApiError::bad_request(
+            "default_max_tokens must not exceed max_output_tokens",
+        ));
+    }
+    db::config::upsert_model_config(&app.pool, &body.model, &plan, limits).await?;
     reload(&app).await?;
+    let tokens = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok());
     Ok(axum::Json(ModelConfigView {
         model: body.model,
         config: plan.redacted(),
-        default_max_tokens: default_max_tokens.and_then(|n| u32::try_from(n).ok()),
+        default_max_tokens: tokens(limits.default_max_tokens),
+        max_output_tokens: tokens(limits.max_output_tokens),
+        image_tokens: tokens(limits.image_tokens),
     }))
 }
 
@@ -228,6 +273,8 @@ pub async fn list_model_configs(
             model: r.model.clone(),
             config: r.plan.redacted(),
             default_max_tokens: r.default_max_tokens,
+            max_output_tokens: r.max_output_tokens,
+            image_tokens: r.image_tokens,
         })
         .collect();
     data.sort_by(|a, b| a.model.cmp(&b.model));

@@ -47,10 +47,22 @@ pub enum ApiError {
     GatewayTimeout(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Something the request needs is failing (an actor, the database, Redis): 503 with a
+    /// fixed message; `detail` is logged with the request id, never returned.
+    #[error("{message}")]
+    Degraded {
+        message: &'static str,
+        detail: String,
+    },
     /// A fault of ours. The detail is logged; the client sees a generic message.
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// The detail of a failure, left on its response for the request's log line
+/// ([`crate::http::observe`]), which carries the request id.
+#[derive(Debug, Clone)]
+pub struct LoggedDetail(pub String);
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -62,6 +74,14 @@ impl ApiError {
 
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::Internal(e.to_string())
+    }
+
+    /// A 503 saying `message`; `detail` goes to the log only.
+    pub fn degraded(message: &'static str, detail: impl std::fmt::Display) -> Self {
+        Self::Degraded {
+            message,
+            detail: detail.to_string(),
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -80,7 +100,7 @@ impl ApiError {
             Self::UpstreamClient { status, .. } => *status,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Degraded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -103,7 +123,9 @@ impl ApiError {
             Self::UpstreamClient { .. } => ("invalid_request_error", Some("upstream_rejected")),
             Self::BadGateway(_) => ("api_error", Some("upstream_error")),
             Self::GatewayTimeout(_) => ("api_error", Some("upstream_timeout")),
-            Self::Unavailable(_) => ("api_error", Some("service_unavailable")),
+            Self::Unavailable(_) | Self::Degraded { .. } => {
+                ("api_error", Some("service_unavailable"))
+            }
             Self::Internal(_) => ("api_error", Some("internal_error")),
         }
     }
@@ -113,17 +135,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let (kind, code) = self.kind_and_code();
-        let message = match &self {
-            Self::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                "internal error".to_string()
-            }
-            other => {
-                if status.is_server_error() {
-                    tracing::warn!(%status, error = %other, "request failed");
-                }
-                other.to_string()
-            }
+        let (message, detail) = match &self {
+            Self::Internal(detail) => ("internal error".to_string(), detail.clone()),
+            Self::Degraded { message, detail } => ((*message).to_owned(), detail.clone()),
+            other => (other.to_string(), other.to_string()),
         };
         let body = ErrorBody {
             error: ErrorDetail {
@@ -133,6 +148,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if status.is_server_error() {
+            response.extensions_mut().insert(LoggedDetail(detail));
+        }
         if let Self::RateLimited { retry_after, .. } = &self {
             // Whole seconds, rounded up, at least one.
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -148,6 +166,9 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolTimedOut => Self::Unavailable("database busy, retry".into()),
+            e @ (sqlx::Error::PoolClosed | sqlx::Error::Io(_)) => {
+                Self::degraded("the database is unavailable; retry shortly", e)
+            }
             other => Self::Internal(format!("database: {other}")),
         }
     }
@@ -174,13 +195,25 @@ mod tests {
 
     #[tokio::test]
     async fn internal_details_are_not_returned() {
-        let r = ApiError::Internal("password=hunter2 at db".into()).into_response();
-        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(r.into_body(), 1 << 16)
-            .await
-            .expect("body");
-        let text = String::from_utf8_lossy(&body);
-        assert!(!text.contains("hunter2"), "{text}");
-        assert!(text.contains("\"type\":\"api_error\""), "{text}");
+        for e in [
+            ApiError::Internal("password=hunter2 at db".into()),
+            ApiError::degraded("busy", "password=hunter2 at db"),
+            ApiError::from(sqlx::Error::Protocol("password=hunter2 at db".into())),
+            ApiError::from(sqlx::Error::Io(std::io::Error::other("password=hunter2"))),
+        ] {
+            let r = e.into_response();
+            assert!(r.status().is_server_error());
+            let logged = r.extensions().get::<LoggedDetail>().cloned();
+            assert!(
+                logged.is_some_and(|d| d.0.contains("hunter2")),
+                "kept for the log"
+            );
+            let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+                .await
+                .expect("body");
+            let text = String::from_utf8_lossy(&body);
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("\"type\":\"api_error\""), "{text}");
+        }
     }
 }

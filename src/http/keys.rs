@@ -106,7 +106,7 @@ async fn push(app: &AppState, id: Uuid, old_hash: Option<KeyHash>) -> Result<Key
     app.keys
         .changed(old_hash, record)
         .await
-        .map_err(ApiError::Unavailable)?;
+        .map_err(|e| ApiError::degraded("saved, but the key's live state was not updated", e))?;
     db::keys::get(&app.pool, id).await?.ok_or_else(not_found)
 }
 

@@ -66,6 +66,13 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let mut response = next.run(req).await;
     let total = started.elapsed();
+    if let Some(detail) = response
+        .extensions_mut()
+        .remove::<super::error::LoggedDetail>()
+    {
+        tracing::warn!(request_id = %ctx.id, %route, status = response.status().as_u16(),
+            error = %detail.0, "request failed");
+    }
     let upstream = ctx.upstream();
     let overhead = total.saturating_sub(upstream);
     let headers = response.headers_mut();

@@ -134,7 +134,7 @@ pub struct TreeQuery {
 pub async fn tree(app: &AppState, limit: usize, offset: usize) -> Result<Node, ApiError> {
     let t = &app.tree;
     let records = ractor::call_t!(app.root, RootMsg::Children, 1_000)
-        .map_err(|e| ApiError::Unavailable(format!("root: {e}")))?;
+        .map_err(|e| ApiError::degraded("the actor tree did not answer", e))?;
     let record = |name: &str| {
         records
             .iter()
@@ -351,14 +351,18 @@ async fn find(app: &AppState, name: &str) -> Result<Target, ApiError> {
             if let Some(id) = name.strip_prefix("key:") {
                 let key_id = Uuid::parse_str(id).map_err(|_| unknown())?;
                 let keys = t.keys.get();
-                let found = ractor::call_t!(keys, |reply| KeysMsg::Find { key_id, reply }, 1_000)
-                    .map_err(|e| ApiError::Unavailable(format!("keys: {e}")))?;
+                let found =
+                    ractor::call_t!(keys, |reply| KeysMsg::Find { key_id, reply }, 1_000)
+                        .map_err(|e| ApiError::degraded("the key supervisor did not answer", e))?;
                 Target::Key(found.ok_or_else(unknown)?)
             } else if let Some(id) = name.strip_prefix("balance:") {
                 let user_id = Uuid::parse_str(id).map_err(|_| unknown())?;
                 Target::Balance(app.balances.handle(user_id).await.map_err(|e| match e {
                     BalanceError::UnknownUser => unknown(),
-                    other => ApiError::Unavailable(format!("{other:?}")),
+                    other => ApiError::degraded(
+                        "the balance supervisor did not answer",
+                        format!("{other:?}"),
+                    ),
                 })?)
             } else if let Some(target) = name.strip_prefix("upstream:") {
                 let b = app.upstreams.breakers.get(target).ok_or_else(unknown)?;

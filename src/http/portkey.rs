@@ -27,11 +27,17 @@ fn sql_error(e: sqlx::Error) -> ApiError {
     if db::is_code(&e, "P0002") {
         ApiError::NotFound("portkey config, user or tenant not found".into())
     } else if db::is_code(&e, "22023") {
-        ApiError::bad_request(
-            e.as_database_error()
-                .map(|d| d.message().to_owned())
-                .unwrap_or_else(|| "invalid config".into()),
-        )
+        // The config functions' own refusals are worth repeating; nothing else is.
+        const OURS: [&str; 3] = [
+            "the user is not in this tenant",
+            "a config needs a tenant or a user",
+            "config_json must be an object",
+        ];
+        let said = e.as_database_error().map(|d| d.message().to_owned());
+        ApiError::bad_request(match said {
+            Some(m) if OURS.contains(&m.as_str()) => m,
+            _ => "invalid config".into(),
+        })
     } else if db::is_code(&e, "23503") {
         ApiError::NotFound("tenant or user not found".into())
     } else {
@@ -42,7 +48,7 @@ fn sql_error(e: sqlx::Error) -> ApiError {
 async fn reload(app: &AppState) -> Result<(), ApiError> {
     app.reload_config()
         .await
-        .map_err(|e| ApiError::Unavailable(format!("saved, but the reload failed: {e}")))
+        .map_err(|e| ApiError::degraded("saved, but the configuration reload failed", e))
 }
 
 fn check_plan(config: &Value) -> Result<(), ApiError> {

@@ -23,7 +23,7 @@ use crate::db::users::Profile;
 async fn reload(app: &AppState) -> Result<(), ApiError> {
     app.reload_config()
         .await
-        .map_err(|e| ApiError::Unavailable(format!("saved, but the reload failed: {e}")))
+        .map_err(|e| ApiError::degraded("saved, but the configuration reload failed", e))
 }
 
 fn tenant_error(e: TenantError) -> ApiError {
@@ -40,12 +40,32 @@ fn check_tenant_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn threshold_rule() -> AmountRule {
+fn money_or_zero(name: &'static str) -> AmountRule {
     AmountRule {
         allow_zero: true,
         ..AmountRule::MONEY
     }
-    .named("overdue_threshold")
+    .named(name)
+}
+
+/// Checks the optional money settings of a tenant.
+fn settings<'a>(
+    name: Option<&'a str>,
+    markup: Option<Decimal>,
+    threshold: Option<Decimal>,
+    overdraft: Option<Decimal>,
+) -> Result<db::tenants::TenantSettings<'a>, ApiError> {
+    let check = |v: Option<Decimal>, rule: AmountRule| {
+        v.map(|v| rule.check(v))
+            .transpose()
+            .map_err(ApiError::bad_request)
+    };
+    Ok(db::tenants::TenantSettings {
+        name,
+        markup_percent: check(markup, AmountRule::PERCENT)?,
+        overdue_threshold: check(threshold, money_or_zero("overdue_threshold"))?,
+        overdraft_limit: check(overdraft, money_or_zero("overdraft_limit"))?,
+    })
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -61,6 +81,11 @@ pub struct CreateTenant {
     #[serde(default, deserialize_with = "de_opt_money")]
     #[schema(value_type = Option<String>, example = "5")]
     pub overdue_threshold: Option<Decimal>,
+    /// How far below zero one call's reservation may take a user's balance; default 0 (a
+    /// call is admitted only when its worst case fits the balance).
+    #[serde(default, deserialize_with = "de_opt_money")]
+    #[schema(value_type = Option<String>, example = "0")]
+    pub overdraft_limit: Option<Decimal>,
 }
 
 /// Creates a tenant (platform admin).
@@ -76,13 +101,13 @@ pub async fn create(
 ) -> Result<(StatusCode, axum::Json<Tenant>), ApiError> {
     caller.require_platform_admin()?;
     check_tenant_name(&body.name)?;
-    let markup = AmountRule::PERCENT
-        .check(body.markup_percent.unwrap_or(Decimal::ZERO))
-        .map_err(ApiError::bad_request)?;
-    let threshold = threshold_rule()
-        .check(body.overdue_threshold.unwrap_or(Decimal::ZERO))
-        .map_err(ApiError::bad_request)?;
-    let tenant = db::tenants::create(&app.pool, body.name.trim(), markup, threshold)
+    let settings = settings(
+        Some(body.name.trim()),
+        body.markup_percent,
+        body.overdue_threshold,
+        body.overdraft_limit,
+    )?;
+    let tenant = db::tenants::create(&app.pool, settings)
         .await
         .map_err(tenant_error)?;
     reload(&app).await?;
@@ -135,10 +160,13 @@ pub struct UpdateTenant {
     #[serde(default, deserialize_with = "de_opt_money")]
     #[schema(value_type = Option<String>, example = "5")]
     pub overdue_threshold: Option<Decimal>,
+    #[serde(default, deserialize_with = "de_opt_money")]
+    #[schema(value_type = Option<String>, example = "0")]
+    pub overdraft_limit: Option<Decimal>,
 }
 
-/// Changes a tenant's name, markup or threshold (platform admin). The next call is
-/// charged with the new markup.
+/// Changes a tenant's name, markup, threshold or overdraft allowance (platform admin). The
+/// next call is charged and admitted with the new settings.
 #[utoipa::path(patch, path = "/api/admin/tenants/{tenant_id}", tag = "tenants",
     params(("tenant_id" = Uuid, Path)), request_body = UpdateTenant, security(("jwt" = [])),
     responses((status = 200, body = Tenant), (status = 400, body = ErrorBody),
@@ -154,26 +182,16 @@ pub async fn update(
     if let Some(name) = &body.name {
         check_tenant_name(name)?;
     }
-    let markup = body
-        .markup_percent
-        .map(|m| AmountRule::PERCENT.check(m))
-        .transpose()
-        .map_err(ApiError::bad_request)?;
-    let threshold = body
-        .overdue_threshold
-        .map(|t| threshold_rule().check(t))
-        .transpose()
-        .map_err(ApiError::bad_request)?;
-    let tenant = db::tenants::update(
-        &app.pool,
-        tenant_id,
+    let settings = settings(
         body.name.as_deref().map(str::trim),
-        markup,
-        threshold,
-    )
-    .await
-    .map_err(tenant_error)?
-    .ok_or_else(access::tenant_not_found)?;
+        body.markup_percent,
+        body.overdue_threshold,
+        body.overdraft_limit,
+    )?;
+    let tenant = db::tenants::update(&app.pool, tenant_id, settings)
+        .await
+        .map_err(tenant_error)?
+        .ok_or_else(access::tenant_not_found)?;
     reload(&app).await?;
     Ok(axum::Json(tenant))
 }

@@ -21,7 +21,9 @@ pub fn balance_error(e: BalanceError) -> ApiError {
     match e {
         BalanceError::UnknownUser => access::user_not_found(),
         BalanceError::Refused(r) => ApiError::internal(format!("unexpected refusal {r:?}")),
-        BalanceError::Unavailable(e) => ApiError::Unavailable(format!("balance unavailable: {e}")),
+        BalanceError::Unavailable(e) => {
+            ApiError::degraded("the balance is unavailable; retry shortly", e)
+        }
     }
 }
 

@@ -34,15 +34,19 @@ pub fn complete(body: &Map<String, Value>) -> (Value, Usage) {
         .and_then(Value::as_u64)
         .unwrap_or(256);
     let mut text = String::from("Mock answer:");
+    let mut used = u64::from(tokens::count(&text));
     for word in last_user.split_whitespace() {
-        let candidate = format!("{text} {word}");
-        if u64::from(tokens::count(&candidate)) > max_tokens {
+        // Each word counted on its own (with its leading space): linear in the answer.
+        let more = u64::from(tokens::count(&format!(" {word}")));
+        if used + more > max_tokens {
             break;
         }
-        text = candidate;
+        used += more;
+        text.push(' ');
+        text.push_str(word);
     }
     let usage = Usage {
-        input_tokens: tokens::prompt(&messages),
+        input_tokens: tokens::prompt(&messages, 0),
         output_tokens: tokens::count(&text),
     };
     let response = json!({
@@ -120,7 +124,7 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(ua, ub);
         assert!(ua.output_tokens <= 5, "{ua:?}");
-        assert_eq!(ua.input_tokens, tokens::prompt(&req["messages"]));
+        assert_eq!(ua.input_tokens, tokens::prompt(&req["messages"], 0));
         assert_eq!(a["usage"]["completion_tokens"], json!(ua.output_tokens));
     }
 }

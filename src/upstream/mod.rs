@@ -47,8 +47,8 @@ pub struct UpstreamReply {
     pub provider: String,
     pub model: String,
     pub body: Bytes,
-    pub usage: Usage,
-    pub usage_source: &'static str,
+    /// The usage the upstream reported (`None`: it reported none; the call estimates it).
+    pub usage: Option<Usage>,
 }
 
 /// A streamed answer whose headers arrived: the body is still to be pumped.
@@ -331,7 +331,7 @@ impl Upstreams {
         req.insert("model".into(), Value::String(model.clone()));
 
         if target.provider == "mock" && target.custom_host.is_none() {
-            return Ok(self.mock(&req, model, stream));
+            return self.mock(&req, model, stream).await;
         }
         let resolved = self.resolve(target, requested)?;
         let timeout = target
@@ -380,24 +380,36 @@ impl Upstreams {
         }
     }
 
-    fn mock(&self, req: &Map<String, Value>, model: String, stream: bool) -> Answer {
-        let (answer, usage) = mock::complete(req);
+    async fn mock(
+        &self,
+        req: &Map<String, Value>,
+        model: String,
+        stream: bool,
+    ) -> Result<Answer, UpstreamError> {
+        let (answer, usage) = if tokens::chat_prompt_bytes(req) > tokens::INLINE_BYTES {
+            // A large prompt is counted off the async workers.
+            let owned = req.clone();
+            tokens::off_thread(move || mock::complete(&owned))
+                .await
+                .ok_or_else(|| UpstreamError::failed("the mock provider failed"))?
+        } else {
+            mock::complete(req)
+        };
         if stream {
-            return Answer::Stream(StreamReply {
+            return Ok(Answer::Stream(StreamReply {
                 provider: "mock".into(),
                 model,
                 wire: Wire::OpenAi,
                 body: stream::mock_chunks(&answer, usage, self.mock_pace),
                 idle_timeout: self.default_timeout,
-            });
+            }));
         }
-        Answer::Whole(UpstreamReply {
+        Ok(Answer::Whole(UpstreamReply {
             provider: "mock".into(),
             model,
             body: serde_json::to_vec(&answer).unwrap_or_default().into(),
-            usage,
-            usage_source: "upstream",
-        })
+            usage: Some(usage),
+        }))
     }
 
     /// One HTTP call to one target.
@@ -486,36 +498,17 @@ impl Upstreams {
                 )
             }
         };
-        Ok(Answer::Whole(whole(r, req, body, usage)))
+        Ok(Answer::Whole(whole(r, body, usage)))
     }
 }
 
-/// A whole answer, with usage as reported or, failing that, counted.
-fn whole(
-    r: &Resolved,
-    req: &Map<String, Value>,
-    body: Bytes,
-    usage: Option<Usage>,
-) -> UpstreamReply {
-    let (usage, usage_source) = match usage {
-        Some(u) => (u, "upstream"),
-        None => {
-            let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            (
-                Usage {
-                    input_tokens: tokens::prompt(req.get("messages").unwrap_or(&Value::Null)),
-                    output_tokens: answer_tokens(&answer),
-                },
-                "estimated",
-            )
-        }
-    };
+/// A whole answer, with the usage its upstream reported, if any.
+fn whole(r: &Resolved, body: Bytes, usage: Option<Usage>) -> UpstreamReply {
     UpstreamReply {
         provider: r.provider.clone(),
         model: r.model.clone(),
         body,
         usage,
-        usage_source,
     }
 }
 
@@ -649,17 +642,21 @@ fn reported_usage(bytes: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
     serde_json::from_slice::<Reported>(bytes).map(|r| r.usage())
 }
 
-fn answer_tokens(v: &Value) -> u32 {
-    v.get("choices")
+/// The text of every choice of a whole OpenAI-shaped answer (for estimating its tokens
+/// when the upstream reported no usage).
+pub fn answer_text(body: &[u8]) -> String {
+    let answer: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    answer
+        .get("choices")
         .and_then(Value::as_array)
         .map(|choices| {
             choices
                 .iter()
                 .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
-                .map(tokens::count)
-                .sum()
+                .collect::<Vec<_>>()
+                .join("\n")
         })
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -718,8 +715,9 @@ mod tests {
             None
         );
         assert!(reported_usage(b"{\"usage\": ").is_err(), "not JSON");
-        let answer = json!({"choices": [{"message": {"content": "one two"}}]});
-        assert_eq!(answer_tokens(&answer), 2);
+        let answer = json!({"choices": [{"message": {"content": "one two"}},
+            {"message": {"content": "three"}}]});
+        assert_eq!(answer_text(answer.to_string().as_bytes()), "one two\nthree");
     }
 
     #[test]

@@ -123,7 +123,7 @@ pub async fn execute(
     let bytes = response.bytes().await.map_err(transport_error)?;
     let usage = reported_usage(&bytes)
         .map_err(|_| UpstreamError::failed("Portkey answered with invalid JSON"))?;
-    Ok(Answer::Whole(whole(&resolved, &req, bytes, usage)))
+    Ok(Answer::Whole(whole(&resolved, bytes, usage)))
 }
 
 #[cfg(test)]

@@ -426,6 +426,8 @@ pub async fn mock_upstream() -> MockUpstream {
         .route("/compatible-mode/v1/chat/completions", post(mock_chat))
         .route("/v1/chat/completions", post(mock_chat))
         .route("/v1/messages", post(mock_messages))
+        // As large as any body the gateway forwards.
+        .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

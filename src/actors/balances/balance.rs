@@ -71,7 +71,8 @@ pub struct BalanceState {
 pub enum Refusal {
     /// The account is `pending` or `overdue` (402).
     NotActive(AccountStatus),
-    /// Balance minus open reservations is not positive (402).
+    /// The reservation does not fit: balance minus open reservations plus the tenant's
+    /// overdraft allowance is less than it (402).
     InsufficientFunds,
     /// The charge journal is over its limit: the database is not keeping up (503).
     JournalFull,
@@ -121,13 +122,14 @@ pub struct ChargeRequest {
 }
 
 pub enum BalanceMsg {
-    /// Reserves `amount` for a call. Admitted when the account is active and balance minus
-    /// open reservations is positive. Replies with the balance it admitted on and the
-    /// balance version that includes (for the check against other instances'
-    /// reservations and commits), or the refusal.
+    /// Reserves `amount` for a call. Admitted when the account is active and the amount
+    /// fits: `amount <= balance - open reservations + overdraft` (the tenant's allowance).
+    /// Replies with the balance it admitted on and the balance version that includes (for
+    /// the check against other instances' reservations and commits), or the refusal.
     Reserve {
         request_id: Uuid,
         amount: Decimal,
+        overdraft: Decimal,
         reply: RpcReplyPort<Result<(Decimal, i64), Refusal>>,
     },
     /// Drops a reservation whose call was not billed. No reply.
@@ -199,13 +201,19 @@ impl BalanceState {
             .unwrap_or(self.durable_status);
     }
 
-    fn reserve(&mut self, request_id: Uuid, amount: Decimal) -> Result<(Decimal, i64), Refusal> {
+    fn reserve(
+        &mut self,
+        request_id: Uuid,
+        amount: Decimal,
+        overdraft: Decimal,
+    ) -> Result<(Decimal, i64), Refusal> {
         if self.status != AccountStatus::Active {
             return Err(Refusal::NotActive(self.status));
         }
-        if self.balance - self.reserved <= Decimal::ZERO {
+        let fits = |s: &Self| s.balance - s.reserved + overdraft >= amount;
+        if !fits(self) {
             self.expire_reservations();
-            if self.balance - self.reserved <= Decimal::ZERO {
+            if !fits(self) {
                 return Err(Refusal::InsufficientFunds);
             }
         }
@@ -412,9 +420,10 @@ impl Actor for BalanceActor {
             BalanceMsg::Reserve {
                 request_id,
                 amount,
+                overdraft,
                 reply,
             } => {
-                let _ = reply.send(state.reserve(request_id, amount));
+                let _ = reply.send(state.reserve(request_id, amount, overdraft));
             }
             BalanceMsg::Release { request_id } => state.release(request_id),
             BalanceMsg::Settle { charge, reply } => {
@@ -492,17 +501,40 @@ mod tests {
     }
 
     #[test]
-    fn admission_needs_active_status_and_unreserved_funds() {
+    fn admission_needs_active_status_and_a_reservation_that_fits() {
+        let zero = Decimal::ZERO;
         let mut s = state(10, AccountStatus::Pending);
         assert_eq!(
-            s.reserve(Uuid::new_v4(), Decimal::ONE),
+            s.reserve(Uuid::new_v4(), Decimal::ONE, zero),
             Err(Refusal::NotActive(AccountStatus::Pending))
         );
         let mut s = state(10, AccountStatus::Active);
-        assert!(s.reserve(Uuid::new_v4(), Decimal::from(6)).is_ok());
-        assert!(s.reserve(Uuid::new_v4(), Decimal::from(6)).is_ok());
         assert_eq!(
-            s.reserve(Uuid::new_v4(), Decimal::ONE),
+            s.reserve(Uuid::new_v4(), Decimal::from(11), zero),
+            Err(Refusal::InsufficientFunds),
+            "one call larger than the balance"
+        );
+        assert!(s.reserve(Uuid::new_v4(), Decimal::from(6), zero).is_ok());
+        assert_eq!(
+            s.reserve(Uuid::new_v4(), Decimal::from(6), zero),
+            Err(Refusal::InsufficientFunds),
+            "6 + 6 > 10"
+        );
+        assert!(
+            s.reserve(Uuid::new_v4(), Decimal::from(4), zero).is_ok(),
+            "exactly fits"
+        );
+        assert_eq!(
+            s.reserve(Uuid::new_v4(), Decimal::ONE, zero),
+            Err(Refusal::InsufficientFunds)
+        );
+        // An overdraft allowance of 3 lets 3 more through, and no more.
+        assert!(
+            s.reserve(Uuid::new_v4(), Decimal::from(3), Decimal::from(3))
+                .is_ok()
+        );
+        assert_eq!(
+            s.reserve(Uuid::new_v4(), Decimal::new(1, 2), Decimal::from(3)),
             Err(Refusal::InsufficientFunds)
         );
     }
@@ -512,7 +544,8 @@ mod tests {
         let mut s = state(10, AccountStatus::Active);
         let c = charge(4);
         let id = c.request_id;
-        s.reserve(id, Decimal::from(5)).expect("reserve");
+        s.reserve(id, Decimal::from(5), Decimal::ZERO)
+            .expect("reserve");
         let again = ChargeRequest {
             request_id: id,
             ..charge(4)

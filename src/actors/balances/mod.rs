@@ -368,11 +368,13 @@ impl Balances {
         user_id: Uuid,
         request_id: Uuid,
         amount: Decimal,
+        overdraft: Decimal,
     ) -> Result<(), BalanceError> {
         let result = self
             .call(user_id, 3, |reply| BalanceMsg::Reserve {
                 request_id,
                 amount,
+                overdraft,
                 reply,
             })
             .await;
@@ -388,7 +390,7 @@ impl Balances {
             return Ok(());
         };
         match shared
-            .reserve(user_id, request_id, amount, balance, version)
+            .reserve(user_id, request_id, amount, balance + overdraft, version)
             .await
         {
             Shared::Reserved | Shared::Skipped => Ok(()),

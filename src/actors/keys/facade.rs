@@ -97,6 +97,12 @@ impl Keys {
         }
     }
 
+    /// Succeeds when a key with this hash exists (active or not): the first check of a
+    /// call, made before its body is read. Costs no message for a key in use.
+    pub async fn known(&self, hash: KeyHash) -> Result<(), AdmitError> {
+        self.resolve(hash).await.map(|_| ())
+    }
+
     /// Calls the key's actor, resolving the key again when the actor stopped under the
     /// call (it crashed and its supervisor restarts it, or it passivated). `make` builds
     /// the message for each attempt.

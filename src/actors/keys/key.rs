@@ -113,6 +113,24 @@ pub struct KeyView {
 
 pub type KeyRef = ActorRef<KeyMsg>;
 
+impl KeyView {
+    /// Whether the key may call `model` at all (rate limits aside).
+    pub fn permits(&self, model: &str) -> Result<(), Denied> {
+        permits(self.is_active, &self.allowed_models, model)
+    }
+}
+
+/// The active flag and the allow-list (empty: every model).
+fn permits(is_active: bool, allowed_models: &[String], model: &str) -> Result<(), Denied> {
+    if !is_active {
+        return Err(Denied::Inactive);
+    }
+    if !allowed_models.is_empty() && !allowed_models.iter().any(|m| m == model) {
+        return Err(Denied::ModelNotAllowed);
+    }
+    Ok(())
+}
+
 /// A limit's share for one of `share` instances (at least 1).
 fn divided<T: From<u32> + std::ops::Div<Output = T> + Ord>(limit: T, share: u32) -> T {
     let share = share.max(1);
@@ -197,12 +215,7 @@ impl KeyState {
         share: u32,
     ) -> Result<Admission, Denied> {
         let r = &self.record;
-        if !r.is_active {
-            return Err(Denied::Inactive);
-        }
-        if !r.allowed_models.is_empty() && !r.allowed_models.iter().any(|m| m == model) {
-            return Err(Denied::ModelNotAllowed);
-        }
+        permits(r.is_active, &r.allowed_models, model)?;
         self.last_share = share;
         if share == 0 {
             // Redis counts rpm and tpm; this instance only remembers that it was busy.

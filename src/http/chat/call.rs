@@ -44,6 +44,8 @@ pub struct Call {
     pub snap: Arc<Snapshot>,
     pub plan: Arc<Plan>,
     pub model: String,
+    /// The prompt's estimate made at admission: its usage when the upstream reports none.
+    pub prompt_tokens: u32,
     /// Where the time spent upstream is counted (for `server-timing` and metrics).
     pub ctx: Arc<RequestCtx>,
 }
@@ -53,6 +55,15 @@ impl Call {
     fn nothing(&self) {
         self.app.balances.release(self.user_id, self.request_id);
         self.admitted.record(0);
+    }
+
+    /// The usage of an answer whose upstream reported none: the prompt as estimated at
+    /// admission, and the answer's counted tokens.
+    fn estimated(&self, output_tokens: u32) -> Usage {
+        Usage {
+            input_tokens: self.prompt_tokens,
+            output_tokens,
+        }
     }
 
     fn strict(&self) -> bool {
@@ -177,10 +188,17 @@ impl Call {
         };
         let response = match answer {
             Answer::Whole(reply) => {
-                let out = reply.body.clone();
-                self.bill(reply.provider, reply.model, reply.usage, reply.usage_source)
+                let (usage, source) = match reply.usage {
+                    Some(u) => (u, "upstream"),
+                    None => {
+                        let text = crate::upstream::answer_text(&reply.body);
+                        let output_tokens = tokens::count_async(text).await;
+                        (self.estimated(output_tokens), "estimated")
+                    }
+                };
+                self.bill(reply.provider, reply.model, usage, source)
                     .await?;
-                ([(header::CONTENT_TYPE, "application/json")], out).into_response()
+                ([(header::CONTENT_TYPE, "application/json")], reply.body).into_response()
             }
             Answer::Stream(reply) => {
                 let wants_usage = body
@@ -188,9 +206,8 @@ impl Call {
                     .and_then(|o| o.get("include_usage"))
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
-                let messages = body.get("messages").cloned().unwrap_or(Value::Null);
                 let (tx, rx) = mpsc::channel(64);
-                tokio::spawn(self.stream(reply, wants_usage, messages, tx));
+                tokio::spawn(self.stream(reply, wants_usage, tx));
                 let chunks = futures::stream::unfold(rx, |mut rx| async move {
                     rx.recv().await.map(|c| (c, rx))
                 });
@@ -213,7 +230,6 @@ impl Call {
         self,
         reply: StreamReply,
         wants_usage: bool,
-        messages: Value,
         tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     ) {
         let (provider, model) = (reply.provider.clone(), reply.model.clone());
@@ -224,13 +240,10 @@ impl Call {
         }
         let (usage, source) = match out.usage {
             Some(u) => (u, "upstream"),
-            None => (
-                Usage {
-                    input_tokens: tokens::prompt(&messages),
-                    output_tokens: tokens::count(&out.text),
-                },
-                "estimated",
-            ),
+            None => {
+                let output_tokens = tokens::count_async(out.text).await;
+                (self.estimated(output_tokens), "estimated")
+            }
         };
         let billed = self.bill(provider, model, usage, source).await;
         if out.done_held && !out.client_gone {

@@ -18,17 +18,21 @@ use crate::actors::balances::{BalanceError, Refusal};
 use crate::actors::keys::{AdmitError, Denied};
 use crate::app::AppState;
 use crate::billing::{AccountStatus, Decimal, Usage};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ModelRoute, Snapshot};
 use crate::tokens;
 use crate::upstream::UpstreamError;
 
 /// The parts of a chat request the gateway itself needs.
 struct ChatRequest {
     model: String,
-    prompt_tokens: u32,
     max_tokens: Option<u32>,
+    /// Choices asked for (`n`): each may be `max_tokens` long.
+    n: u32,
     stream: bool,
 }
+
+/// The most choices one call may ask for (OpenAI's own limit).
+const MAX_CHOICES: u64 = 128;
 
 fn check(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
     let model = match body.get("model") {
@@ -65,11 +69,57 @@ fn check(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
                 .ok_or_else(|| ApiError::bad_request("max_tokens must be a positive integer"))?,
         ),
     };
+    let n = match body.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=MAX_CHOICES).contains(n))
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("n must be an integer from 1 to {MAX_CHOICES}"))
+            })?,
+    };
     Ok(ChatRequest {
         model: model.to_owned(),
-        prompt_tokens: tokens::prompt(body.get("messages").unwrap_or(&Value::Null)),
         max_tokens,
+        n,
         stream,
+    })
+}
+
+/// What a chat call may cost at most, in tokens: its prompt (messages, tools, images) and
+/// `n` answers of at most `max_out` tokens each. Sets the output ceiling on the request
+/// when the client left it open, so the upstream cannot exceed what was reserved.
+fn worst_case(
+    app: &AppState,
+    route: &ModelRoute,
+    req: &ChatRequest,
+    body: &mut Map<String, Value>,
+    prompt_tokens: u32,
+) -> Result<Usage, ApiError> {
+    let cap = route
+        .max_output_tokens
+        .unwrap_or(app.config.max_output_tokens);
+    let max_out = match req.max_tokens {
+        Some(asked) if asked > cap => {
+            return Err(ApiError::bad_request(format!(
+                "max_tokens must be at most {cap} for model {:?}",
+                req.model
+            )));
+        }
+        Some(asked) => asked,
+        None => {
+            let ceiling = route
+                .default_max_tokens
+                .unwrap_or(app.config.default_max_tokens)
+                .min(cap);
+            body.insert("max_tokens".into(), Value::from(ceiling));
+            ceiling
+        }
+    };
+    Ok(Usage {
+        input_tokens: prompt_tokens,
+        output_tokens: max_out.saturating_mul(req.n),
     })
 }
 
@@ -104,7 +154,9 @@ fn admit_error(e: AdmitError) -> ApiError {
             code: "tokens_rate_limit_exceeded",
             retry_after: retry_after.unwrap_or(std::time::Duration::from_secs(60)),
         },
-        AdmitError::Unavailable(e) => ApiError::Unavailable(format!("key check unavailable: {e}")),
+        AdmitError::Unavailable(e) => {
+            ApiError::degraded("the key check is unavailable; retry shortly", e)
+        }
     }
 }
 
@@ -136,17 +188,27 @@ fn balance_error(e: BalanceError) -> ApiError {
             ApiError::Unavailable("billing is backed up; retry shortly".into())
         }
         BalanceError::UnknownUser => ApiError::internal("key owner has no profile"),
-        BalanceError::Unavailable(e) => ApiError::Unavailable(format!("balance unavailable: {e}")),
+        BalanceError::Unavailable(e) => {
+            ApiError::degraded("the balance check is unavailable; retry shortly", e)
+        }
     }
 }
 
 pub(crate) fn upstream_error(e: UpstreamError) -> ApiError {
     match e {
         UpstreamError::Client { status, message } => ApiError::UpstreamClient { status, message },
-        UpstreamError::Failed { message, .. } => ApiError::BadGateway(message),
-        UpstreamError::CircuitOpen(target) => ApiError::Unavailable(format!(
-            "the upstream is failing; circuit open for {target}"
-        )),
+        UpstreamError::Failed { status, message } => {
+            // The provider's own words stay in the log (with the request id).
+            tracing::warn!(?status, %message, "upstream failed");
+            ApiError::BadGateway(match status {
+                Some(s) => format!("the upstream failed (status {s})"),
+                None => "the upstream could not be reached".into(),
+            })
+        }
+        UpstreamError::CircuitOpen(target) => ApiError::degraded(
+            "the upstream is failing; retry shortly",
+            format!("circuit open for {target}"),
+        ),
         UpstreamError::Timeout => {
             ApiError::GatewayTimeout("the upstream did not answer in time".into())
         }
@@ -210,52 +272,33 @@ async fn chat(
     req: Request,
 ) -> Result<Response, ApiError> {
     let ctx = super::observe::ctx(&req);
+    // Authentication comes first: an unknown key is refused before its body is read.
+    app.keys.known(hash).await.map_err(admit_error)?;
     let bytes = body_bytes(req, &app).await?;
-    let parsed =
-        parse_json::<Map<String, Value>>(&bytes).and_then(|body| Ok((check(&body)?, body)));
-    let (
-        ChatRequest {
-            model,
-            prompt_tokens,
-            max_tokens,
-            stream,
-        },
-        body,
-    ) = match parsed {
-        Ok(ok) => ok,
-        Err(e) => {
-            // Authentication comes first: an unknown key is 401 whatever the body.
-            app.keys.describe(hash).await.map_err(admit_error)?;
-            return Err(e);
-        }
-    };
+    let mut body = parse_json::<Map<String, Value>>(&bytes)?;
+    drop(bytes);
+    let request = check(&body)?;
+    let model = request.model.clone();
     let snap = app.snapshot.load_full();
-
-    let Some(route) = snap.model(&model) else {
-        app.keys.describe(hash).await.map_err(admit_error)?;
+    let Some(route) = snap.model(&model).cloned() else {
         return Err(ApiError::NotFound(format!(
             "model {model:?} does not exist"
         )));
     };
     ctx.set_model(&model);
-    let mut body = body;
-    if max_tokens.is_none()
-        && let Some(ceiling) = route.default_max_tokens
-    {
-        // The model's ceiling goes upstream, so the reservation bounds the answer.
-        body.insert("max_tokens".into(), Value::from(ceiling));
+    if tokens::chat_prompt_bytes(&body) > tokens::INLINE_BYTES {
+        // A large prompt is counted (off the async workers) only for a key that may call
+        // this model at all.
+        let view = app.keys.describe(hash).await.map_err(admit_error)?;
+        view.permits(&model)
+            .map_err(|d| admit_error(AdmitError::Denied(d)))?;
     }
-    let max_out = max_tokens
-        .or(route.default_max_tokens)
-        .unwrap_or(app.config.default_max_tokens);
-    let worst = Usage {
-        input_tokens: prompt_tokens,
-        output_tokens: max_out,
-    };
-    let estimated_tokens = worst.total();
+    let per_part = route.image_tokens.unwrap_or(app.config.image_tokens);
+    let prompt_tokens = tokens::chat_prompt_async(&body, per_part).await;
+    let worst = worst_case(&app, &route, &request, &mut body, prompt_tokens)?;
     let checked = app
         .keys
-        .check(hash, &model, estimated_tokens)
+        .check(hash, &model, worst.total())
         .await
         .map_err(admit_error)?;
     let (user_id, tenant_id) = (checked.admission.user_id, checked.admission.tenant_id);
@@ -272,6 +315,7 @@ async fn chat(
             "model {model:?} is not priced yet"
         )));
     };
+    let overdraft = snap.overdraft(tenant_id);
 
     // The key's global limits (Redis, with several instances) and the balance are checked
     // side by side; whichever refuses undoes the other. Until the call takes it over, the
@@ -285,7 +329,8 @@ async fn chat(
     };
     let (confirmed, reserved) = tokio::join!(
         app.keys.confirm(checked, &model),
-        app.balances.reserve(user_id, request_id, reserve)
+        app.balances
+            .reserve(user_id, request_id, reserve, overdraft)
     );
     let admitted = confirmed.map_err(admit_error)?;
     if let Err(e) = reserved {
@@ -303,11 +348,12 @@ async fn chat(
         snap,
         plan,
         model,
+        prompt_tokens: worst.input_tokens,
         ctx,
     };
     // The call runs to its end (and is billed) even if the client goes away: polled here
     // while the client waits (no task hop), moved to a task of its own if it hangs up.
-    Detached(Some(Box::pin(call.run(body, stream)))).await
+    Detached(Some(Box::pin(call.run(body, request.stream)))).await
 }
 
 /// A reservation made for a call not yet running: released when dropped, unless handed
@@ -413,7 +459,7 @@ mod tests {
             "max_tokens": 10}),
         );
         let c = check(&ok).expect("valid");
-        assert_eq!((c.model.as_str(), c.max_tokens), ("m", Some(10)));
+        assert_eq!((c.model.as_str(), c.max_tokens, c.n), ("m", Some(10), 1));
         for bad in [
             json!({"messages": [{"role": "user", "content": "hi"}]}),
             json!({"model": 5, "messages": [{"role": "user", "content": "hi"}]}),
@@ -423,6 +469,9 @@ mod tests {
             json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": 0}),
             json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": -3}),
             json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": "9"}),
+            json!({"model": "m", "messages": [{"role": "user"}], "n": 0}),
+            json!({"model": "m", "messages": [{"role": "user"}], "n": 129}),
+            json!({"model": "m", "messages": [{"role": "user"}], "n": 1.5}),
         ] {
             let b = obj(bad.clone());
             assert!(check(&b).is_err(), "{bad}");

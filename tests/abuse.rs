@@ -1,0 +1,237 @@
+//! The gateway as an attacker meets it (issue 13): one test per hardening point, each
+//! against a real server on a loopback port.
+
+#![expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use neuropia::db::users::DEFAULT_TENANT;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends `head` (request line and headers, then the start of a body) on a new connection
+/// and returns the status line of whatever answer comes back within `within`.
+async fn status_line(base: &str, head: &str, within: Duration) -> Option<String> {
+    let addr = base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(within, conn.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.lines().next().map(str::to_owned)
+}
+
+/// Text of about `bytes` bytes of made-up words: slow to tokenize (no repeats).
+fn diverse_text(bytes: usize) -> String {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = String::with_capacity(bytes + 32);
+    while out.len() < bytes {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let len = 2 + (x >> 60) as u32;
+        for i in 0..len {
+            out.push(char::from(b'a' + (x.rotate_right(i * 5) & 15) as u8));
+        }
+        out.push(' ');
+    }
+    out
+}
+
+fn chat_with(prompt: &str, extra: Value) -> Value {
+    let mut body = json!({"model": "qwen-turbo",
+        "messages": [{"role": "user", "content": prompt}]});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    body
+}
+
+/// A user of the default tenant with `balance` and a key, calling `qwen-turbo` on `mock`
+/// at `input`/`output` per token.
+async fn funded(
+    app: &TestApp,
+    mock: &MockUpstream,
+    email: &str,
+    balance: &str,
+    rates: (&str, &str),
+) -> (uuid::Uuid, String) {
+    app.route_to_mock("qwen-turbo", mock, rates.0, rates.1)
+        .await;
+    let (user, token) = app.register(email).await;
+    app.top_up(user, balance).await;
+    let key = app.create_key(&token, user, json!({"name": "k"})).await;
+    (user, key)
+}
+
+/// 1. No work before authentication: a made-up key is refused before its body is read;
+/// large prompts are counted off the async workers; a tokenizer failure is an estimate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_before_authentication_is_refused_and_counting_never_stalls_the_server() {
+    let mock = mock_upstream().await;
+    let app = TestApp::spawn().await;
+    let (user, key) = funded(
+        &app,
+        &mock,
+        "big@abuse.test",
+        "1000",
+        ("0.000001", "0.000002"),
+    )
+    .await;
+
+    // A made-up key announcing 4 MB and sending a few bytes of it: the 401 comes back
+    // without the body (nothing was read, parsed or counted).
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n\
+        x-virtual-key: vk_made_up\r\nContent-Type: application/json\r\n\
+        Content-Length: 4000000\r\n\r\n{\"model\": \"qwen-turbo\", \"messages\": [";
+    let line = status_line(&app.base, head, Duration::from_secs(10)).await;
+    assert_eq!(
+        line.as_deref(),
+        Some("HTTP/1.1 401 Unauthorized"),
+        "refused before the body"
+    );
+
+    // Six made-up keys with whole 4 MB bodies at once: every one 401.
+    let big = chat_with(&diverse_text(4_000_000), json!({"max_tokens": 8}));
+    let refused = futures::future::join_all((0..6).map(|i| {
+        let (app, big) = (&app, &big);
+        async move { app.chat(&format!("vk_made_up_{i}"), big).await.status() }
+    }))
+    .await;
+    assert!(refused.iter().all(|s| *s == 401), "{refused:?}");
+
+    // Four valid calls with 4 MB prompts (each about half a second of counting): /health,
+    // asked while they are counted, answers before any of them does.
+    let started = Instant::now();
+    let calls = futures::future::join_all((0..4).map(|_| {
+        let (app, big, key) = (&app, &big, &key);
+        async move {
+            let r = app.chat(key, big).await;
+            (r.status().as_u16(), started.elapsed())
+        }
+    }));
+    let health = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = app.client.get(app.url("/health")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        started.elapsed()
+    };
+    let (answers, health_at) = tokio::join!(calls, health);
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    let first = answers.iter().map(|(_, at)| *at).min().unwrap();
+    assert!(
+        health_at < first,
+        "/health at {health_at:?}, the first large call at {first:?}"
+    );
+
+    // A million spaces (which overflowed the tokenizer's stack) get an answer, and a bill.
+    let spaces = chat_with(&" ".repeat(1_000_000), json!({"max_tokens": 8}));
+    let r = app.chat(&key, &spaces).await;
+    assert_eq!(r.status(), 200);
+    app.settle_journal().await;
+    let rows = billed_request_ids(&mut app.pool().acquire().await.unwrap(), user).await;
+    assert_eq!(rows.len(), 5, "the four large calls and the spaces");
+    app.stop().await;
+}
+
+/// 2. A call is admitted only if its worst case (prompt with tools and images, `n` answers
+/// of `max_tokens`, capped per model) fits the balance plus the tenant's overdraft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_cannot_overdraw_a_balance() {
+    let mock = mock_upstream().await;
+    let app = TestApp::spawn().await;
+    let (user, key) = funded(&app, &mock, "small@abuse.test", "10", ("0.001", "0.002")).await;
+    let refused = |r: reqwest::Response| async move {
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        (status.as_u16(), body["error"]["code"].clone())
+    };
+    let payment = (402, json!("insufficient_balance"));
+
+    // About 20,000 prompt tokens (20.00 at 0.001) with max_tokens 1: refused before the
+    // upstream, the balance untouched.
+    let long = "word ".repeat(20_000);
+    let r = app
+        .chat(&key, &chat_with(&long, json!({"max_tokens": 1})))
+        .await;
+    assert_eq!(refused(r).await, payment);
+    // n: 8 answers of 1,000 tokens (16.00) do not fit; 4 (8.00 and the prompt) do.
+    let r = app
+        .chat(&key, &chat_with("hi", json!({"max_tokens": 1000, "n": 8})))
+        .await;
+    assert_eq!(refused(r).await, payment);
+    // Three images at 5,000 tokens each (15.00).
+    let (status, body) = app
+        .send(
+            reqwest::Method::PUT,
+            "/api/admin/model-configs",
+            &app.admin_token,
+            Some(json!({"model": "qwen-turbo", "image_tokens": 5000, "max_output_tokens": 2000,
+                "config": {"strategy": {"mode": "single"}, "targets": [{"provider": "dashscope",
+                "custom_host": mock.dashscope_host(), "override_params": {"model": "qwen-turbo"}}]}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let image = json!({"type": "image_url", "image_url": {"url": "https://example.com/a.png"}});
+    let images = json!({"model": "qwen-turbo", "max_tokens": 1, "messages": [{"role": "user",
+        "content": [{"type": "text", "text": "what is this?"}, image, image, image]}]});
+    assert_eq!(refused(app.chat(&key, &images).await).await, payment);
+    // Tool definitions are prompt too: well over 10,000 tokens of schema.
+    let tools = json!([{"type": "function", "function": {"name": "f",
+        "description": diverse_text(40_000), "parameters": {"type": "object"}}}]);
+    let r = app
+        .chat(
+            &key,
+            &chat_with("hi", json!({"max_tokens": 1, "tools": tools})),
+        )
+        .await;
+    assert_eq!(refused(r).await, payment);
+    // max_tokens above the model's cap is the client's mistake.
+    let r = app
+        .chat(&key, &chat_with("hi", json!({"max_tokens": 3000})))
+        .await;
+    assert_eq!(refused(r).await, (400, json!("invalid_request")));
+    assert_eq!(mock.calls(), 0, "nothing refused reached the upstream");
+    assert_eq!(app.api_balance(user).await.0, d("10"));
+
+    // What fits is served: n = 4 reserves 8 + the prompt.
+    let r = app
+        .chat(&key, &chat_with("hi", json!({"max_tokens": 1000, "n": 4})))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(mock.calls(), 1);
+    // A call that sets no max_tokens goes upstream with the ceiling it was reserved for.
+    let r = app.chat(&key, &chat_with("hi", json!({}))).await;
+    assert_eq!(r.status(), 200);
+    let sent = mock.state.bodies.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        sent["max_tokens"],
+        json!(2000),
+        "min(4096 default, the model's cap)"
+    );
+
+    // With an overdraft allowance of 10 the three images (15.00) fit 9.944 + 10.
+    let (status, body) = app
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/admin/tenants/{DEFAULT_TENANT}"),
+            &app.admin_token,
+            Some(json!({"overdraft_limit": "10"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["overdraft_limit"], "10");
+    assert_eq!(app.chat(&key, &images).await.status(), 200);
+    // The allowance bounds the worst case, not the balance seen: 20.00 does not fit.
+    let r = app
+        .chat(&key, &chat_with(&long, json!({"max_tokens": 1})))
+        .await;
+    assert_eq!(refused(r).await, payment);
+    app.stop().await;
+}
