@@ -218,6 +218,11 @@ pub struct Config {
     )]
     pub billing_durability: Durability,
 
+    /// Show `/health`'s details (database, Redis, upstreams, actor tree) to anyone, not only
+    /// to platform admins: for a gateway reachable only from a private network.
+    #[arg(long, env = "NEUROPIA_HEALTH_DETAILS", value_parser = FalseyValueParser::new())]
+    pub health_details: bool,
+
     /// Enable fault injection (`POST /api/admin/faults`). Never in production.
     #[arg(long, env = "NEUROPIA_FAULTS", value_parser = FalseyValueParser::new())]
     pub faults: bool,

@@ -58,19 +58,35 @@ pub fn refusal(reason: &'static str) {
     counter!("neuropia_refusals_total", "reason" => reason).increment(1);
 }
 
+/// The label of an upstream target (`<provider>@<base URL>`) in the public metrics: the
+/// provider and a short hash of the base URL, so an unauthenticated scrape does not list
+/// where upstreams are. `/health`'s details (platform admins) show the whole target.
+pub fn target_label(target: &str) -> String {
+    use sha2::{Digest, Sha256};
+    match target.split_once('@') {
+        Some((provider, base)) => {
+            let digest = Sha256::digest(base.as_bytes());
+            let short: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+            format!("{provider}@{short}")
+        }
+        None => target.to_owned(),
+    }
+}
+
 /// One upstream attempt.
 pub fn upstream(target: &str, elapsed: Duration, outcome: &'static str) {
-    histogram!("neuropia_upstream_duration_seconds", "target" => target.to_owned())
-        .record(elapsed.as_secs_f64());
+    let target = target_label(target);
     if outcome != "ok" {
-        counter!("neuropia_upstream_errors_total", "target" => target.to_owned(), "kind" => outcome)
+        counter!("neuropia_upstream_errors_total", "target" => target.clone(), "kind" => outcome)
             .increment(1);
     }
+    histogram!("neuropia_upstream_duration_seconds", "target" => target)
+        .record(elapsed.as_secs_f64());
 }
 
 /// A call the target's open circuit refused without trying.
 pub fn upstream_rejected(target: &str) {
-    counter!("neuropia_upstream_errors_total", "target" => target.to_owned(), "kind" => "circuit_open")
+    counter!("neuropia_upstream_errors_total", "target" => target_label(target), "kind" => "circuit_open")
         .increment(1);
 }
 
@@ -115,7 +131,7 @@ pub fn gauge_set(name: &'static str, value: f64) {
 }
 
 pub fn breaker(target: &str, state: f64) {
-    gauge!("neuropia_breaker_state", "target" => target.to_owned()).set(state);
+    gauge!("neuropia_breaker_state", "target" => target_label(target)).set(state);
 }
 
 /// 1 while rate limits are counted in Redis (global), 0 while each instance falls back to

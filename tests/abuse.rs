@@ -235,3 +235,69 @@ async fn one_call_cannot_overdraw_a_balance() {
     assert_eq!(refused(r).await, payment);
     app.stop().await;
 }
+
+/// 8. Internal failures answer fixed messages (details only in the log, with the request
+/// id); the public health check says up or degraded and no more; the public metrics do not
+/// list upstream addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_details_do_not_leak() {
+    let mock = mock_upstream().await;
+    let app = TestApp::spawn_with(|c| c.actor_timeout_ms = 300).await;
+    let (_, key) = funded(&app, &mock, "leaks@abuse.test", "10", ("0.001", "0.002")).await;
+    let message = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        (
+            status,
+            body["error"]["message"].as_str().unwrap().to_owned(),
+        )
+    };
+
+    // The key supervisor swallows the key's first resolution: the check times out.
+    let (status, body) = app
+        .post(
+            "/api/admin/faults",
+            &app.admin_token,
+            json!({"actor": "keys", "fault": "drop", "count": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let r = app.chat(&key, &chat_body("qwen-turbo")).await;
+    assert_eq!(
+        message(r).await,
+        (
+            503,
+            "the key check is unavailable; retry shortly".to_owned()
+        )
+    );
+
+    // An upstream's own error text stays in the log.
+    mock.state
+        .fail_status
+        .store(500, std::sync::atomic::Ordering::SeqCst);
+    let r = app.chat(&key, &chat_body("qwen-turbo")).await;
+    assert_eq!(
+        message(r).await,
+        (502, "the upstream failed (status 500)".to_owned())
+    );
+    mock.state
+        .fail_status
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(app.chat(&key, &chat_body("qwen-turbo")).await.status(), 200);
+
+    // Anyone sees whether the gateway is up; a platform admin sees the rest.
+    let (status, public) = app.get("/health", "").await;
+    assert_eq!((status.as_u16(), public), (200, json!({"status": "ok"})));
+    let (_, details) = app.get("/health", &app.admin_token).await;
+    assert_eq!(details["database"], "ok");
+    assert!(
+        details["upstreams"]
+            .to_string()
+            .contains(&mock.addr.to_string())
+    );
+    assert!(details.get("instance").is_some());
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("neuropia_upstream_duration_seconds"));
+    assert!(!metrics.contains(&mock.addr.to_string()), "{metrics}");
+    app.stop().await;
+}

@@ -431,7 +431,7 @@ async fn portkey_configs_route_a_tenant_and_its_users() {
 }
 
 async fn health(app: &TestApp) -> Value {
-    app.get("/health", "").await.1
+    app.get("/health", &app.admin_token).await.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

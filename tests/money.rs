@@ -210,7 +210,7 @@ async fn a_balance_actor_panicking_mid_burst_is_restarted_and_money_stays_exact(
             // Wait for this panic to happen and be supervised before the next one.
             let mut restarts = 0;
             for _ in 0..500 {
-                let (_, health) = app.get("/health", "").await;
+                let (_, health) = app.get("/health", &app.admin_token).await;
                 restarts = health["actors"]["balance_actors"]["restarts"]
                     .as_u64()
                     .unwrap_or(0);
@@ -254,7 +254,7 @@ async fn a_balance_actor_panicking_mid_burst_is_restarted_and_money_stays_exact(
     // The restarted actor agrees with the database.
     assert_eq!(app.api_balance(user).await, (balance, "active".into()));
 
-    let (_, health) = app.get("/health", "").await;
+    let (_, health) = app.get("/health", &app.admin_token).await;
     assert_eq!(
         health["actors"]["balance_actors"]["restarts"], 3,
         "{health}"

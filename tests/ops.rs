@@ -451,6 +451,9 @@ async fn metrics_request_ids_and_server_timing() {
     );
     let text = r.text().await.unwrap();
     let target = format!("dashscope@{}", mock.dashscope_host());
+    // The public scrape names a target by provider and a hash, not by its address.
+    let label = neuropia::metrics::target_label(&target);
+    assert!(!text.contains(&mock.addr.to_string()), "{text}");
     for needle in [
         "neuropia_http_requests_total{route=\"/v1/chat/completions\",status=\"200\",model=\"qwen-turbo\"}"
             .to_owned(),
@@ -460,8 +463,8 @@ async fn metrics_request_ids_and_server_timing() {
         "neuropia_gateway_overhead_seconds_bucket{route=\"/v1/chat/completions\"".to_owned(),
         "neuropia_refusals_total{reason=\"rpm\"}".to_owned(),
         "neuropia_refusals_total{reason=\"invalid_key\"}".to_owned(),
-        format!("neuropia_upstream_duration_seconds_count{{target=\"{target}\"}}"),
-        format!("neuropia_breaker_state{{target=\"{target}\"}} 0"),
+        format!("neuropia_upstream_duration_seconds_count{{target=\"{label}\"}}"),
+        format!("neuropia_breaker_state{{target=\"{label}\"}} 0"),
         "neuropia_ledger_flush_seconds_count".to_owned(),
         "neuropia_journal_depth".to_owned(),
         "neuropia_actor_restarts{actor=\"ledger\"}".to_owned(),
@@ -484,7 +487,7 @@ async fn metrics_request_ids_and_server_timing() {
     let text = app.metrics().await;
     assert!(
         text.contains(&format!(
-            "neuropia_upstream_errors_total{{target=\"{target}\",kind=\"server_error\"}}"
+            "neuropia_upstream_errors_total{{target=\"{label}\",kind=\"server_error\"}}"
         )),
         "{text}"
     );

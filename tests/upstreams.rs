@@ -463,7 +463,7 @@ async fn a_failing_target_opens_its_circuit_and_costs_one_attempt() {
     }
     assert_eq!(slow.calls(), 2, "an open circuit is not called");
     assert_eq!(good.calls(), 7);
-    let (_, health) = app.get("/health", "").await;
+    let (_, health) = app.get("/health", &app.admin_token).await;
     let breakers = health["upstreams"].as_array().expect("breakers");
     let slow_one = breakers
         .iter()
@@ -500,7 +500,7 @@ async fn a_failing_target_opens_its_circuit_and_costs_one_attempt() {
     // Failures reach the breaker as messages: wait until it has booked the second.
     let mut open = false;
     for _ in 0..100 {
-        let (_, health) = app.get("/health", "").await;
+        let (_, health) = app.get("/health", &app.admin_token).await;
         open = health["upstreams"].as_array().is_some_and(|list| {
             list.iter().any(|b| {
                 b["target"]

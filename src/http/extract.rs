@@ -74,6 +74,20 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// True when `headers` carry a valid platform admin's token (for endpoints that show
+/// more to operators, such as `/health`).
+pub async fn is_platform_admin(app: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    token
+        .and_then(|t| app.jwt.verify(t))
+        .is_some_and(|c| c.role == Role::PlatformAdmin)
+}
+
 /// A caller authenticated with a platform JWT.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Claims);

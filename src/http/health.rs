@@ -1,7 +1,9 @@
-//! `GET /health`: the state of the database, Redis and the actor tree.
+//! `GET /health`: up or degraded for anyone; the state of the database, Redis, the
+//! upstreams and the actor tree for platform admins (or everyone, with
+//! `NEUROPIA_HEALTH_DETAILS=1`).
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use ractor::ActorStatus;
 use serde_json::{Value, json};
 
@@ -21,10 +23,18 @@ fn status(s: ActorStatus) -> &'static str {
     }
 }
 
-/// The state of the database, Redis and the actor tree. 503 when the database is down.
+/// `{"status": "ok" | "degraded"}`; 503 when the database is down. A platform admin's
+/// token (or `NEUROPIA_HEALTH_DETAILS=1`) adds the database, Redis, upstreams, rate limits,
+/// configuration flow and actor tree.
 #[utoipa::path(get, path = "/health", tag = "operations",
+    security((), ("jwt" = [])),
     responses((status = 200, description = "healthy"), (status = 503, description = "database unreachable")))]
-pub async fn health(State(app): State<AppState>) -> (StatusCode, axum::Json<Value>) {
+pub async fn health(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> (StatusCode, axum::Json<Value>) {
+    let details =
+        app.config.health_details || super::extract::is_platform_admin(&app, &headers).await;
     let database = sqlx::query_scalar::<_, i32>("SELECT 1")
         .fetch_one(&app.pool)
         .await
@@ -37,6 +47,21 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, axum::Json<Valu
             if pong.is_ok() { "ok" } else { "unreachable" }
         }
     };
+    let ok = database;
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let global_limits = app.keys.limiter.as_ref().is_none_or(|l| l.stats().global);
+    let overall = if ok && redis != "unreachable" && global_limits {
+        "ok"
+    } else {
+        "degraded"
+    };
+    if !details {
+        return (code, axum::Json(json!({ "status": overall })));
+    }
     let t = &app.tree;
     let restarts: serde_json::Map<String, Value> =
         ractor::call_t!(app.root, RootMsg::Children, 1_000)
@@ -55,12 +80,6 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, axum::Json<Valu
         "key_actors": app.keys.stats().await,
         "balance_actors": app.balances.stats().await,
     });
-    let ok = database;
-    let code = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     let config = ractor::call_t!(
         t.config.get(),
         crate::actors::config::ConfigMsg::Stats,
@@ -86,7 +105,7 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, axum::Json<Valu
                 Some(l) => json!(l.stats()),
                 None => json!({"backend": "local", "global": false, "instances": app.config.instances}),
             },
-            "status": if ok && redis != "unreachable" && app.keys.limiter.as_ref().is_none_or(|l| l.stats().global) { "ok" } else { "degraded" },
+            "status": overall,
             "instance": app.instance,
             "database": if database { "ok" } else { "unreachable" },
             "redis": redis,
