@@ -32,7 +32,7 @@ pub enum Command {
     Serve(Box<Config>),
     /// Create the database if missing and apply migrations, then exit.
     Migrate {
-        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
         database_url: Secret,
     },
     /// Print the OpenAPI document of the HTTP API.
@@ -55,7 +55,7 @@ pub struct ActorsArgs {
     pub url: String,
     /// A platform admin's JWT. Without it, the command signs in with
     /// NEUROPIA_ADMIN_EMAIL and NEUROPIA_ADMIN_PASSWORD.
-    #[arg(long, env = "NEUROPIA_TOKEN")]
+    #[arg(long, env = "NEUROPIA_TOKEN", hide_env_values = true)]
     pub token: Option<Secret>,
     #[arg(long, env = "NEUROPIA_ADMIN_EMAIL", hide_env_values = true)]
     pub email: Option<String>,
@@ -95,7 +95,7 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/neuro
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// PostgreSQL URL; the database is created if missing and migrated at start.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: Secret,
 
     /// Key and balance actors idle this many seconds stop, and come back with their state on
@@ -112,7 +112,12 @@ pub struct Config {
     pub db_pool: u32,
 
     /// Redis URL (a cache, never the only copy of anything). Empty disables Redis.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     pub redis_url: Secret,
 
     /// Treat REDIS_URL as a Redis Cluster seed even when it names one node (a list of
@@ -137,9 +142,9 @@ pub struct Config {
     #[arg(long, env = "NEUROPIA_BIND", default_value = "127.0.0.1:3001")]
     pub bind: SocketAddr,
 
-    /// HS256 secret for platform JWTs. When unset a random one is generated at start
-    /// (tokens then die with the process); set it in any real deployment.
-    #[arg(long, env = "JWT_SECRET")]
+    /// HS256 secret for platform JWTs (at least 16 bytes). When unset, one is generated at
+    /// the first start and kept in the database (every instance on that database shares it).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
 
     /// Lifetime of a platform JWT, in seconds.
@@ -167,19 +172,19 @@ pub struct Config {
     pub admin_email: Option<String>,
 
     /// Password of the bootstrapped platform admin.
-    #[arg(long, env = "NEUROPIA_ADMIN_PASSWORD")]
+    #[arg(long, env = "NEUROPIA_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<Secret>,
 
     /// Platform key for DashScope (Alibaba Cloud Bailian), compatible mode.
-    #[arg(long, env = "DASHSCOPE_API_KEY")]
+    #[arg(long, env = "DASHSCOPE_API_KEY", hide_env_values = true)]
     pub dashscope_api_key: Option<Secret>,
 
     /// Platform key for OpenAI.
-    #[arg(long, env = "OPENAI_API_KEY")]
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     pub openai_api_key: Option<Secret>,
 
     /// Platform key for Anthropic (Messages API).
-    #[arg(long, env = "ANTHROPIC_API_KEY")]
+    #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
     pub anthropic_api_key: Option<Secret>,
 
     /// `direct`: the built-in router executes routing plans. `portkey`: a Portkey gateway
@@ -222,6 +227,12 @@ pub struct Config {
     /// to platform admins: for a gateway reachable only from a private network.
     #[arg(long, env = "NEUROPIA_HEALTH_DETAILS", value_parser = FalseyValueParser::new())]
     pub health_details: bool,
+
+    /// Let routing plans call upstreams on loopback, link-local and private networks
+    /// (`custom_host`). Off by default: whoever edits a plan could otherwise reach the
+    /// gateway's own network. The tests, benchmarks and the demo's mock upstream set it.
+    #[arg(long, env = "NEUROPIA_ALLOW_PRIVATE_UPSTREAMS", value_parser = FalseyValueParser::new())]
+    pub allow_private_upstreams: bool,
 
     /// Enable fault injection (`POST /api/admin/faults`). Never in production.
     #[arg(long, env = "NEUROPIA_FAULTS", value_parser = FalseyValueParser::new())]

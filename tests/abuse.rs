@@ -301,3 +301,144 @@ async fn internal_details_do_not_leak() {
     assert!(!metrics.contains(&mock.addr.to_string()), "{metrics}");
     app.stop().await;
 }
+
+/// 7. Secrets: `--help` shows no secret's value; a platform key goes only to its
+/// provider's own base URL (or to a target that asks for it); custom hosts on private
+/// networks are refused unless the operator allows them; config notices carry no api_key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_stay_where_they_belong() {
+    let secrets = [
+        ("JWT_SECRET", "jwt-secret-value-0123456789"),
+        ("NEUROPIA_ADMIN_PASSWORD", "admin-secret-Value-1"),
+        ("OPENAI_API_KEY", "sk-openai-secret-value"),
+        ("DASHSCOPE_API_KEY", "sk-dashscope-secret-value"),
+        ("ANTHROPIC_API_KEY", "sk-anthropic-secret-value"),
+        ("DATABASE_URL", "postgres://u:db-secret-value@127.0.0.1/x"),
+        ("REDIS_URL", "redis://:redis-secret-value@127.0.0.1:6379"),
+        ("NEUROPIA_TOKEN", "token-secret-value"),
+    ];
+    for args in [
+        &["serve", "--help"][..],
+        &["--help"],
+        &["migrate", "--help"],
+        &["actors", "--help"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_neuropia"))
+            .args(args)
+            .envs(secrets)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage"), "{args:?}: {text}");
+        for (name, value) in secrets {
+            assert!(!text.contains(value), "{args:?} shows {name}");
+        }
+    }
+
+    // Without NEUROPIA_ALLOW_PRIVATE_UPSTREAMS, plans may not point at private networks.
+    let mock = mock_upstream().await;
+    let strict = TestApp::spawn_with(|c| c.allow_private_upstreams = false).await;
+    for host in [
+        mock.dashscope_host(),
+        "http://localhost:9/v1".to_owned(),
+        "http://169.254.169.254/latest".to_owned(),
+        "http://[::1]:9/v1".to_owned(),
+        "http://10.0.0.1/v1".to_owned(),
+    ] {
+        let (status, body) = strict
+            .send(
+                reqwest::Method::PUT,
+                "/api/admin/model-configs",
+                &strict.admin_token,
+                Some(json!({"model": "m", "config": {"targets": [
+                    {"provider": "openai", "custom_host": host}]}})),
+            )
+            .await;
+        assert_eq!(status, 400, "{host}: {body}");
+        assert!(
+            body.to_string()
+                .contains("NEUROPIA_ALLOW_PRIVATE_UPSTREAMS"),
+            "{body}"
+        );
+    }
+    // A plan written straight into the database is refused when called.
+    sqlx::query(
+        "INSERT INTO data.model_configs (model, provider, config) VALUES ('sneaky', 'openai', $1)",
+    )
+    .bind(
+        json!({"targets": [{"provider": "openai", "custom_host": format!("http://{}/v1", mock.addr),
+        "use_platform_key": true}]}),
+    )
+    .execute(strict.pool())
+    .await
+    .unwrap();
+    strict.state.reload_config().await.unwrap();
+    strict.set_rate("openai", "sneaky", "0", "0").await;
+    let (user, token) = strict.register("sneaky@abuse.test").await;
+    strict.top_up(user, "10").await;
+    let key = strict.create_key(&token, user, json!({"name": "k"})).await;
+    let r = strict.chat(&key, &chat_body("sneaky")).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(mock.calls(), 0, "nothing reached the private host");
+    strict.stop().await;
+
+    // Allowed (as in the tests and the demo): the platform key goes to a custom host only
+    // when the target asks for it; a target's own key always does.
+    let app = TestApp::spawn().await;
+    let (_, key) = funded(&app, &mock, "keys@abuse.test", "10", ("0.001", "0.002")).await;
+    let target = |extra: Value| {
+        let mut t = json!({"provider": "dashscope", "custom_host": mock.dashscope_host(),
+            "override_params": {"model": "qwen-turbo"}});
+        if let (Some(t), Some(e)) = (t.as_object_mut(), extra.as_object()) {
+            t.extend(e.clone());
+        }
+        json!({"targets": [t]})
+    };
+    let mut seen = Vec::new();
+    for extra in [
+        json!({}),
+        json!({"use_platform_key": true}),
+        json!({"api_key": "sk-plan-own"}),
+    ] {
+        app.set_model("qwen-turbo", target(extra)).await;
+        let before = mock.state.authorizations.lock().unwrap().len();
+        assert_eq!(app.chat(&key, &chat_body("qwen-turbo")).await.status(), 200);
+        let auth = mock.state.authorizations.lock().unwrap();
+        seen.push(auth.get(before).cloned());
+    }
+    assert_eq!(
+        seen,
+        [
+            None,
+            Some(format!("Bearer {PLATFORM_KEY}")),
+            Some("Bearer sk-plan-own".to_owned())
+        ]
+    );
+
+    // Config notices carry the plan without its keys.
+    let mut listener = sqlx::postgres::PgListener::connect_with(app.pool())
+        .await
+        .unwrap();
+    listener.listen("config_update").await.unwrap();
+    let (status, body) = app
+        .post(
+            "/api/admin/portkey-configs",
+            &app.admin_token,
+            json!({"tenant_id": DEFAULT_TENANT, "config_name": "c",
+                "config": {"strategy": {"mode": "fallback"}, "targets": [
+                    {"provider": "openai", "api_key": "sk-in-a-notice"},
+                    {"provider": "dashscope", "api_key": "sk-in-a-notice-too"}]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(!body.to_string().contains("sk-in-a-notice"), "{body}");
+    let notice = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let payload: Value = serde_json::from_str(notice.payload()).unwrap();
+    assert_eq!(payload["config_json"]["targets"][0]["api_key"], "***");
+    assert!(!notice.payload().contains("sk-in-a-notice"), "{payload}");
+    drop(listener); // it holds one of the pool's connections
+    app.stop().await;
+}

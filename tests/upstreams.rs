@@ -314,7 +314,7 @@ async fn anthropic_targets_are_translated_both_ways() {
     })
     .await;
     app.set_model("claude", json!({"targets": [{"provider": "anthropic",
-        "custom_host": format!("http://{}/v1", mock.addr), "override_params": {"model": "claude-3-5-haiku"}}]})).await;
+        "custom_host": format!("http://{}/v1", mock.addr), "use_platform_key": true, "override_params": {"model": "claude-3-5-haiku"}}]})).await;
     app.set_rate("anthropic", "claude-3-5-haiku", "0.001", "0.005")
         .await;
     let (user, key) = funded(&app, "claude@example.com").await;

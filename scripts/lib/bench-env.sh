@@ -36,7 +36,7 @@ INSTANCES="${INSTANCES:-1}"
 GWS=""
 for i in $(seq 0 $((INSTANCES - 1))); do
   port=$((GW_PORT + i))
-  RUST_LOG=warn DATABASE_URL="$PGURL/$DB" NEUROPIA_BIND="127.0.0.1:$port" \
+  RUST_LOG=warn DATABASE_URL="$PGURL/$DB" NEUROPIA_BIND="127.0.0.1:$port" NEUROPIA_ALLOW_PRIVATE_UPSTREAMS=1 \
     REDIS_URL="redis://127.0.0.1:6379/$BENCH_REDIS_DB" NEUROPIA_INSTANCES="$INSTANCES" \
     JWT_SECRET=bench-secret-0123456789 NEUROPIA_ADMIN_EMAIL=admin@bench.local \
     NEUROPIA_ADMIN_PASSWORD=bench-password-1 env ${BENCH_GATEWAY_ENV:-} "$BIN" serve >"$work/gw$i.log" 2>&1 &

@@ -51,9 +51,9 @@ async fn reload(app: &AppState) -> Result<(), ApiError> {
         .map_err(|e| ApiError::degraded("saved, but the configuration reload failed", e))
 }
 
-fn check_plan(config: &Value) -> Result<(), ApiError> {
+fn check_plan(app: &AppState, config: &Value) -> Result<(), ApiError> {
     Plan::from_json(config)
-        .map(|_| ())
+        .and_then(|plan| plan.check_hosts(app.config.allow_private_upstreams))
         .map_err(ApiError::bad_request)
 }
 
@@ -94,7 +94,7 @@ pub async fn create(
     if body.tenant_id.is_none() && body.user_id.is_none() {
         return Err(ApiError::bad_request("give a tenant_id or a user_id"));
     }
-    check_plan(&body.config)?;
+    check_plan(&app, &body.config)?;
     let id = db::portkey::create(
         &app.pool,
         db::portkey::NewConfig {
@@ -192,7 +192,7 @@ pub async fn update(
 ) -> Result<axum::Json<PortkeyRow>, ApiError> {
     caller.require_platform_admin()?;
     if let Some(config) = &body.config {
-        check_plan(config)?;
+        check_plan(&app, config)?;
     }
     db::portkey::update(
         &app.pool,

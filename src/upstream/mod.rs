@@ -11,6 +11,7 @@
 //! - A 4xx the client caused goes back to the client and nothing is billed.
 //! - Streams: fallback and retries happen only before the first byte reaches the client.
 
+pub mod address;
 pub mod anthropic;
 pub mod breaker;
 pub mod mock;
@@ -150,7 +151,12 @@ impl Resolved {
 /// Everything needed to call upstreams: one pooled HTTP client, the platform keys, the
 /// circuit breakers.
 pub struct Upstreams {
+    /// For providers: with [`address::PublicOnly`] unless private upstreams are allowed.
     client: reqwest::Client,
+    /// For the operator's own Portkey gateway (`PORTKEY_GATEWAY_URL`), often on a private
+    /// network.
+    portkey_client: reqwest::Client,
+    allow_private: bool,
     openai_key: Option<Secret>,
     dashscope_key: Option<Secret>,
     anthropic_key: Option<Secret>,
@@ -169,15 +175,27 @@ impl Upstreams {
         breakers: BreakerDirectory,
         supervisor: Live<UpstreamsMsg>,
     ) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(90))
+                // A redirect could lead a call (and its key) anywhere.
+                .redirect(reqwest::redirect::Policy::none())
+        };
+        let mut providers = builder();
+        if !config.allow_private_upstreams {
+            providers = providers.dns_resolver(std::sync::Arc::new(address::PublicOnly));
+        }
+        let built = |b: reqwest::ClientBuilder| {
+            b.build()
+                .map_err(|e| format!("building the HTTP client: {e}"))
+        };
         let key = |k: &Option<Secret>| k.clone().filter(|k| !k.is_empty());
         Ok(Self {
-            client,
+            client: built(providers)?,
+            portkey_client: built(builder())?,
+            allow_private: config.allow_private_upstreams,
             openai_key: key(&config.openai_api_key),
             dashscope_key: key(&config.dashscope_api_key),
             anthropic_key: key(&config.anthropic_api_key),
@@ -200,9 +218,24 @@ impl Upstreams {
         }
     }
 
+    /// The platform key a target may be sent: the provider's own, for its own base URL, or
+    /// for a `custom_host` only when the target says `use_platform_key`.
+    fn platform_key(&self, target: &Target) -> Option<&Secret> {
+        (target.custom_host.is_none() || target.use_platform_key)
+            .then(|| self.env_key(&target.provider))
+            .flatten()
+    }
+
     fn resolve(&self, target: &Target, requested: &str) -> Result<Resolved, UpstreamError> {
         let base = match (&target.custom_host, target.provider.as_str()) {
-            (Some(host), _) => host.trim_end_matches('/').to_owned(),
+            (Some(host), _) => {
+                if !self.allow_private
+                    && let Some(why) = address::refusal(host)
+                {
+                    return Err(UpstreamError::failed(why));
+                }
+                host.trim_end_matches('/').to_owned()
+            }
             (None, "openai") => OPENAI_BASE.into(),
             (None, "dashscope") => DASHSCOPE_BASE.into(),
             (None, "anthropic") => ANTHROPIC_BASE.into(),
@@ -215,7 +248,7 @@ impl Upstreams {
         let key = target
             .api_key
             .clone()
-            .or_else(|| self.env_key(&target.provider).cloned());
+            .or_else(|| self.platform_key(target).cloned());
         if key.is_none() && target.custom_host.is_none() {
             return Err(UpstreamError::failed(format!(
                 "no platform key configured for provider {:?}",

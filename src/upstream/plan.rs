@@ -50,6 +50,10 @@ pub struct Target {
     /// Per-target retries (overrides the plan's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// Send the provider's platform key (from the environment) to this target's
+    /// `custom_host`. Without it a platform key goes only to the provider's own base URL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_platform_key: bool,
 }
 
 /// Portkey's retry setting: retry an attempt that failed with one of `on_status_codes`
@@ -125,6 +129,7 @@ impl Plan {
                 weight: 1.0,
                 request_timeout: None,
                 retry: None,
+                use_platform_key: false,
             }],
             retry: None,
             request_timeout: None,
@@ -201,6 +206,19 @@ impl Plan {
             return Err("loadbalance needs a target with a positive weight".into());
         }
         Ok(())
+    }
+
+    /// Refuses custom hosts on private networks (unless `allow_private`): checked when a
+    /// plan is saved.
+    pub fn check_hosts(&self, allow_private: bool) -> Result<(), String> {
+        if allow_private {
+            return Ok(());
+        }
+        self.targets
+            .iter()
+            .filter_map(|t| t.custom_host.as_deref())
+            .find_map(super::address::refusal)
+            .map_or(Ok(()), Err)
     }
 
     /// The plan as JSON with every platform key replaced by `"***"`.

@@ -40,11 +40,11 @@ fn config(up: &Upstreams, plan: &Plan) -> Result<Value, UpstreamError> {
         }
         if t.api_key.is_none() {
             // Portkey requires a key on every target; a keyless custom host gets a dummy.
-            let key = up
-                .env_key(&t.provider)
-                .map(|k| k.expose())
-                .unwrap_or("unused");
+            let key = up.platform_key(t).map(|k| k.expose()).unwrap_or("unused");
             out["api_key"] = Value::String(key.to_owned());
+        }
+        if let Some(fields) = out.as_object_mut() {
+            fields.remove("use_platform_key");
         }
         if t.provider == "dashscope" {
             out["provider"] = Value::String("openai".into());
@@ -75,7 +75,7 @@ pub async fn execute(
         .map(Duration::from_millis)
         .unwrap_or(up.default_timeout);
     let mut call = up
-        .client
+        .portkey_client
         .post(format!("{}/v1/chat/completions", up.portkey_url))
         .header("content-type", "application/json")
         .header("x-request-id", request_id)

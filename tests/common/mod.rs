@@ -115,6 +115,7 @@ pub fn gateway_command(db: &str, port: u16) -> tokio::process::Command {
         .env("NEUROPIA_ADMIN_EMAIL", ADMIN_EMAIL)
         .env("NEUROPIA_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("DASHSCOPE_API_KEY", PLATFORM_KEY)
+        .env("NEUROPIA_ALLOW_PRIVATE_UPSTREAMS", "1")
         .env("RUST_LOG", "warn")
         .env_remove("NEUROPIA_DEMO")
         .stdout(std::process::Stdio::null())
@@ -484,6 +485,8 @@ impl TestApp {
         config.openai_api_key = None;
         config.dashscope_api_key = Some(Secret::new(PLATFORM_KEY));
         config.faults = true;
+        // Every upstream of the tests is a mock on loopback.
+        config.allow_private_upstreams = true;
         config.ledger_flush_ms = 2;
         config.demo = false;
         tweak(&mut config);
@@ -758,12 +761,13 @@ impl Api {
         assert_eq!(status, StatusCode::OK, "tenant: {body}");
     }
 
-    /// Points `model` at the mock upstream as DashScope (`qwen-turbo`) and prices it.
+    /// Points `model` at the mock upstream as DashScope (`qwen-turbo`, with the platform's
+    /// DashScope key) and prices it.
     pub async fn route_to_mock(&self, model: &str, mock: &MockUpstream, input: &str, output: &str) {
         self.set_model(
             model,
             json!({"strategy": {"mode": "single"}, "targets": [{"provider": "dashscope",
-                "custom_host": mock.dashscope_host(),
+                "custom_host": mock.dashscope_host(), "use_platform_key": true,
                 "override_params": {"model": "qwen-turbo"}}]}),
         )
         .await;
