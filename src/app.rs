@@ -299,15 +299,17 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = crate::http::router(state.clone())
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    // Small answers go out at once, not after the client's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = crate::http::server::Limits {
+        max_connections: state.config.max_connections,
+        header_timeout: Duration::from_millis(state.config.header_timeout_ms),
+    };
+    crate::http::server::run(
+        listener,
+        crate::http::router(state.clone()),
+        limits,
+        shutdown,
+    )
+    .await?;
     state.shutdown().await;
     Ok(())
 }

@@ -243,6 +243,22 @@ pub struct Config {
     #[arg(long, env = "NEUROPIA_DEMO", value_parser = FalseyValueParser::new())]
     pub demo: bool,
 
+    /// Most client connections open at once; more wait in the accept queue until one ends.
+    #[arg(long, env = "NEUROPIA_MAX_CONNECTIONS", default_value_t = 4_096)]
+    pub max_connections: usize,
+
+    /// A request's headers must arrive within this many milliseconds of the server
+    /// starting to wait for them, else the connection is closed. On a kept-alive
+    /// connection the wait starts when the previous response ends: this is also the idle
+    /// keep-alive timeout.
+    #[arg(long, env = "NEUROPIA_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
+    /// A request body must have arrived this many milliseconds after its handler started
+    /// reading it, else 408 and the connection is closed.
+    #[arg(long, env = "NEUROPIA_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+
     /// Largest accepted request body, in bytes (larger bodies get 413).
     #[arg(long, env = "NEUROPIA_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -328,6 +344,14 @@ impl Config {
         }
         if self.config_resync_secs == 0 {
             return Err("NEUROPIA_CONFIG_RESYNC_SECS must be positive".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err("NEUROPIA_MAX_CONNECTIONS must be between 1 and 1000000".into());
+        }
+        if self.header_timeout_ms == 0 || self.body_timeout_ms == 0 {
+            return Err(
+                "NEUROPIA_HEADER_TIMEOUT_MS and NEUROPIA_BODY_TIMEOUT_MS must be positive".into(),
+            );
         }
         if self.actor_timeout_ms == 0 || self.upstream_timeout_ms == 0 {
             return Err("timeouts must be positive".into());

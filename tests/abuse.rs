@@ -442,3 +442,90 @@ async fn secrets_stay_where_they_belong() {
     drop(listener); // it holds one of the pool's connections
     app.stop().await;
 }
+
+/// Opens a connection to `base` and sends `bytes` (and nothing more).
+async fn stalled(base: &str, bytes: &str) -> tokio::net::TcpStream {
+    let mut conn = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    conn.write_all(bytes.as_bytes()).await.unwrap();
+    conn
+}
+
+/// Reads until the server closes `conn`; `Err` if it has not within `within`.
+async fn closed_within(conn: &mut tokio::net::TcpStream, within: Duration) -> Result<String, ()> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(String::from_utf8_lossy(&seen).into_owned()),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => return Err(()),
+        }
+    }
+}
+
+/// 6. Slow clients: headers and bodies must arrive in time, idle connections are closed,
+/// and open connections are capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_connections_capped() {
+    let app = TestApp::spawn_with(|c| {
+        c.header_timeout_ms = 300;
+        c.body_timeout_ms = 300;
+        c.max_connections = 40;
+    })
+    .await;
+    // Half-sent headers: closed after the header timeout.
+    let mut slow: Vec<_> = futures::future::join_all(
+        (0..30).map(|_| stalled(&app.base, "POST /api/auth/login HTTP/1.1\r\nHost: x\r\n")),
+    )
+    .await;
+    for conn in &mut slow {
+        assert!(closed_within(conn, Duration::from_secs(5)).await.is_ok());
+    }
+    // A body announced and never sent: 408, and the connection closed.
+    let mut conn = stalled(
+        &app.base,
+        "POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: 100000\r\n\r\n{\"email\": ",
+    )
+    .await;
+    let answer = closed_within(&mut conn, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // An idle kept-alive connection is closed too.
+    let mut conn = stalled(&app.base, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let answer = closed_within(&mut conn, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    app.stop().await;
+
+    // With every connection taken, a new one waits until one ends.
+    let app = TestApp::spawn_with(|c| c.max_connections = 10).await;
+    // Ten held here (the harness's client may hold one more, from its sign-in).
+    let mut held: Vec<_> = futures::future::join_all(
+        (0..10).map(|_| stalled(&app.base, "GET /health HTTP/1.1\r\nHost: x\r\n")),
+    )
+    .await;
+    let fresh = reqwest::Client::new();
+    let waiting = fresh.get(app.url("/health")).send();
+    tokio::pin!(waiting);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut waiting)
+            .await
+            .is_err(),
+        "served past the cap"
+    );
+    held.truncate(8);
+    let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a connection ended")
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(held);
+    app.stop().await;
+}

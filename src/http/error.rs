@@ -30,6 +30,9 @@ pub enum ApiError {
     Gone(String),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The body did not arrive in time; the connection is closed.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{message}")]
@@ -95,6 +98,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Gone(_) => StatusCode::GONE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamClient { status, .. } => *status,
@@ -116,6 +120,7 @@ impl ApiError {
             Self::Conflict(_) => ("invalid_request_error", Some("conflict")),
             Self::Gone(_) => ("invalid_request_error", Some("expired")),
             Self::PayloadTooLarge => ("invalid_request_error", Some("request_too_large")),
+            Self::RequestTimeout => ("invalid_request_error", Some("request_timeout")),
             Self::UnsupportedMediaType(_) => {
                 ("invalid_request_error", Some("unsupported_media_type"))
             }
@@ -150,6 +155,12 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         if status.is_server_error() {
             response.extensions_mut().insert(LoggedDetail(detail));
+        }
+        if let Self::RequestTimeout = &self {
+            // The rest of the body may still come: the connection cannot be reused.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Self::RateLimited { retry_after, .. } = &self {
             // Whole seconds, rounded up, at least one.

@@ -12,9 +12,14 @@ use super::error::ApiError;
 use crate::app::AppState;
 use crate::auth::{Claims, KeyHash, Role};
 
-/// Reads the body whole, mapping an oversized body to 413.
+/// Reads the body whole, mapping an oversized body to 413 and one that does not arrive
+/// within `NEUROPIA_BODY_TIMEOUT_MS` to 408 (and the connection is closed).
 pub async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state).await.map_err(|rejection| {
+    let within = std::time::Duration::from_millis(state.config.body_timeout_ms);
+    let read = tokio::time::timeout(within, Bytes::from_request(req, state))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)?;
+    read.map_err(|rejection| {
         if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge
         } else {

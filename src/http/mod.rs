@@ -16,6 +16,7 @@ pub mod money;
 pub mod observe;
 pub mod ops;
 pub mod portkey;
+pub mod server;
 pub mod tenants;
 pub mod types;
 pub mod users;

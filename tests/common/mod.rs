@@ -560,6 +560,9 @@ impl Api {
     pub async fn connect(base: String) -> Self {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(512)
+            // Below the gateway's idle keep-alive timeout (10 s): never reuse a connection
+            // the gateway is closing.
+            .pool_idle_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
