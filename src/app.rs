@@ -18,11 +18,12 @@ use crate::actors::ledger::{LedgerArgs, WriteFault};
 use crate::actors::root::{ConfigBase, Root, RootArgs, RootMsg, RootRef, Tree};
 use crate::auth::{self, Jwt, Role};
 use crate::cache::Cache;
+use crate::clientip::TrustedProxies;
 use crate::config::Config;
 use crate::db;
 use crate::journal::Journal;
 use crate::snapshot::SnapshotHandle;
-use crate::throttle::LoginThrottle;
+use crate::throttle::{LoginThrottle, RegisterThrottle};
 use crate::upstream::Upstreams;
 use crate::upstream::breaker::{BreakerDirectory, BreakerSettings, UpstreamsArgs};
 
@@ -45,6 +46,9 @@ pub struct AppInner {
     pub root: RootRef,
     pub upstreams: Upstreams,
     pub throttle: LoginThrottle,
+    pub registrations: RegisterThrottle,
+    /// Whose `X-Forwarded-For` is believed (`NEUROPIA_TRUSTED_PROXIES`).
+    pub trusted_proxies: TrustedProxies,
     pub started: std::time::Instant,
     /// Injected `db_fail` faults (outlive the ledger writer's restarts).
     pub ledger_fault: Arc<crate::actors::ledger::WriteFault>,
@@ -197,6 +201,11 @@ pub async fn build(config: Config) -> Result<AppState, String> {
             config.login_max_failures_per_addr,
             Duration::from_secs(config.login_window_secs),
         ),
+        registrations: RegisterThrottle::new(
+            config.register_max_per_addr,
+            Duration::from_secs(config.register_window_secs),
+        ),
+        trusted_proxies: TrustedProxies::parse(&config.trusted_proxies)?,
         keys: Keys {
             supervisor: tree.keys.clone(),
             directory: key_directory,
@@ -253,9 +262,9 @@ async fn bootstrap_admin(state: &AppState) -> Result<(), String> {
         return Ok(());
     }
     let password = password.expose().to_owned();
-    let hashed = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+    let hashed = auth::hash_password_bounded(password)
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| e.to_string())?;
     let created = db::users::create_user(
         &state.pool,
         db::users::NewUser {

@@ -81,6 +81,13 @@ impl fmt::Debug for KeyHash {
     }
 }
 
+/// The one form of an email used to find its login and to throttle its sign-ins: trimmed,
+/// ASCII letters lower-cased, everything else as given (PostgreSQL computes the same into
+/// the generated column `auth.login.email_norm`).
+pub fn normalise_email(email: &str) -> String {
+    email.trim().to_ascii_lowercase()
+}
+
 /// The password policy: at least 10 characters, at least two kinds of characters (lower
 /// case, upper case, digits, others), not one of the most common passwords, and not the
 /// email's local part or the username.
@@ -149,8 +156,87 @@ pub fn check_password_strength(password: &str, email: &str, username: &str) -> R
     Ok(())
 }
 
+/// Why a password could not be hashed or checked now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashError {
+    /// Too many hashes are waiting for a turn.
+    #[error("too many password checks are waiting")]
+    Busy,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Password hashes waiting for a turn beyond which callers are told to come back.
+const HASH_QUEUE: usize = 64;
+
+/// Runs argon2 work on the blocking pool, at most one per core at a time (each hash holds
+/// about 19 MiB while it runs), with at most [`HASH_QUEUE`] callers waiting.
+async fn bounded<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, HashError> {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static TURNS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    static WAITING: AtomicUsize = AtomicUsize::new(0);
+    struct Waiting;
+    impl Drop for Waiting {
+        fn drop(&mut self) {
+            WAITING.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let turns = TURNS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        tokio::sync::Semaphore::new(cores)
+    });
+    if WAITING.fetch_add(1, Ordering::SeqCst) >= HASH_QUEUE {
+        WAITING.fetch_sub(1, Ordering::SeqCst);
+        return Err(HashError::Busy);
+    }
+    let waiting = Waiting;
+    let _turn = turns
+        .acquire()
+        .await
+        .map_err(|e| HashError::Failed(e.to_string()))?;
+    drop(waiting);
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| HashError::Failed(e.to_string()))
+}
+
+/// [`hash_password`] on the bounded pool.
+pub async fn hash_password_bounded(password: String) -> Result<String, HashError> {
+    bounded(move || hash_password(&password))
+        .await?
+        .map_err(HashError::Failed)
+}
+
+/// [`verify_password`] on the bounded pool. Without a stored hash (no such login) the
+/// password is checked against a hash of nothing anyone knows, so a missing account costs
+/// what a real one does and is not told apart by timing.
+pub async fn verify_password_bounded(
+    password: String,
+    phc: Option<String>,
+) -> Result<bool, HashError> {
+    bounded(move || match phc {
+        Some(phc) => verify_password(&password, &phc),
+        None => {
+            let _ = verify_password(&password, dummy_hash());
+            false
+        }
+    })
+    .await
+}
+
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let secret = random_hex32().unwrap_or_default();
+        hash_password(&secret).unwrap_or_default()
+    })
+}
+
 /// Hashes a password with argon2id (default parameters, random salt). CPU-heavy: call it
-/// from `spawn_blocking`.
+/// through [`hash_password_bounded`].
 pub fn hash_password(password: &str) -> Result<String, String> {
     Argon2::default()
         .hash_password(password.as_bytes())

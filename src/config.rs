@@ -151,11 +151,14 @@ pub struct Config {
     #[arg(long, env = "NEUROPIA_JWT_TTL_SECS", default_value_t = 12 * 3600)]
     pub jwt_ttl_secs: u64,
 
-    /// Failed logins per email within the login window before that email is refused (429).
+    /// Sign-in attempts per email from one client address within the login window;
+    /// further attempts from that address are refused (429) without being evaluated. The
+    /// same email from another address is not affected.
     #[arg(long, env = "NEUROPIA_LOGIN_MAX_FAILURES", default_value_t = 5)]
     pub login_max_failures: u32,
 
-    /// Failed logins per client address within the login window before it is refused.
+    /// Sign-in attempts per client address (whatever the email) within the login window
+    /// before that address is refused.
     #[arg(
         long,
         env = "NEUROPIA_LOGIN_MAX_FAILURES_PER_ADDR",
@@ -166,6 +169,20 @@ pub struct Config {
     /// The login throttling window, in seconds.
     #[arg(long, env = "NEUROPIA_LOGIN_WINDOW_SECS", default_value_t = 900)]
     pub login_window_secs: u64,
+
+    /// Registrations per client address within the registration window (429 beyond).
+    #[arg(long, env = "NEUROPIA_REGISTER_MAX_PER_ADDR", default_value_t = 10)]
+    pub register_max_per_addr: u32,
+
+    /// The registration throttling window, in seconds.
+    #[arg(long, env = "NEUROPIA_REGISTER_WINDOW_SECS", default_value_t = 3_600)]
+    pub register_window_secs: u64,
+
+    /// Proxies whose `X-Forwarded-For` names the client (comma-separated addresses or
+    /// blocks, e.g. `127.0.0.1,10.0.0.0/8`). Empty: the TCP peer is the client, and the
+    /// header is ignored. Login and registration throttles count per client address.
+    #[arg(long, env = "NEUROPIA_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
 
     /// Bootstrap a platform admin with this email at start if it does not exist.
     #[arg(long, env = "NEUROPIA_ADMIN_EMAIL")]
@@ -372,6 +389,14 @@ impl Config {
         if self.login_max_failures == 0 || self.login_max_failures_per_addr == 0 {
             return Err("login failure limits must be positive".into());
         }
+        if self.register_max_per_addr == 0
+            || self.register_window_secs == 0
+            || self.login_window_secs == 0
+        {
+            return Err("registration and login throttles must be positive".into());
+        }
+        crate::clientip::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| format!("NEUROPIA_TRUSTED_PROXIES: {e}"))?;
         if let Some(secret) = &self.jwt_secret
             && secret.expose().len() < 16
         {

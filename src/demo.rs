@@ -69,7 +69,9 @@ pub async fn seed(app: &AppState) -> Result<Seeded, String> {
     let user_id = match db::users::find_login(pool, DEMO_EMAIL).await.map_err(err)? {
         Some(login) => login.id,
         None => {
-            let hashed = crate::auth::hash_password(DEMO_PASSWORD)?;
+            let hashed = crate::auth::hash_password_bounded(DEMO_PASSWORD.to_owned())
+                .await
+                .map_err(|e| e.to_string())?;
             db::users::create_user(
                 pool,
                 db::users::NewUser {

@@ -21,7 +21,8 @@
 //! - [`billing`]: money, prices, charges, the account status machine.
 //! - [`auth`]: passwords, JWTs, virtual-key hashes.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`throttle`]: login throttling per email and client address.
+//! - [`throttle`]: sign-in and registration throttles per email and client address.
+//! - [`clientip`]: the client's address, behind trusted proxies too.
 //! - [`tokens`]: token estimates.
 //! - [`cli`]: commands that talk to a running gateway (`neuropia actors`).
 //! - [`demo`]: the demo tenant, user and key of `neuropia serve --demo`.
@@ -32,6 +33,7 @@ pub mod auth;
 pub mod billing;
 pub mod cache;
 pub mod cli;
+pub mod clientip;
 pub mod config;
 pub mod db;
 pub mod demo;

@@ -529,3 +529,105 @@ async fn slow_clients_are_cut_off_and_connections_capped() {
     drop(held);
     app.stop().await;
 }
+
+/// A sign-in of `email` through a trusted proxy reporting client address `from`.
+async fn sign_in(app: &TestApp, email: &str, password: &str, from: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-for", from)
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// 4. Sign-ins are counted before the password is checked, per email and client address
+/// (behind trusted proxies, the address they report); one spelling of an email for the
+/// throttle and the lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_are_throttled_before_they_are_checked() {
+    let app = TestApp::spawn_with(|c| c.trusted_proxies = "127.0.0.1".into()).await;
+    app.register("owner@abuse.test").await;
+
+    // Sixty wrong passwords at once from one address: exactly five are evaluated.
+    let tries = futures::future::join_all(
+        (0..60).map(|_| sign_in(&app, "owner@abuse.test", "Wrong-password-9", "203.0.113.5")),
+    )
+    .await;
+    let wrong = tries.iter().filter(|r| r.status() == 401).count();
+    let refused: Vec<_> = tries.iter().filter(|r| r.status() == 429).collect();
+    assert_eq!((wrong, refused.len()), (5, 55));
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.headers().contains_key("retry-after"))
+    );
+    // The owner, from another address, is not locked out (nor by another spelling).
+    let r = sign_in(&app, " Owner@Abuse.TEST ", USER_PASSWORD, "198.51.100.7").await;
+    assert_eq!(r.status(), 200);
+    // The attacker's address stays refused, even with the right password.
+    let r = sign_in(&app, "owner@abuse.test", USER_PASSWORD, "203.0.113.5").await;
+    assert_eq!(r.status(), 429);
+
+    // An email locked from an address cannot be tried there under another spelling that
+    // PostgreSQL's lower() would match: the lookup and the throttle see the same form.
+    for _ in 0..5 {
+        sign_in(&app, ADMIN_EMAIL, "Wrong-password-9", "192.0.2.1").await;
+    }
+    let dotted = ADMIN_EMAIL.replacen('i', "\u{130}", 1);
+    let r = sign_in(&app, &dotted, ADMIN_PASSWORD, "192.0.2.1").await;
+    assert_ne!(r.status(), 200, "{dotted} signed in as {ADMIN_EMAIL}");
+    // A forwarded address from a peer that is not a trusted proxy is ignored.
+    let untrusted = TestApp::spawn().await;
+    for i in 0..5 {
+        sign_in(
+            &untrusted,
+            ADMIN_EMAIL,
+            "Wrong-password-9",
+            &format!("192.0.2.{i}"),
+        )
+        .await;
+    }
+    let r = sign_in(&untrusted, ADMIN_EMAIL, ADMIN_PASSWORD, "192.0.2.200").await;
+    assert_eq!(r.status(), 429, "the peer is the client");
+    untrusted.stop().await;
+    app.stop().await;
+}
+
+/// 5. Registrations are throttled per client address, before any password is hashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_throttled_per_address() {
+    let app = TestApp::spawn_with(|c| {
+        c.trusted_proxies = "127.0.0.1".into();
+        c.register_max_per_addr = 10;
+    })
+    .await;
+    let register = |i: usize, from: &'static str| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url("/api/auth/register"))
+                .header("x-forwarded-for", from)
+                .json(&json!({"email": format!("r{i}@abuse.test"),
+                    "password": USER_PASSWORD, "username": "r"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let answers = futures::future::join_all((0..30).map(|i| register(i, "203.0.113.77"))).await;
+    let created = answers.iter().filter(|r| r.status() == 201).count();
+    let refused: Vec<_> = answers.iter().filter(|r| r.status() == 429).collect();
+    assert_eq!(
+        (created, refused.len()),
+        (10, 20),
+        "NEUROPIA_REGISTER_MAX_PER_ADDR is 10"
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.headers().contains_key("retry-after"))
+    );
+    assert_eq!(register(99, "198.51.100.8").await.status(), 201);
+    app.stop().await;
+}

@@ -62,11 +62,12 @@ pub struct Login {
     pub tenant_id: Uuid,
 }
 
+/// The login whose email normalises as `email` does ([`crate::auth::normalise_email`]).
 pub async fn find_login(pool: &PgPool, email: &str) -> Result<Option<Login>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT id, hashed_password, role, tenant_id FROM auth.login WHERE lower(email) = lower($1)",
+        "SELECT id, hashed_password, role, tenant_id FROM auth.login WHERE email_norm = $1",
     )
-    .bind(email)
+    .bind(crate::auth::normalise_email(email))
     .fetch_optional(pool)
     .await?;
     row.map(|r| {
@@ -155,8 +156,8 @@ pub async fn committed_balances(
 
 /// True when a login with this email exists.
 pub async fn email_exists(pool: &PgPool, email: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM auth.login WHERE lower(email) = lower($1))")
-        .bind(email)
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM auth.login WHERE email_norm = $1)")
+        .bind(crate::auth::normalise_email(email))
         .fetch_one(pool)
         .await
 }

@@ -1,15 +1,13 @@
 //! Accounts: register, log in (throttled), refresh a token.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{Caller, JsonBody};
+use super::extract::{Caller, ClientAddr, JsonBody};
 use super::types::ErrorBody;
 use crate::app::AppState;
 use crate::auth::{self, Role};
@@ -55,7 +53,23 @@ pub fn check_username(username: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Validates and stores a new login with its profile.
+/// Checks a new login's email, username and password (cheap: before any hashing).
+pub fn check_new_user(email: &str, password: &str, username: &str) -> Result<(), ApiError> {
+    check_email(email)?;
+    check_username(username)?;
+    auth::check_password_strength(password, email, username).map_err(ApiError::bad_request)
+}
+
+fn hash_error(e: auth::HashError) -> ApiError {
+    match e {
+        auth::HashError::Busy => ApiError::Unavailable(
+            "too many sign-ins and registrations at once; retry shortly".into(),
+        ),
+        auth::HashError::Failed(e) => ApiError::internal(e),
+    }
+}
+
+/// Stores a new login with its profile (checked by [`check_new_user`]).
 pub async fn create_user(
     app: &AppState,
     email: &str,
@@ -64,13 +78,10 @@ pub async fn create_user(
     tenant_id: Uuid,
     role: Role,
 ) -> Result<Uuid, ApiError> {
-    check_email(email)?;
-    check_username(username)?;
-    auth::check_password_strength(&password, email, username).map_err(ApiError::bad_request)?;
-    let hashed = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+    check_new_user(email, &password, username)?;
+    let hashed = auth::hash_password_bounded(password)
         .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+        .map_err(hash_error)?;
     let created = db::users::create_user(
         &app.pool,
         db::users::NewUser {
@@ -91,17 +102,28 @@ pub async fn create_user(
     }
 }
 
-/// Registers a user in the default tenant, `pending` until its first top-up.
+/// Registers a user in the default tenant, `pending` until its first top-up. Throttled
+/// per client address (`NEUROPIA_REGISTER_MAX_PER_ADDR` per `NEUROPIA_REGISTER_WINDOW_SECS`).
 #[utoipa::path(post, path = "/api/auth/register", tag = "accounts",
     request_body = Register,
     responses(
         (status = 201, body = Registered),
         (status = 400, description = "invalid email, weak password, bad JSON", body = ErrorBody),
-        (status = 409, description = "email already registered", body = ErrorBody)))]
+        (status = 409, description = "email already registered", body = ErrorBody),
+        (status = 429, description = "too many registrations from this address; see Retry-After", body = ErrorBody)))]
 pub async fn register(
     State(app): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     JsonBody(body): JsonBody<Register>,
 ) -> Result<(StatusCode, axum::Json<Registered>), ApiError> {
+    check_new_user(body.email.trim(), &body.password, body.username.trim())?;
+    if let Err(retry_after) = app.registrations.begin(addr) {
+        return Err(ApiError::RateLimited {
+            message: "too many registrations from this address; try again later".into(),
+            code: "registration_throttled",
+            retry_after,
+        });
+    }
     let user_id = create_user(
         &app,
         body.email.trim(),
@@ -157,55 +179,45 @@ fn token(app: &AppState, user_id: Uuid, role: Role, tenant_id: Uuid) -> Result<T
     })
 }
 
-/// An argon2id hash of nothing anyone knows: verifying against it costs what a real
-/// verification costs, so a missing account is not told apart by timing.
-fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let secret = auth::random_hex32().unwrap_or_default();
-        auth::hash_password(&secret).unwrap_or_default()
-    })
-}
-
-/// Logs in. Failed attempts are throttled per email and per client address.
+/// Logs in. Attempts are counted before the password is checked, per (email, client
+/// address) and per client address; past either limit they are refused unevaluated.
 #[utoipa::path(post, path = "/api/auth/login", tag = "accounts",
     request_body = Login,
     responses(
         (status = 200, body = Token),
         (status = 401, description = "wrong email or password", body = ErrorBody),
-        (status = 429, description = "too many failed attempts; see Retry-After", body = ErrorBody)))]
+        (status = 429, description = "too many attempts; see Retry-After", body = ErrorBody)))]
 pub async fn login(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     JsonBody(body): JsonBody<Login>,
 ) -> Result<axum::Json<Token>, ApiError> {
-    let email = body.email.trim().to_owned();
-    if let Err(retry_after) = app.throttle.check(&email, peer.ip()) {
-        return Err(ApiError::RateLimited {
-            message: "too many failed logins; try again later".into(),
-            code: "login_throttled",
-            retry_after,
-        });
-    }
+    let email = auth::normalise_email(&body.email);
+    let attempt =
+        app.throttle
+            .begin(&email, addr)
+            .map_err(|retry_after| ApiError::RateLimited {
+                message: "too many sign-in attempts; try again later".into(),
+                code: "login_throttled",
+                retry_after,
+            })?;
     let invalid = || ApiError::Unauthorized("invalid email or password".into());
     if body.password.len() > 256 || email.len() > 254 {
-        app.throttle.failed(&email, peer.ip());
         return Err(invalid());
     }
     let login = db::users::find_login(&app.pool, &email).await?;
     let phc = login.as_ref().map(|l| l.hashed_password.clone());
-    let password = body.password;
-    let valid = tokio::task::spawn_blocking(move || {
-        let phc = phc.as_deref().unwrap_or_else(|| dummy_hash());
-        auth::verify_password(&password, phc)
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    let valid = match auth::verify_password_bounded(body.password, phc).await {
+        Ok(valid) => valid,
+        Err(e) => {
+            attempt.not_evaluated();
+            return Err(hash_error(e));
+        }
+    };
     let Some(login) = login.filter(|_| valid) else {
-        app.throttle.failed(&email, peer.ip());
         return Err(invalid());
     };
-    app.throttle.succeeded(&email);
+    attempt.succeeded();
     Ok(axum::Json(token(
         &app,
         login.id,

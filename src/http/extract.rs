@@ -152,6 +152,29 @@ impl FromRequestParts<AppState> for VirtualKey {
     }
 }
 
+/// The client's address: the TCP peer, or behind trusted proxies the address they report
+/// ([`crate::clientip`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+            .ok_or_else(|| ApiError::internal("no peer address on the request"))?;
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        Ok(ClientAddr(state.trusted_proxies.client(peer, forwarded)))
+    }
+}
+
 /// A UUID path segment (`/api/users/{id}/...`): 400 when it is not a UUID.
 pub struct IdPath(pub Uuid);
 

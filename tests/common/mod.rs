@@ -116,6 +116,8 @@ pub fn gateway_command(db: &str, port: u16) -> tokio::process::Command {
         .env("NEUROPIA_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("DASHSCOPE_API_KEY", PLATFORM_KEY)
         .env("NEUROPIA_ALLOW_PRIVATE_UPSTREAMS", "1")
+        // Every test client registers from loopback.
+        .env("NEUROPIA_REGISTER_MAX_PER_ADDR", "1000000")
         .env("RUST_LOG", "warn")
         .env_remove("NEUROPIA_DEMO")
         .stdout(std::process::Stdio::null())
@@ -487,6 +489,8 @@ impl TestApp {
         config.faults = true;
         // Every upstream of the tests is a mock on loopback.
         config.allow_private_upstreams = true;
+        // Every test client registers from loopback.
+        config.register_max_per_addr = 1_000_000;
         config.ledger_flush_ms = 2;
         config.demo = false;
         tweak(&mut config);
