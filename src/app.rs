@@ -271,7 +271,7 @@ async fn bootstrap_admin(state: &AppState) -> Result<(), String> {
             email,
             hashed_password: &hashed,
             username: "admin",
-            tenant_id: db::users::DEFAULT_TENANT,
+            tenant_id: db::users::PLATFORM_TENANT,
             role: Role::PlatformAdmin,
         },
     )

@@ -21,6 +21,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// Higher acts on lower: a caller acts on a user of a lower rank (or on itself) only.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::PlatformAdmin => 2,
+            Self::TenantAdmin => 1,
+            Self::User => 0,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PlatformAdmin => "platform_admin",
@@ -263,6 +272,10 @@ pub struct Claims {
     pub tenant_id: Uuid,
     pub exp: u64,
     pub iat: u64,
+    /// The login's token version when the token was issued: a token older than the
+    /// login's current version is refused.
+    #[serde(default)]
+    pub ver: i32,
 }
 
 /// Signs and checks platform JWTs (HS256).
@@ -281,7 +294,13 @@ impl Jwt {
         }
     }
 
-    pub fn issue(&self, sub: Uuid, role: Role, tenant_id: Uuid) -> Result<(String, u64), String> {
+    pub fn issue(
+        &self,
+        sub: Uuid,
+        role: Role,
+        tenant_id: Uuid,
+        ver: i32,
+    ) -> Result<(String, u64), String> {
         let now = now_secs();
         let claims = Claims {
             sub,
@@ -289,6 +308,7 @@ impl Jwt {
             tenant_id,
             exp: now + self.ttl_secs,
             iat: now,
+            ver,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map(|t| (t, claims.exp))
@@ -360,17 +380,17 @@ mod tests {
     fn jwt_round_trips_and_rejects_tampering() {
         let jwt = Jwt::new(b"0123456789abcdef0123", 60);
         let (u, t) = (Uuid::new_v4(), Uuid::new_v4());
-        let (token, _) = jwt.issue(u, Role::User, t).expect("token");
+        let (token, _) = jwt.issue(u, Role::User, t, 3).expect("token");
         let claims = jwt.verify(&token).expect("valid");
         assert_eq!(
-            (claims.sub, claims.role, claims.tenant_id),
-            (u, Role::User, t)
+            (claims.sub, claims.role, claims.tenant_id, claims.ver),
+            (u, Role::User, t, 3)
         );
         let other = Jwt::new(b"another-secret-of-length", 60);
         assert!(other.verify(&token).is_none());
         assert!(jwt.verify("garbage").is_none());
         let expired = Jwt::new(b"0123456789abcdef0123", 0);
-        let (old, _) = expired.issue(u, Role::User, t).expect("token");
+        let (old, _) = expired.issue(u, Role::User, t, 0).expect("token");
         std::thread::sleep(std::time::Duration::from_millis(1100));
         assert!(jwt.verify(&old).is_none());
     }

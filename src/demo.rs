@@ -113,6 +113,7 @@ pub async fn seed(app: &AppState) -> Result<Seeded, String> {
     let (_, virtual_key) = db::keys::create(
         pool,
         db::keys::NewKey {
+            set_by: Role::User,
             user_id,
             name: "demo key",
             description: Some("created by neuropia serve --demo"),

@@ -631,3 +631,148 @@ async fn registrations_are_throttled_per_address() {
     assert_eq!(register(99, "198.51.100.8").await.status(), 201);
     app.stop().await;
 }
+
+/// 3. Roles: nobody acts on a user of an equal or higher role but itself; the platform
+/// admin is in no customer tenant; a new role ends the user's tokens at once; a user cannot
+/// loosen what a higher role set on its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_hold_and_demotions_are_immediate() {
+    let app = TestApp::spawn().await;
+    let (_, admin) = app
+        .post("/api/auth/refresh", &app.admin_token, json!({}))
+        .await;
+    let admin_id = admin["user_id"].as_str().unwrap().to_owned();
+    assert_ne!(
+        admin["tenant_id"],
+        json!(DEFAULT_TENANT),
+        "not in a customer tenant"
+    );
+
+    // Two tenant admins of the default tenant, the one self-registered users join.
+    let (_, ta) = app
+        .tenant_user(
+            &app.admin_token,
+            DEFAULT_TENANT,
+            "ta@abuse.test",
+            "tenant_admin",
+        )
+        .await;
+    let (ta2, _) = app
+        .tenant_user(
+            &app.admin_token,
+            DEFAULT_TENANT,
+            "ta2@abuse.test",
+            "tenant_admin",
+        )
+        .await;
+    let (user, user_token) = app
+        .tenant_user(&ta, DEFAULT_TENANT, "member@abuse.test", "user")
+        .await;
+    // The platform admin and the other tenant admin are out of the tenant admin's reach.
+    for target in [admin_id.clone(), ta2.to_string()] {
+        for path in ["", "/balance", "/virtual-keys", "/usage"] {
+            let (s, body) = app.get(&format!("/api/users/{target}{path}"), &ta).await;
+            assert_eq!(s, 404, "{target}{path}: {body}");
+        }
+        let (s, _) = app
+            .post(
+                &format!("/api/users/{target}/virtual-keys"),
+                &ta,
+                json!({"name": "mine"}),
+            )
+            .await;
+        assert_eq!(s, 404, "a key billed to {target}");
+    }
+    let (_, listed) = app
+        .get(&format!("/api/tenants/{DEFAULT_TENANT}/users"), &ta)
+        .await;
+    let roles: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["tenant_admin", "user"],
+        "itself and its users: {listed}"
+    );
+    // Platform admins do not act on each other either (nor change their own role).
+    let (s, _) = app
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/admin/users/{admin_id}"),
+            &app.admin_token,
+            Some(json!({"role": "user"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    // The tenant admin limits the member's key; the member may tighten, never loosen.
+    let (s, key) = app
+        .post(
+            &format!("/api/users/{user}/virtual-keys"),
+            &ta,
+            json!({"name": "limited", "rate_limit_rpm": 10, "rate_limit_tpm": 1000,
+                "allowed_models": ["qwen-turbo"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{key}");
+    let key_path = format!("/api/virtual-keys/{}", key["id"].as_str().unwrap());
+    let patch = |token: &str, body: Value| {
+        let (app, path, token) = (&app, key_path.clone(), token.to_owned());
+        async move {
+            app.send(reqwest::Method::PATCH, &path, &token, Some(body))
+                .await
+                .0
+                .as_u16()
+        }
+    };
+    for loosen in [
+        json!({"rate_limit_rpm": 1000}),
+        json!({"rate_limit_rpm": null}),
+        json!({"rate_limit_tpm": 5000}),
+        json!({"allowed_models": []}),
+        json!({"allowed_models": ["qwen-turbo", "gpt-4o"]}),
+    ] {
+        assert_eq!(patch(&user_token, loosen.clone()).await, 403, "{loosen}");
+    }
+    assert_eq!(
+        patch(&user_token, json!({"rate_limit_rpm": 5, "name": "mine"})).await,
+        200
+    );
+    assert_eq!(patch(&ta, json!({"rate_limit_rpm": 50})).await, 200);
+    // A key the tenant admin deactivated stays so for the member.
+    let (s, _) = app
+        .post(&format!("{key_path}/deactivate"), &ta, json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = app
+        .post(&format!("{key_path}/activate"), &user_token, json!({}))
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = app
+        .post(&format!("{key_path}/activate"), &ta, json!({}))
+        .await;
+    assert_eq!(s, 200);
+
+    // Demoted: the tenant admin's token stops working at once, not when it expires.
+    let (s, _) = app
+        .send(
+            reqwest::Method::PATCH,
+            &format!(
+                "/api/admin/users/{}",
+                listed["data"][0]["user_id"].as_str().unwrap()
+            ),
+            &app.admin_token,
+            Some(json!({"role": "user"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = app.get(&format!("/api/users/{user}"), &ta).await;
+    assert_eq!(s, 401, "the old token is refused");
+    let relogged = app.login("ta@abuse.test", USER_PASSWORD).await;
+    let (s, _) = app.get(&format!("/api/users/{user}"), &relogged).await;
+    assert_eq!(s, 404, "now a user, it acts on itself only");
+    app.stop().await;
+}

@@ -116,7 +116,11 @@ async fn tokens_refresh_with_the_current_role_and_expire() {
         )
         .await;
     assert_eq!(s, 200);
-    let (s, promoted) = app.post("/api/auth/refresh", &token, json!({})).await;
+    // A new role ends the tokens issued before it, refresh included: sign in again.
+    let (s, _) = app.post("/api/auth/refresh", &token, json!({})).await;
+    assert_eq!(s, 401);
+    let new_token = app.login("refresh@example.com", USER_PASSWORD).await;
+    let (s, promoted) = app.post("/api/auth/refresh", &new_token, json!({})).await;
     assert_eq!(
         (s.as_u16(), promoted["role"].as_str()),
         (200, Some("tenant_admin"))

@@ -6,7 +6,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::auth::KeyHash;
+use crate::auth::{KeyHash, Role};
 
 /// A key as the key actor needs it (also the value cached in Redis, without the hash,
 /// which is the cache key).
@@ -70,6 +70,8 @@ pub async fn find_by_hash(pool: &PgPool, hash: &KeyHash) -> Result<Option<KeyRec
 
 pub struct NewKey<'a> {
     pub user_id: Uuid,
+    /// The role of whoever creates it: its limits and active flag count as set by it.
+    pub set_by: Role,
     pub name: &'a str,
     pub description: Option<&'a str>,
     pub rpm: Option<i32>,
@@ -91,11 +93,14 @@ pub async fn create(pool: &PgPool, key: NewKey<'_>) -> Result<(Uuid, String), sq
             .bind(key.allowed_models)
             .fetch_one(&mut *tx)
             .await?;
-    let id: Uuid =
-        sqlx::query_scalar("SELECT id FROM data.virtual_key WHERE virtual_key_hash = $1")
-            .bind(KeyHash::of(&plaintext).to_hex())
-            .fetch_one(&mut *tx)
-            .await?;
+    let id: Uuid = sqlx::query_scalar(
+        "UPDATE data.virtual_key SET limits_set_by = $2, status_set_by = $2
+         WHERE virtual_key_hash = $1 RETURNING id",
+    )
+    .bind(KeyHash::of(&plaintext).to_hex())
+    .bind(key.set_by.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok((id, plaintext))
 }
@@ -241,7 +246,81 @@ pub struct KeyChanges {
     pub allowed_models: Option<Vec<String>>,
 }
 
-pub async fn update(pool: &PgPool, id: Uuid, c: &KeyChanges) -> Result<(), sqlx::Error> {
+/// Why a key change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyChangeError {
+    /// A higher role set what the change would loosen (the reason is for the client).
+    #[error("{0}")]
+    Locked(&'static str),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// A key's limits as stored, with the role that set them.
+#[derive(sqlx::FromRow)]
+struct Limits {
+    rpm: Option<i32>,
+    tpm: Option<i32>,
+    models: Vec<String>,
+    set_by: String,
+}
+
+impl KeyChanges {
+    fn touches_limits(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some() || self.allowed_models.is_some()
+    }
+
+    /// Whether the changes only tighten `current`: no limit removed or raised, and an
+    /// allow-list only narrowed (an empty list means every model).
+    fn only_tightens(&self, current: &Limits) -> Result<(), &'static str> {
+        let tighter = |new: Option<Option<i32>>, old: Option<i32>| match (new, old) {
+            (None, _) | (Some(_), None) => true,
+            (Some(None), Some(_)) => false,
+            (Some(Some(n)), Some(o)) => n <= o,
+        };
+        if !tighter(self.rpm, current.rpm) {
+            return Err("rate_limit_rpm was set by a higher role: it may only be lowered");
+        }
+        if !tighter(self.tpm, current.tpm) {
+            return Err("rate_limit_tpm was set by a higher role: it may only be lowered");
+        }
+        if let Some(models) = &self.allowed_models
+            && !current.models.is_empty()
+            && (models.is_empty() || !models.iter().all(|m| current.models.contains(m)))
+        {
+            return Err("allowed_models was set by a higher role: it may only be narrowed");
+        }
+        Ok(())
+    }
+}
+
+fn role(s: &str) -> Result<Role, sqlx::Error> {
+    s.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))
+}
+
+/// Changes a key (`data.update_virtual_key_by_id`) as a caller of role `by`: limits set by
+/// a higher role may only be tightened. Limits changed by an equal or higher role count as
+/// set by it.
+pub async fn update(
+    pool: &PgPool,
+    id: Uuid,
+    c: &KeyChanges,
+    by: Role,
+) -> Result<(), KeyChangeError> {
+    let mut tx = pool.begin().await?;
+    let current: Option<Limits> = sqlx::query_as(
+        "SELECT (rate_limits->>'rpm')::int AS rpm, (rate_limits->>'tpm')::int AS tpm,
+                allowed_models AS models, limits_set_by AS set_by
+         FROM data.virtual_key WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let current = current.ok_or(sqlx::Error::RowNotFound)?;
+    let lower = by.rank() < role(&current.set_by)?.rank();
+    if lower {
+        c.only_tightens(&current).map_err(KeyChangeError::Locked)?;
+    }
     sqlx::query(
         "SELECT data.update_virtual_key_by_id($1, $2, $3, $4, $5, $6, NULL, NULL, NULL, $7, $8)",
     )
@@ -253,23 +332,59 @@ pub async fn update(pool: &PgPool, id: Uuid, c: &KeyChanges) -> Result<(), sqlx:
     .bind(c.allowed_models.as_deref())
     .bind(c.rpm == Some(None))
     .bind(c.tpm == Some(None))
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    if c.touches_limits() && !lower {
+        sqlx::query("UPDATE data.virtual_key SET limits_set_by = $2 WHERE id = $1")
+            .bind(id)
+            .bind(by.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
+/// Deactivates or activates a key as a caller of role `by`. A key deactivated by a higher
+/// role stays deactivated for a lower one.
 pub async fn set_active(
     pool: &PgPool,
     id: Uuid,
     active: bool,
     reason: Option<&str>,
-) -> Result<(), sqlx::Error> {
+    by: Role,
+) -> Result<(), KeyChangeError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(bool, String)> = sqlx::query_as(
+        "SELECT is_active, status_set_by FROM data.virtual_key WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((is_active, set_by)) = row else {
+        return Err(sqlx::Error::RowNotFound.into());
+    };
+    if active && !is_active && by.rank() < role(&set_by)?.rank() {
+        return Err(KeyChangeError::Locked(
+            "this key was deactivated by a higher role: only that role may activate it",
+        ));
+    }
     let sql = if active {
         "SELECT data.activate_virtual_key_by_id($1, $2)"
     } else {
         "SELECT data.deactivate_virtual_key_by_id($1, $2)"
     };
-    sqlx::query(sql).bind(id).bind(reason).execute(pool).await?;
+    sqlx::query(sql)
+        .bind(id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE data.virtual_key SET status_set_by = $2 WHERE id = $1")
+        .bind(id)
+        .bind(by.as_str())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
     Ok(())
 }
 

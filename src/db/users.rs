@@ -9,6 +9,9 @@ use crate::billing::{AccountStatus, Decimal};
 /// The tenant every self-registered user joins.
 pub const DEFAULT_TENANT: Uuid = Uuid::from_u128(1);
 
+/// The platform's own tenant: platform admins, and nobody else.
+pub const PLATFORM_TENANT: Uuid = Uuid::from_u128(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum CreateUserError {
     #[error("email already registered")]
@@ -60,12 +63,14 @@ pub struct Login {
     pub hashed_password: String,
     pub role: Role,
     pub tenant_id: Uuid,
+    pub token_version: i32,
 }
 
 /// The login whose email normalises as `email` does ([`crate::auth::normalise_email`]).
 pub async fn find_login(pool: &PgPool, email: &str) -> Result<Option<Login>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT id, hashed_password, role, tenant_id FROM auth.login WHERE email_norm = $1",
+        "SELECT id, hashed_password, role, tenant_id, token_version FROM auth.login
+         WHERE email_norm = $1",
     )
     .bind(crate::auth::normalise_email(email))
     .fetch_optional(pool)
@@ -79,6 +84,7 @@ pub async fn find_login(pool: &PgPool, email: &str) -> Result<Option<Login>, sql
                 .parse()
                 .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
             tenant_id: r.try_get("tenant_id")?,
+            token_version: r.try_get("token_version")?,
         })
     })
     .transpose()
@@ -90,6 +96,26 @@ pub async fn tenant_of(pool: &PgPool, user_id: Uuid) -> Result<Option<Uuid>, sql
         .bind(user_id)
         .fetch_optional(pool)
         .await
+}
+
+/// The tenant and role of a user, or `None` when the user does not exist.
+pub async fn tenant_and_role(
+    pool: &PgPool,
+    user_id: Uuid,
+) -> Result<Option<(Uuid, Role)>, sqlx::Error> {
+    let row: Option<(Uuid, String)> = sqlx::query_as(
+        "SELECT p.tenant_id, l.role FROM data.user_profile p JOIN auth.login l ON l.id = p.user_id
+         WHERE p.user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|(tenant, role)| {
+        role.parse()
+            .map(|r| (tenant, r))
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))
+    })
+    .transpose()
 }
 
 /// A balance as committed in PostgreSQL.
@@ -222,23 +248,32 @@ pub async fn get_profile(pool: &PgPool, user_id: Uuid) -> Result<Option<Profile>
     row.as_ref().map(profile).transpose()
 }
 
-/// A page of a tenant's users, oldest first.
+/// A page of a tenant's users as `viewer` (of role `viewer_role`) may see them: those of a
+/// lower role, and itself. Oldest first.
 pub async fn list_tenant_users(
     pool: &PgPool,
     tenant_id: Uuid,
+    (viewer, viewer_role): (Uuid, Role),
     limit: i64,
     offset: i64,
 ) -> Result<Vec<Profile>, sqlx::Error> {
+    let below: Vec<&str> = [Role::User, Role::TenantAdmin, Role::PlatformAdmin]
+        .into_iter()
+        .filter(|r| r.rank() < viewer_role.rank())
+        .map(Role::as_str)
+        .collect();
     let rows = sqlx::query(
         "SELECT p.user_id, l.email, p.username, p.tenant_id, l.role, p.status, p.balance,
                 p.markup_percent, p.created_at
          FROM data.user_profile p JOIN auth.login l ON l.id = p.user_id
-         WHERE p.tenant_id = $1
+         WHERE p.tenant_id = $1 AND (l.role = ANY($4) OR p.user_id = $5)
          ORDER BY p.created_at, p.user_id LIMIT $2 OFFSET $3",
     )
     .bind(tenant_id)
     .bind(limit)
     .bind(offset)
+    .bind(below)
+    .bind(viewer)
     .fetch_all(pool)
     .await?;
     rows.iter().map(profile).collect()
@@ -262,11 +297,15 @@ pub async fn update_user(
         return Ok(false);
     }
     if let Some(role) = role {
-        sqlx::query("UPDATE auth.login SET role = $2 WHERE id = $1")
-            .bind(user_id)
-            .bind(role.as_str())
-            .execute(&mut *tx)
-            .await?;
+        // A new role ends the login's tokens: they carry the old one.
+        sqlx::query(
+            "UPDATE auth.login SET role = $2, token_version = token_version + 1
+             WHERE id = $1 AND role <> $2",
+        )
+        .bind(user_id)
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await?;
     }
     if let Some(markup) = markup {
         sqlx::query(
@@ -281,19 +320,29 @@ pub async fn update_user(
     Ok(true)
 }
 
-/// The role and tenant a login has now (tokens are refreshed from this).
-pub async fn current_role(
-    pool: &PgPool,
-    user_id: Uuid,
-) -> Result<Option<(Role, Uuid)>, sqlx::Error> {
-    let row: Option<(String, Uuid)> =
-        sqlx::query_as("SELECT role, tenant_id FROM auth.login WHERE id = $1")
+/// A login as its tokens must match it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenState {
+    pub role: Role,
+    pub tenant_id: Uuid,
+    pub token_version: i32,
+}
+
+/// The role, tenant and token version a login has now (`None`: no such login). Tokens
+/// are checked against it on every request and refreshed from it.
+pub async fn token_state(pool: &PgPool, user_id: Uuid) -> Result<Option<TokenState>, sqlx::Error> {
+    let row: Option<(String, Uuid, i32)> =
+        sqlx::query_as("SELECT role, tenant_id, token_version FROM auth.login WHERE id = $1")
             .bind(user_id)
             .fetch_optional(pool)
             .await?;
-    row.map(|(role, tenant)| {
+    row.map(|(role, tenant_id, token_version)| {
         role.parse()
-            .map(|r| (r, tenant))
+            .map(|role| TokenState {
+                role,
+                tenant_id,
+                token_version,
+            })
             .map_err(|e: String| sqlx::Error::Decode(e.into()))
     })
     .transpose()

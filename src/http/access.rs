@@ -1,8 +1,10 @@
 //! Who may act on what.
 //!
-//! - a `platform_admin` on everything;
-//! - a `tenant_admin` on its own tenant and the users in it;
+//! - a `platform_admin` on every tenant and every user but other platform admins;
+//! - a `tenant_admin` on its own tenant and its users (not on other tenant admins);
 //! - a `user` on itself only.
+//!
+//! Nobody acts on a user whose role is equal to or above its own, except on itself.
 //!
 //! Anything else answers 404 (not 403) for users and tenants, so a caller learns nothing
 //! about accounts it may not see. Endpoints that exist for one role only (platform
@@ -52,16 +54,21 @@ impl Caller {
     }
 }
 
-/// Checks that `caller` may act on `user_id` and that the user exists; returns the user's
-/// tenant.
+/// Checks that `caller` may act on `user_id` (itself, or a user of a lower role in a tenant
+/// it manages) and that the user exists; returns the user's tenant.
 pub async fn user(app: &AppState, caller: &Caller, user_id: Uuid) -> Result<Uuid, ApiError> {
-    if caller.role() == Role::User && caller.id() != user_id {
+    if caller.id() == user_id {
+        return db::users::tenant_of(&app.pool, user_id)
+            .await?
+            .ok_or_else(user_not_found);
+    }
+    if caller.role() == Role::User {
         return Err(user_not_found());
     }
-    let tenant = db::users::tenant_of(&app.pool, user_id)
+    let (tenant, role) = db::users::tenant_and_role(&app.pool, user_id)
         .await?
         .ok_or_else(user_not_found)?;
-    if !caller.manages_tenant(tenant) && caller.id() != user_id {
+    if !caller.manages_tenant(tenant) || role.rank() >= caller.role().rank() {
         return Err(user_not_found());
     }
     Ok(tenant)

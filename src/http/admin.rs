@@ -294,8 +294,9 @@ pub struct UpdateUser {
     pub markup_percent: Option<Option<Decimal>>,
 }
 
-/// Changes a user's role or markup override (platform admin). A new role is in the
-/// user's tokens from its next login or refresh; a markup applies to the next call.
+/// Changes a user's role or markup override (platform admin; not on another platform admin).
+/// A new role ends the user's tokens at once (it signs in again); a markup applies to the
+/// next call.
 #[utoipa::path(patch, path = "/api/admin/users/{user_id}", tag = "pricing",
     params(("user_id" = Uuid, Path)), request_body = UpdateUser, security(("jwt" = [])),
     responses((status = 200, body = Profile), (status = 400, body = ErrorBody),
@@ -308,6 +309,11 @@ pub async fn update_user(
     JsonBody(body): JsonBody<UpdateUser>,
 ) -> Result<axum::Json<Profile>, ApiError> {
     caller.require_platform_admin()?;
+    // Another platform admin is not found, as for anyone it may not act on.
+    access::user(&app, &caller, user_id).await?;
+    if body.role.is_some() && user_id == caller.id() {
+        return Err(ApiError::bad_request("nobody changes their own role"));
+    }
     if body.role == Some(Role::PlatformAdmin) {
         return Err(ApiError::bad_request(
             "platform admins are made by NEUROPIA_ADMIN_EMAIL only",

@@ -164,10 +164,15 @@ pub struct Token {
     pub tenant_id: Uuid,
 }
 
-fn token(app: &AppState, user_id: Uuid, role: Role, tenant_id: Uuid) -> Result<Token, ApiError> {
+fn token(app: &AppState, user_id: Uuid, state: db::users::TokenState) -> Result<Token, ApiError> {
+    let db::users::TokenState {
+        role,
+        tenant_id,
+        token_version,
+    } = state;
     let (token, expires_at) = app
         .jwt
-        .issue(user_id, role, tenant_id)
+        .issue(user_id, role, tenant_id, token_version)
         .map_err(ApiError::internal)?;
     Ok(Token {
         token,
@@ -218,16 +223,15 @@ pub async fn login(
         return Err(invalid());
     };
     attempt.succeeded();
-    Ok(axum::Json(token(
-        &app,
-        login.id,
-        login.role,
-        login.tenant_id,
-    )?))
+    let state = db::users::TokenState {
+        role: login.role,
+        tenant_id: login.tenant_id,
+        token_version: login.token_version,
+    };
+    Ok(axum::Json(token(&app, login.id, state)?))
 }
 
-/// Exchanges a valid token for a fresh one. The role and tenant are read again, so a
-/// changed role takes effect here (or at the next login).
+/// Exchanges a valid token for a fresh one (the role and tenant as they are now).
 #[utoipa::path(post, path = "/api/auth/refresh", tag = "accounts",
     security(("jwt" = [])),
     responses(
@@ -237,10 +241,10 @@ pub async fn refresh(
     State(app): State<AppState>,
     caller: Caller,
 ) -> Result<axum::Json<Token>, ApiError> {
-    let (role, tenant) = db::users::current_role(&app.pool, caller.id())
+    let state = db::users::token_state(&app.pool, caller.id())
         .await?
         .ok_or_else(|| ApiError::Unauthorized("this account no longer exists".into()))?;
-    Ok(axum::Json(token(&app, caller.id(), role, tenant)?))
+    Ok(axum::Json(token(&app, caller.id(), state)?))
 }
 
 #[cfg(test)]

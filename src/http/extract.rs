@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::auth::{Claims, KeyHash, Role};
+use crate::db;
 
 /// Reads the body whole, mapping an oversized body to 413 and one that does not arrive
 /// within `NEUROPIA_BODY_TIMEOUT_MS` to 408 (and the connection is closed).
@@ -26,6 +27,29 @@ pub async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiErro
             ApiError::bad_request("could not read the request body")
         }
     })
+}
+
+/// Reads and discards what is left of a request body in the background (at most
+/// `NEUROPIA_MAX_BODY_BYTES`, for at most `NEUROPIA_BODY_TIMEOUT_MS`), so that a client
+/// refused before its body was read receives the answer instead of a connection reset
+/// halfway through its upload. Nothing is parsed or kept.
+pub fn discard_body(body: axum::body::Body, state: &AppState) {
+    use futures::StreamExt;
+    let max = state.config.max_body_bytes;
+    let within = std::time::Duration::from_millis(state.config.body_timeout_ms);
+    tokio::spawn(async move {
+        let mut chunks = body.into_data_stream();
+        let _ = tokio::time::timeout(within, async {
+            let mut seen = 0usize;
+            while let Some(Ok(chunk)) = chunks.next().await {
+                seen += chunk.len();
+                if seen > max {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 /// A JSON body. Any content type is accepted (curl's default form type included); the
@@ -71,7 +95,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    bearer_of(&parts.headers)
+}
+
+/// The bearer token of `headers`, if any.
+fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -79,18 +108,30 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The claims of a platform token that is valid now: signed, unexpired, and issued for the
+/// login's current role, tenant and token version (a demoted user's older tokens are
+/// refused at once). `Err` only when the database cannot tell.
+pub async fn authenticate(app: &AppState, token: &str) -> Result<Option<Claims>, ApiError> {
+    let Some(claims) = app.jwt.verify(token) else {
+        return Ok(None);
+    };
+    let now = db::users::token_state(&app.pool, claims.sub).await?;
+    Ok(now
+        .filter(|s| {
+            s.token_version == claims.ver
+                && s.role == claims.role
+                && s.tenant_id == claims.tenant_id
+        })
+        .map(|_| claims))
+}
+
 /// True when `headers` carry a valid platform admin's token (for endpoints that show
 /// more to operators, such as `/health`).
 pub async fn is_platform_admin(app: &AppState, headers: &axum::http::HeaderMap) -> bool {
-    let token = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    token
-        .and_then(|t| app.jwt.verify(t))
-        .is_some_and(|c| c.role == Role::PlatformAdmin)
+    let Some(token) = bearer_of(headers) else {
+        return false;
+    };
+    matches!(authenticate(app, token).await, Ok(Some(c)) if c.role == Role::PlatformAdmin)
 }
 
 /// A caller authenticated with a platform JWT.
@@ -117,9 +158,8 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token =
             bearer(parts).ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
-        state
-            .jwt
-            .verify(token)
+        authenticate(state, token)
+            .await?
             .map(Caller)
             .ok_or_else(|| ApiError::Unauthorized("invalid or expired token".into()))
     }

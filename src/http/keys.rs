@@ -89,9 +89,17 @@ fn not_found() -> ApiError {
     ApiError::NotFound("virtual key not found".into())
 }
 
+/// Maps a refused key change: loosening what a higher role set is 403.
+fn key_change_error(e: db::keys::KeyChangeError) -> ApiError {
+    match e {
+        db::keys::KeyChangeError::Locked(why) => ApiError::Forbidden(why.into()),
+        db::keys::KeyChangeError::Db(e) => key_sql_error(e),
+    }
+}
+
 /// Maps errors of the key functions: a vanished key is 404, a refused argument 400.
 fn key_sql_error(e: sqlx::Error) -> ApiError {
-    if db::is_code(&e, "P0002") {
+    if matches!(e, sqlx::Error::RowNotFound) || db::is_code(&e, "P0002") {
         not_found()
     } else if db::is_code(&e, "22023") {
         ApiError::bad_request("invalid key settings")
@@ -137,6 +145,7 @@ pub async fn create(
         &app.pool,
         db::keys::NewKey {
             user_id,
+            set_by: caller.role(),
             name: body.name.trim(),
             description: body.description.as_deref(),
             rpm,
@@ -199,11 +208,14 @@ pub struct UpdateKey {
     pub allowed_models: Option<Vec<String>>,
 }
 
-/// Changes a key (`data.update_virtual_key`); applies to the next call.
+/// Changes a key (`data.update_virtual_key_by_id`); applies to the next call. Limits set
+/// by a higher role (a tenant admin, say) may only be tightened (403 otherwise).
 #[utoipa::path(patch, path = "/api/virtual-keys/{id}", tag = "keys",
     params(("id" = Uuid, Path)), request_body = UpdateKey, security(("jwt" = [])),
     responses((status = 200, body = KeySummary), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "loosens limits a higher role set", body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub async fn update(
     State(app): State<AppState>,
     caller: Caller,
@@ -229,9 +241,9 @@ pub async fn update(
         tpm: limit(body.rate_limit_tpm, "rate_limit_tpm")?,
         allowed_models: body.allowed_models,
     };
-    db::keys::update(&app.pool, id, &changes)
+    db::keys::update(&app.pool, id, &changes, caller.role())
         .await
-        .map_err(key_sql_error)?;
+        .map_err(key_change_error)?;
     Ok(axum::Json(push(&app, id, None).await?))
 }
 
@@ -260,9 +272,9 @@ async fn set_active(
 ) -> Result<axum::Json<KeySummary>, ApiError> {
     let reason = reason(body)?;
     access::key(&app, &caller, id).await?;
-    db::keys::set_active(&app.pool, id, active, reason.as_deref())
+    db::keys::set_active(&app.pool, id, active, reason.as_deref(), caller.role())
         .await
-        .map_err(key_sql_error)?;
+        .map_err(key_change_error)?;
     Ok(axum::Json(push(&app, id, None).await?))
 }
 
@@ -280,10 +292,11 @@ pub async fn deactivate(
     set_active(app, caller, id, false, body).await
 }
 
-/// Activates a key again (`data.activate_virtual_key`).
+/// Activates a key again (`data.activate_virtual_key`), unless a higher role deactivated it.
 #[utoipa::path(post, path = "/api/virtual-keys/{id}/activate", tag = "keys",
     params(("id" = Uuid, Path)), request_body(content = Reason, description = "optional"), security(("jwt" = [])),
     responses((status = 200, body = KeySummary), (status = 401, body = ErrorBody),
+        (status = 403, description = "deactivated by a higher role", body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn activate(
     State(app): State<AppState>,

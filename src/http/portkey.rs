@@ -94,6 +94,9 @@ pub async fn create(
     if body.tenant_id.is_none() && body.user_id.is_none() {
         return Err(ApiError::bad_request("give a tenant_id or a user_id"));
     }
+    if let Some(user) = body.user_id {
+        super::access::user(&app, &caller, user).await?;
+    }
     check_plan(&app, &body.config)?;
     let id = db::portkey::create(
         &app.pool,

@@ -223,6 +223,11 @@ pub async fn create_user_in(
     JsonBody(body): JsonBody<CreateTenantUser>,
 ) -> Result<(StatusCode, axum::Json<Profile>), ApiError> {
     caller.require_tenant(tenant_id)?;
+    if tenant_id == db::users::PLATFORM_TENANT {
+        return Err(ApiError::bad_request(
+            "the platform tenant holds platform admins only",
+        ));
+    }
     db::tenants::get(&app.pool, tenant_id)
         .await?
         .ok_or_else(access::tenant_not_found)?;
@@ -261,7 +266,8 @@ pub struct UserList {
     pub data: Vec<Profile>,
 }
 
-/// A tenant's users, oldest first (platform admin, or the tenant's admin).
+/// A tenant's users, oldest first (platform admin, or the tenant's admin): those of a role
+/// below the caller's, and the caller itself.
 #[utoipa::path(get, path = "/api/tenants/{tenant_id}/users", tag = "tenants",
     params(("tenant_id" = Uuid, Path), Page), security(("jwt" = [])),
     responses((status = 200, body = UserList), (status = 400, body = ErrorBody),
@@ -274,7 +280,8 @@ pub async fn users(
 ) -> Result<axum::Json<UserList>, ApiError> {
     let (limit, offset) = query(page)?.bounds()?;
     caller.require_tenant(tenant_id)?;
-    let data = db::users::list_tenant_users(&app.pool, tenant_id, limit, offset).await?;
+    let viewer = (caller.id(), caller.role());
+    let data = db::users::list_tenant_users(&app.pool, tenant_id, viewer, limit, offset).await?;
     Ok(axum::Json(UserList { data }))
 }
 

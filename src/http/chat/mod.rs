@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{VirtualKey, body_bytes, parse_json};
+use super::extract::{VirtualKey, body_bytes, discard_body, parse_json};
 use super::types::ErrorBody;
 use crate::actors::balances::{BalanceError, Refusal};
 use crate::actors::keys::{AdmitError, Denied};
@@ -273,7 +273,10 @@ async fn chat(
 ) -> Result<Response, ApiError> {
     let ctx = super::observe::ctx(&req);
     // Authentication comes first: an unknown key is refused before its body is read.
-    app.keys.known(hash).await.map_err(admit_error)?;
+    if let Err(e) = app.keys.known(hash).await {
+        discard_body(req.into_body(), &app);
+        return Err(admit_error(e));
+    }
     let bytes = body_bytes(req, &app).await?;
     let mut body = parse_json::<Map<String, Value>>(&bytes)?;
     drop(bytes);
