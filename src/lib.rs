@@ -23,7 +23,10 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`throttle`]: sign-in and registration throttles per email and client address.
 //! - [`clientip`]: the client's address, behind trusted proxies too.
-//! - [`tokens`]: token estimates.
+//! - [`tokens`]: token counts and estimates (bounded, off the async workers when large).
+//! - [`ratelimit`]: global rpm/tpm in Redis for several instances (atomic script, fallback).
+//! - [`redis_conn`]: one Redis connection, single server or cluster.
+//! - [`reservations`]: reservations shared by several instances (Redis).
 //! - [`cli`]: commands that talk to a running gateway (`neuropia actors`).
 //! - [`demo`]: the demo tenant, user and key of `neuropia serve --demo`.
 

@@ -10,8 +10,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/neuropia/target}"
 
 scripts/services.sh >/dev/null
 command -v jq >/dev/null || { echo "jq is needed: apt-get install -y jq" >&2; exit 1; }
-cargo build --release --locked -q ${BENCH_BUILD_ARGS:-}
-BIN="$CARGO_TARGET_DIR/release/neuropia"
+# BENCH_BIN runs another build of the gateway (an older commit's, to compare).
+if [ -n "${BENCH_BIN:-}" ]; then
+  BIN="$BENCH_BIN"
+else
+  cargo build --release --locked -q ${BENCH_BUILD_ARGS:-}
+  BIN="$CARGO_TARGET_DIR/release/neuropia"
+fi
 GW="http://127.0.0.1:$GW_PORT"
 
 work=$(mktemp -d)
