@@ -311,6 +311,7 @@ pub async fn serve(
     let limits = crate::http::server::Limits {
         max_connections: state.config.max_connections,
         header_timeout: Duration::from_millis(state.config.header_timeout_ms),
+        write_stall: Duration::from_millis(state.config.write_timeout_ms),
     };
     crate::http::server::run(
         listener,

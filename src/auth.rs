@@ -185,7 +185,7 @@ async fn bounded<T: Send + 'static>(
 ) -> Result<T, HashError> {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    static TURNS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    static TURNS: OnceLock<std::sync::Arc<tokio::sync::Semaphore>> = OnceLock::new();
     static WAITING: AtomicUsize = AtomicUsize::new(0);
     struct Waiting;
     impl Drop for Waiting {
@@ -195,21 +195,27 @@ async fn bounded<T: Send + 'static>(
     }
     let turns = TURNS.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        tokio::sync::Semaphore::new(cores)
+        std::sync::Arc::new(tokio::sync::Semaphore::new(cores))
     });
     if WAITING.fetch_add(1, Ordering::SeqCst) >= HASH_QUEUE {
         WAITING.fetch_sub(1, Ordering::SeqCst);
         return Err(HashError::Busy);
     }
     let waiting = Waiting;
-    let _turn = turns
-        .acquire()
+    let turn = turns
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|e| HashError::Failed(e.to_string()))?;
     drop(waiting);
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| HashError::Failed(e.to_string()))
+    // The turn goes with the work: a caller that hangs up does not free it while the hash
+    // still runs.
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work()
+    })
+    .await
+    .map_err(|e| HashError::Failed(e.to_string()))
 }
 
 /// [`hash_password`] on the bounded pool.

@@ -276,6 +276,11 @@ pub struct Config {
     #[arg(long, env = "NEUROPIA_BODY_TIMEOUT_MS", default_value_t = 30_000)]
     pub body_timeout_ms: u64,
 
+    /// A response write that makes no progress for this many milliseconds (the client
+    /// stopped reading) closes the connection.
+    #[arg(long, env = "NEUROPIA_WRITE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub write_timeout_ms: u64,
+
     /// Largest accepted request body, in bytes (larger bodies get 413).
     #[arg(long, env = "NEUROPIA_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -365,10 +370,8 @@ impl Config {
         if !(1..=1_000_000).contains(&self.max_connections) {
             return Err("NEUROPIA_MAX_CONNECTIONS must be between 1 and 1000000".into());
         }
-        if self.header_timeout_ms == 0 || self.body_timeout_ms == 0 {
-            return Err(
-                "NEUROPIA_HEADER_TIMEOUT_MS and NEUROPIA_BODY_TIMEOUT_MS must be positive".into(),
-            );
+        if self.header_timeout_ms == 0 || self.body_timeout_ms == 0 || self.write_timeout_ms == 0 {
+            return Err("the header, body and write timeouts must be positive".into());
         }
         if self.actor_timeout_ms == 0 || self.upstream_timeout_ms == 0 {
             return Err("timeouts must be positive".into());

@@ -1,7 +1,7 @@
 //! Throttles for the unauthenticated endpoints that cost a password hash.
 //!
 //! Sign-ins are counted **before** the password is checked, per (email, client address)
-//! and per client address, over a fixed window: past either limit the attempt is refused
+//! and per client address (an IPv6 client counts by its /64), over a fixed window: past either limit the attempt is refused
 //! (429 with `Retry-After`) without being evaluated, so a burst of concurrent guesses gets
 //! exactly as many evaluations as the limit. A success clears its (email, address) count
 //! and gives its attempt back to the address. An email is never locked as a whole: wrong
@@ -26,11 +26,16 @@ struct Window {
     attempts: u32,
 }
 
+/// Entries a counter holds before it drops the expired ones (at most once a second).
+const PRUNE_ABOVE: usize = 100_000;
+
 /// Attempts per key over a fixed window.
 struct Counter<K: Eq + Hash> {
     map: DashMap<K, Window>,
     max: u32,
     window: Duration,
+    /// When expired entries were last dropped.
+    pruned: std::sync::Mutex<Instant>,
 }
 
 impl<K: Eq + Hash + Clone> Counter<K> {
@@ -39,14 +44,27 @@ impl<K: Eq + Hash + Clone> Counter<K> {
             map: DashMap::new(),
             max,
             window,
+            pruned: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Drops expired windows once the map is large, at most once a second (a scan of the
+    /// whole map must not come with every attempt).
+    fn prune(&self, now: Instant) {
+        if self.map.len() <= PRUNE_ABOVE {
+            return;
+        }
+        if let Ok(mut last) = self.pruned.try_lock()
+            && now.duration_since(*last) >= Duration::from_secs(1)
+        {
+            *last = now;
+            self.map.retain(|_, w| w.started + self.window > now);
         }
     }
 
     /// Counts one attempt for `k`, or says how long until one may be made.
     fn take(&self, k: K, now: Instant) -> Result<(), Duration> {
-        if self.map.len() > 100_000 {
-            self.map.retain(|_, w| w.started + self.window > now);
-        }
+        self.prune(now);
         let mut w = self.map.entry(k).or_insert(Window {
             started: now,
             attempts: 0,
@@ -119,10 +137,13 @@ impl LoginThrottle {
     /// too many lately.
     pub fn begin(&self, email: &str, addr: IpAddr) -> Result<Attempt<'_>, Duration> {
         let now = Instant::now();
+        let addr = bucket(addr);
+        // The address first: a refused address leaves no (email, address) entry behind,
+        // so one address holds at most its limit of entries however many emails it tries.
+        self.addrs.take(addr, now)?;
         let pair = (email.to_owned(), addr);
-        self.pairs.take(pair.clone(), now)?;
-        if let Err(wait) = self.addrs.take(addr, now) {
-            self.pairs.give_back(&pair);
+        if let Err(wait) = self.pairs.take(pair.clone(), now) {
+            self.addrs.give_back(&addr);
             return Err(wait);
         }
         Ok(Attempt {
@@ -143,7 +164,22 @@ impl RegisterThrottle {
 
     /// Counts a registration from `addr`, or `Err(retry_after)`.
     pub fn begin(&self, addr: IpAddr) -> Result<(), Duration> {
-        self.0.take(addr, Instant::now())
+        self.0.take(bucket(addr), Instant::now())
+    }
+}
+
+/// The address a client is counted under: an IPv4 address, or an IPv6 address's /64 (the
+/// block one subscriber gets, so changing the last 64 bits does not buy more attempts).
+fn bucket(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !(u128::from(u64::MAX));
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -182,22 +218,28 @@ mod tests {
     }
 
     #[test]
-    fn an_address_spraying_many_emails_is_refused() {
+    fn an_address_spraying_many_emails_is_refused_and_leaves_nothing_behind() {
         let t = LoginThrottle::new(100, 5, Duration::from_secs(60));
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
         for i in 0..5 {
             drop(t.begin(&format!("u{i}@x.io"), ip).expect("under the limit"));
         }
-        assert!(t.begin("new@x.io", ip).is_err());
-        // Refused by the address: the pair's attempt was given back.
-        assert_eq!(
-            t.pairs
-                .map
-                .get(&("new@x.io".to_owned(), ip))
-                .map(|w| w.attempts),
-            Some(0)
-        );
+        for i in 0..1000 {
+            assert!(t.begin(&format!("spray{i}@x.io"), ip).is_err());
+        }
+        assert_eq!(t.pairs.map.len(), 5, "refused attempts hold no memory");
         assert!(t.begin("new@x.io", IpAddr::V4(Ipv4Addr::LOCALHOST)).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_by_its_64() {
+        let t = RegisterThrottle::new(2, Duration::from_secs(60));
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert!(t.begin(a).is_ok() && t.begin(b).is_ok());
+        assert!(t.begin(a).is_err(), "same /64");
+        assert!(t.begin(other).is_ok());
     }
 
     #[test]

@@ -193,11 +193,26 @@ fn upper_bound(bytes: usize) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
-/// Runs tokenizing work on the blocking pool, at most one such task per core at a time;
-/// `None` if it could not run to its end.
+/// Runs tokenizing work on the blocking pool, at most one such task per core at a time
+/// (the turn goes with the work: a caller that gives up does not free it early); `None` if
+/// it could not run to its end.
 pub async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let _permit = gate().clone().acquire_owned().await.ok()?;
-    tokio::task::spawn_blocking(work).await.ok()
+    let turn = gate().clone().acquire_owned().await.ok()?;
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work()
+    })
+    .await
+    .ok()
+}
+
+/// The turn of `owner` (an account) to have a large text counted: one at a time per owner,
+/// so one account cannot hold every core's turn. Owners share 64 stripes.
+pub async fn owner_turn(owner: u128) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    static STRIPES: OnceLock<Vec<Arc<Semaphore>>> = OnceLock::new();
+    let stripes = STRIPES.get_or_init(|| (0..64).map(|_| Arc::new(Semaphore::new(1))).collect());
+    let stripe = usize::try_from(owner % 64).unwrap_or(0);
+    stripes[stripe].clone().acquire_owned().await.ok()
 }
 
 fn gate() -> &'static Arc<Semaphore> {

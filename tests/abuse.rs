@@ -130,6 +130,16 @@ async fn work_before_authentication_is_refused_and_counting_never_stalls_the_ser
         "/health at {health_at:?}, the first large call at {first:?}"
     );
 
+    // An account that may not spend gets no large prompt counted: 402 at once.
+    let (pending, pending_token) = app.register("pending@abuse.test").await;
+    let pending_key = app
+        .create_key(&pending_token, pending, json!({"name": "k"}))
+        .await;
+    let r = app.chat(&pending_key, &big).await;
+    assert_eq!(r.status(), 402);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "account_pending");
+
     // A million spaces (which overflowed the tokenizer's stack) get an answer, and a bill.
     let spaces = chat_with(&" ".repeat(1_000_000), json!({"max_tokens": 8}));
     let r = app.chat(&key, &spaces).await;
@@ -502,6 +512,36 @@ async fn slow_clients_are_cut_off_and_connections_capped() {
         .await
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    app.stop().await;
+
+    // A client that asks for big answers and stops reading them: once a write has made
+    // no progress for the write timeout, the connection is closed (not held for ever).
+    let app = TestApp::spawn_with(|c| c.write_timeout_ms = 300).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket
+        .connect(app.base.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let asked = 200;
+    conn.write_all(
+        "GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+            .repeat(asked)
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    let answered = String::from_utf8_lossy(&got)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(
+        answered < asked,
+        "{answered} of {asked} answers: the writes never stalled?"
+    );
     app.stop().await;
 
     // With every connection taken, a new one waits until one ends.

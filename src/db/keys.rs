@@ -364,10 +364,16 @@ pub async fn set_active(
     let Some((is_active, set_by)) = row else {
         return Err(sqlx::Error::RowNotFound.into());
     };
-    if active && !is_active && by.rank() < role(&set_by)?.rank() {
+    let set_by_higher = by.rank() < role(&set_by)?.rank();
+    if active && !is_active && set_by_higher {
         return Err(KeyChangeError::Locked(
             "this key was deactivated by a higher role: only that role may activate it",
         ));
+    }
+    if !active && !is_active && set_by_higher {
+        // Already deactivated by a higher role: deactivating it again changes nothing (and
+        // must not make it this caller's to reactivate).
+        return Ok(());
     }
     let sql = if active {
         "SELECT data.activate_virtual_key_by_id($1, $2)"

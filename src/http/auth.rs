@@ -198,6 +198,11 @@ pub async fn login(
     JsonBody(body): JsonBody<Login>,
 ) -> Result<axum::Json<Token>, ApiError> {
     let email = auth::normalise_email(&body.email);
+    let invalid = || ApiError::Unauthorized("invalid email or password".into());
+    if body.password.len() > 256 || email.len() > 254 {
+        // No account has such an email or password: nothing to count or check.
+        return Err(invalid());
+    }
     let attempt =
         app.throttle
             .begin(&email, addr)
@@ -206,10 +211,6 @@ pub async fn login(
                 code: "login_throttled",
                 retry_after,
             })?;
-    let invalid = || ApiError::Unauthorized("invalid email or password".into());
-    if body.password.len() > 256 || email.len() > 254 {
-        return Err(invalid());
-    }
     let login = db::users::find_login(&app.pool, &email).await?;
     let phc = login.as_ref().map(|l| l.hashed_password.clone());
     let valid = match auth::verify_password_bounded(body.password, phc).await {

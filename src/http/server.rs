@@ -9,7 +9,10 @@
 //!   starts when the previous response ends, so this is also the idle keep-alive timeout;
 //! - at most 100 headers per request (431 beyond);
 //! - a request body must arrive within `NEUROPIA_BODY_TIMEOUT_MS` once a handler reads it
-//!   (408, and the connection is closed: [`super::extract::body_bytes`]).
+//!   (408, and the connection is closed: [`super::extract::body_bytes`]);
+//! - a response write that makes no progress for `write_stall` (the client stopped
+//!   reading) closes the connection, so slow readers cannot hold every slot, nor a
+//!   shutdown.
 //!
 //! On shutdown the server stops accepting, lets every connection finish the request it is
 //! serving, and returns once all are closed.
@@ -33,6 +36,9 @@ use tower_service::Service;
 pub struct Limits {
     pub max_connections: usize,
     pub header_timeout: Duration,
+    /// How long a write to the client may make no progress before the connection is
+    /// closed (a client that stops reading must not hold its connection for ever).
+    pub write_stall: Duration,
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains the connections.
@@ -77,6 +83,7 @@ pub async fn run(
             app: app.clone(),
             peer,
         };
+        let stream = StallGuard::new(stream, limits.write_stall);
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let mut stopping = stopping.clone();
         tokio::spawn(async move {
@@ -117,5 +124,98 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ConnectInfo(self.peer));
         self.app.clone().call(req)
+    }
+}
+
+/// A client connection whose writes fail once they have made no progress for `limit`.
+struct StallGuard {
+    io: tokio::net::TcpStream,
+    limit: Duration,
+    /// Armed while a write waits for the client to read.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallGuard {
+    fn new(io: tokio::net::TcpStream, limit: Duration) -> Self {
+        Self {
+            io,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// The outcome of a write: progress disarms the clock; waiting arms it (and registers
+    /// the task with it, so the deadline wakes the connection); past it, an error.
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let clock = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if clock.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl tokio::io::AsyncRead for StallGuard {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for StallGuard {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, polled)
     }
 }

@@ -57,17 +57,23 @@ fn check(body: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::bad_request("stream must be a boolean")),
     };
-    let max_tokens = match body
-        .get("max_tokens")
-        .or_else(|| body.get("max_completion_tokens"))
-    {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .filter(|n| *n >= 1)
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| ApiError::bad_request("max_tokens must be a positive integer"))?,
-        ),
+    let ceiling = |name: &str| match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n >= 1)
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(format!("{name} must be a positive integer"))),
+    };
+    // Both names mean the same ceiling; both are forwarded, so both are bounded.
+    let max_tokens = match (ceiling("max_tokens")?, ceiling("max_completion_tokens")?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::bad_request(
+                "max_tokens and max_completion_tokens differ: give one",
+            ));
+        }
+        (a, b) => a.or(b),
     };
     let n = match body.get("n") {
         None | Some(Value::Null) => 1,
@@ -289,15 +295,27 @@ async fn chat(
         )));
     };
     ctx.set_model(&model);
-    if tokens::chat_prompt_bytes(&body) > tokens::INLINE_BYTES {
+    let per_part = route.image_tokens.unwrap_or(app.config.image_tokens);
+    let prompt_tokens = if tokens::chat_prompt_bytes(&body) > tokens::INLINE_BYTES {
         // A large prompt is counted (off the async workers) only for a key that may call
-        // this model at all.
+        // this model, of an account that may spend, one count per account at a time.
         let view = app.keys.describe(hash).await.map_err(admit_error)?;
         view.permits(&model)
             .map_err(|d| admit_error(AdmitError::Denied(d)))?;
-    }
-    let per_part = route.image_tokens.unwrap_or(app.config.image_tokens);
-    let prompt_tokens = tokens::chat_prompt_async(&body, per_part).await;
+        let account = app
+            .balances
+            .get(view.user_id)
+            .await
+            .map_err(balance_error)?;
+        if account.status != AccountStatus::Active {
+            let refused = Refusal::NotActive(account.status);
+            return Err(balance_error(BalanceError::Refused(refused)));
+        }
+        let _turn = tokens::owner_turn(view.user_id.as_u128()).await;
+        tokens::chat_prompt_async(&body, per_part).await
+    } else {
+        tokens::chat_prompt(&body, per_part)
+    };
     let worst = worst_case(&app, &route, &request, &mut body, prompt_tokens)?;
     let checked = app
         .keys
@@ -463,6 +481,9 @@ mod tests {
         );
         let c = check(&ok).expect("valid");
         assert_eq!((c.model.as_str(), c.max_tokens, c.n), ("m", Some(10), 1));
+        let newer = obj(json!({"model": "m", "messages": [{"role": "user"}],
+            "max_tokens": null, "max_completion_tokens": 77}));
+        assert_eq!(check(&newer).expect("valid").max_tokens, Some(77));
         for bad in [
             json!({"messages": [{"role": "user", "content": "hi"}]}),
             json!({"model": 5, "messages": [{"role": "user", "content": "hi"}]}),
@@ -475,6 +496,10 @@ mod tests {
             json!({"model": "m", "messages": [{"role": "user"}], "n": 0}),
             json!({"model": "m", "messages": [{"role": "user"}], "n": 129}),
             json!({"model": "m", "messages": [{"role": "user"}], "n": 1.5}),
+            json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": null,
+                "max_completion_tokens": 0}),
+            json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": 1,
+                "max_completion_tokens": 100000}),
         ] {
             let b = obj(bad.clone());
             assert!(check(&b).is_err(), "{bad}");
