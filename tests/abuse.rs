@@ -791,6 +791,15 @@ async fn roles_hold_and_demotions_are_immediate() {
         .post(&format!("{key_path}/activate"), &user_token, json!({}))
         .await;
     assert_eq!(s, 403);
+    // Deactivating it again does not make it the member's to reactivate.
+    let (s, _) = app
+        .post(&format!("{key_path}/deactivate"), &user_token, json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = app
+        .post(&format!("{key_path}/activate"), &user_token, json!({}))
+        .await;
+    assert_eq!(s, 403);
     let (s, _) = app
         .post(&format!("{key_path}/activate"), &ta, json!({}))
         .await;
