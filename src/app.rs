@@ -328,10 +328,13 @@ impl AppState {
     /// Drains the journal into PostgreSQL and stops the actor tree.
     pub async fn shutdown(&self) {
         let drained = ractor::call_t!(self.root, RootMsg::Drain, 35_000);
-        if drained.is_err() {
-            tracing::error!(
-                depth = self.journal.depth(),
-                "could not drain the charge journal before stopping"
+        let depth = self.journal.depth();
+        if drained.is_err() || depth > 0 {
+            tracing::error!(depth, "could not drain the charge journal before stopping");
+        } else {
+            tracing::info!(
+                written = self.journal.written(),
+                "charge journal drained: every entry since start is in PostgreSQL"
             );
         }
         self.root

@@ -17,13 +17,21 @@ use clap::{Args, Parser, Subcommand};
     name = "neuropia",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    after_help = "Without a command, `neuropia` serves with its settings from the environment. \
+        Every setting is an environment variable and a flag of `neuropia serve` \
+        (`neuropia serve --help` lists them; `.env.example` too)."
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// `neuropia` without a command: `serve` with its settings from the environment.
+#[derive(Debug, Parser)]
+#[command(name = "neuropia")]
+struct ServeFromEnv {
     #[command(flatten)]
-    pub serve: Config,
+    config: Config,
 }
 
 #[derive(Debug, Subcommand)]
@@ -430,9 +438,10 @@ impl Config {
         Duration::from_millis(self.actor_timeout_ms)
     }
 
-    /// A configuration with every default, for tests and embedding.
+    /// The configuration from the environment alone (and defaults): what `neuropia` without
+    /// a command serves with; also the base of tests and embedding.
     pub fn defaults() -> Self {
-        Cli::parse_from(["neuropia"]).serve
+        ServeFromEnv::parse_from(["neuropia"]).config
     }
 }
 

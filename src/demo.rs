@@ -13,16 +13,23 @@ use crate::upstream::plan::Plan;
 pub const DEMO_EMAIL: &str = "demo@neuropia.local";
 pub const DEMO_PASSWORD: &str = "demo-password";
 pub const DEMO_MODEL: &str = "mock-small";
+/// The demo's platform admin (an operator), made only on a loopback address, with a new
+/// password at every start.
+pub const DEMO_OPERATOR: &str = "operator@neuropia.local";
 
 pub struct Seeded {
     pub user_id: uuid::Uuid,
     pub virtual_key: String,
     pub balance: Decimal,
+    /// The operator's password for this run, when the gateway listens on loopback.
+    pub operator_password: Option<String>,
+    /// Fault injection is on (`NEUROPIA_FAULTS=1`).
+    pub faults: bool,
 }
 
 impl Seeded {
     pub fn instructions(&self, addr: SocketAddr) -> String {
-        format!(
+        let mut out = format!(
             "\n=== Neuropia demo ===\n\
              user {DEMO_EMAIL} (password {DEMO_PASSWORD}), id {user}, balance {balance}\n\
              virtual key (shown once): {key}\n\n\
@@ -33,16 +40,62 @@ impl Seeded {
             user = self.user_id,
             balance = self.balance.normalize(),
             key = self.virtual_key,
-        )
+        );
+        if let Some(password) = &self.operator_password {
+            out.push_str(&operator_instructions(
+                addr,
+                password,
+                self.user_id,
+                self.faults,
+            ));
+        }
+        out
     }
+}
+
+/// What an operator tries next, signed in as the demo's platform admin.
+fn operator_instructions(
+    addr: SocketAddr,
+    password: &str,
+    user: uuid::Uuid,
+    faults: bool,
+) -> String {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "neuropia".into());
+    let login = format!(
+        "curl -s http://{addr}/api/auth/login -H 'content-type: application/json' \\\n    \
+         -d '{{\"email\": \"{DEMO_OPERATOR}\", \"password\": \"{password}\"}}' | jq -r .token"
+    );
+    let mut out = format!(
+        "\noperator (platform admin; a new password at every start, loopback only):\n  \
+         {DEMO_OPERATOR} / {password}\n\n\
+         the live supervision tree (`cargo install --path .` puts `neuropia` on PATH):\n  \
+         NEUROPIA_URL=http://{addr} NEUROPIA_ADMIN_EMAIL={DEMO_OPERATOR} \\\n    \
+         NEUROPIA_ADMIN_PASSWORD='{password}' {exe} actors\n\n\
+         a token for the API, the tree page http://{addr}/api/admin/actors/view and top-ups:\n  \
+         ADMIN=$({login})\n  \
+         curl -s http://{addr}/api/users/{user}/topups -H \"authorization: Bearer $ADMIN\" \\\n    \
+         -H 'content-type: application/json' -d '{{\"amount\": \"5\"}}'\n"
+    );
+    if faults {
+        out.push_str(&format!(
+            "\nfault injection (NEUROPIA_FAULTS=1): the demo user's balance actor panics, and\n\
+             comes back with its balance (watch `restarts` in the tree):\n  \
+             curl -s http://{addr}/api/admin/faults -H \"authorization: Bearer $ADMIN\" \\\n    \
+             -H 'content-type: application/json' -d '{{\"actor\": \"balance:{user}\", \"fault\": \"panic\"}}'\n"
+        ));
+    }
+    out
 }
 
 fn d(s: &str) -> Result<Decimal, String> {
     Decimal::from_str_exact(s).map_err(|e| e.to_string())
 }
 
-/// Creates (or reuses) the demo data and a new key.
-pub async fn seed(app: &AppState) -> Result<Seeded, String> {
+/// Creates (or reuses) the demo data and a new key; on a loopback `addr`, the operator
+/// too.
+pub async fn seed(app: &AppState, addr: SocketAddr) -> Result<Seeded, String> {
     let err = |e: sqlx::Error| format!("demo seed: {e}");
     let pool = &app.pool;
     let tenant = db::tenants::ensure(pool, "demo", d("20")?)
@@ -92,7 +145,8 @@ pub async fn seed(app: &AppState) -> Result<Seeded, String> {
         .await
         .map_err(|e| format!("demo seed: {e:?}"))?;
     let mut balance = view.balance;
-    if view.balance <= Decimal::ZERO {
+    // Enough for many calls: each reserves its worst case first.
+    if view.balance < Decimal::ONE {
         let reply = app
             .balances
             .credit(
@@ -124,9 +178,56 @@ pub async fn seed(app: &AppState) -> Result<Seeded, String> {
     )
     .await
     .map_err(err)?;
+    let operator_password = if addr.ip().is_loopback() {
+        operator(app).await?
+    } else {
+        None
+    };
     Ok(Seeded {
         user_id,
         virtual_key,
         balance,
+        operator_password,
+        faults: app.config.faults,
     })
+}
+
+/// Makes the demo's platform admin, or gives it a new password; `None` when the email
+/// belongs to someone else.
+async fn operator(app: &AppState) -> Result<Option<String>, String> {
+    let password = format!("op-{}", &crate::auth::random_hex32()?[..20]);
+    let hashed = crate::auth::hash_password_bounded(password.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let pool = &app.pool;
+    let err = |e: sqlx::Error| format!("demo operator: {e}");
+    match db::users::find_login(pool, DEMO_OPERATOR)
+        .await
+        .map_err(err)?
+    {
+        Some(login) if login.role == Role::PlatformAdmin => {
+            db::users::set_password(pool, login.id, &hashed)
+                .await
+                .map_err(err)?;
+        }
+        Some(_) => {
+            tracing::warn!("{DEMO_OPERATOR} exists and is not a platform admin: no operator");
+            return Ok(None);
+        }
+        None => {
+            db::users::create_user(
+                pool,
+                db::users::NewUser {
+                    email: DEMO_OPERATOR,
+                    hashed_password: &hashed,
+                    username: "operator",
+                    tenant_id: db::users::PLATFORM_TENANT,
+                    role: Role::PlatformAdmin,
+                },
+            )
+            .await
+            .map_err(|e| format!("demo operator: {e}"))?;
+        }
+    }
+    Ok(Some(password))
 }

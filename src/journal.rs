@@ -136,6 +136,8 @@ struct Inner {
 pub struct Journal {
     inner: Mutex<Inner>,
     depth: AtomicUsize,
+    /// Entries committed since the journal was made (duplicates included).
+    written: std::sync::atomic::AtomicU64,
     wake: Notify,
     /// Write: the ledger writer, from commit until the batch left the journal.
     /// Read: a balance loader, from its database read until its actor is registered.
@@ -164,6 +166,7 @@ impl Journal {
                 ..Inner::default()
             }),
             depth: AtomicUsize::new(0),
+            written: std::sync::atomic::AtomicU64::new(0),
             wake: Notify::new(),
             commit_lock: Arc::new(RwLock::new(())),
         }
@@ -173,6 +176,11 @@ impl Journal {
         // A panic while holding this lock cannot leave `Inner` half-changed (every method
         // changes it with infallible operations), so a poisoned lock is still consistent.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Entries committed to PostgreSQL since the journal was made.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// How many lanes the journal has.
@@ -269,6 +277,7 @@ impl Journal {
                 }
             }
             self.depth.fetch_sub(done.len(), Ordering::AcqRel);
+            self.written.fetch_add(done.len() as u64, Ordering::Relaxed);
             done
         };
         for w in woken {

@@ -9,10 +9,12 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let workers = match &cli.command {
-        None => cli.serve.worker_threads,
-        Some(Command::Serve(config)) => config.worker_threads,
+    // Without a command: serve, with the settings from the environment.
+    let command = Cli::parse()
+        .command
+        .unwrap_or_else(|| Command::Serve(Box::new(Config::defaults())));
+    let workers = match &command {
+        Command::Serve(config) => config.worker_threads,
         _ => None,
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -20,7 +22,7 @@ fn main() -> std::process::ExitCode {
         runtime.worker_threads(n.max(1));
     }
     match runtime.enable_all().build() {
-        Ok(rt) => rt.block_on(run(cli)),
+        Ok(rt) => rt.block_on(run(command)),
         Err(e) => {
             eprintln!("starting the runtime: {e}");
             std::process::ExitCode::FAILURE
@@ -28,28 +30,29 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> std::process::ExitCode {
+async fn run(command: Command) -> std::process::ExitCode {
+    use std::io::IsTerminal;
+    // Colours only for a terminal, and never with NO_COLOR set.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
-    let result = match cli.command {
-        None => serve(cli.serve).await,
-        Some(Command::Serve(config)) => serve(*config).await,
-        Some(Command::Migrate { database_url }) => {
-            db::connect_and_migrate(database_url.expose(), 2)
-                .await
-                .map(|_| tracing::info!("migrations applied"))
-                .map_err(|e| e.to_string())
-        }
-        Some(Command::Openapi) => {
+    let result = match command {
+        Command::Serve(config) => serve(*config).await,
+        Command::Migrate { database_url } => db::connect_and_migrate(database_url.expose(), 2)
+            .await
+            .map(|_| tracing::info!("migrations applied"))
+            .map_err(|e| e.to_string()),
+        Command::Openapi => {
             println!("{}", neuropia::http::openapi_json());
             Ok(())
         }
-        Some(Command::Actors(args)) => neuropia::cli::actors(args).await,
-        Some(Command::MockUpstream { bind }) => {
+        Command::Actors(args) => neuropia::cli::actors(args).await,
+        Command::MockUpstream { bind } => {
             upstream::mock::serve(bind).await.map_err(|e| e.to_string())
         }
     };
@@ -70,7 +73,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, "neuropia listening");
     if seed_demo {
-        let seeded = demo::seed(&state).await?;
+        let seeded = demo::seed(&state, addr).await?;
         println!("{}", seeded.instructions(addr));
     }
     app::serve(listener, state, shutdown_signal())

@@ -164,9 +164,10 @@ async fn paid_flow_end_to_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_seed_gives_a_working_key_on_the_mock_provider() {
+async fn demo_seed_gives_a_working_key_on_the_mock_provider_and_an_operator() {
     let app = TestApp::spawn().await;
-    let seeded = neuropia::demo::seed(&app.state).await.unwrap();
+    let addr: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let seeded = neuropia::demo::seed(&app.state, addr).await.unwrap();
     let r = app
         .chat(
             &seeded.virtual_key,
@@ -183,5 +184,28 @@ async fn demo_seed_gives_a_working_key_on_the_mock_provider() {
     app.settle_journal().await;
     let (balance, _) = app.db_balance(seeded.user_id).await;
     assert!(balance < d("10") && balance > d("9.99"), "{balance}");
+
+    // On loopback the demo prints a platform admin's sign-in that opens the operators' views.
+    let password = seeded
+        .operator_password
+        .clone()
+        .expect("an operator on loopback");
+    let printed = seeded.instructions(addr);
+    assert!(
+        printed.contains(&password) && printed.contains(" actors"),
+        "{printed}"
+    );
+    let token = app.login(neuropia::demo::DEMO_OPERATOR, &password).await;
+    let (status, tree) = app.get("/api/admin/actors", &token).await;
+    assert_eq!(status, 200, "{tree}");
+    // A new start gives a new password; the old one (and its tokens) stop working.
+    let again = neuropia::demo::seed(&app.state, addr).await.unwrap();
+    assert_ne!(again.operator_password, seeded.operator_password);
+    let (status, _) = app.get("/api/admin/actors", &token).await;
+    assert_eq!(status, 401);
+    // Not on another address.
+    let public: std::net::SocketAddr = "0.0.0.0:3001".parse().unwrap();
+    let elsewhere = neuropia::demo::seed(&app.state, public).await.unwrap();
+    assert!(elsewhere.operator_password.is_none());
     app.stop().await;
 }

@@ -348,6 +348,19 @@ pub async fn token_state(pool: &PgPool, user_id: Uuid) -> Result<Option<TokenSta
     .transpose()
 }
 
+/// Sets a login's password; its tokens end (their version is passed).
+pub async fn set_password(pool: &PgPool, user_id: Uuid, hashed: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE auth.login SET hashed_password = $2, token_version = token_version + 1
+         WHERE id = $1",
+    )
+    .bind(user_id)
+    .bind(hashed)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// The JWT secret generated and kept by an earlier start, or a new one kept now.
 pub async fn persisted_jwt_secret(pool: &PgPool, fresh: &str) -> Result<String, sqlx::Error> {
     sqlx::query(
