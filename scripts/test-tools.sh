@@ -18,16 +18,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}" >&2
 fi
 mkdir -p "$TOOLS"
-if ! "$TOOLS/venv/bin/python" -c "import openai" >/dev/null 2>&1; then
-  echo "installing the OpenAI Python SDK into $TOOLS/venv" >&2
-  python3 -m venv "$TOOLS/venv" >&2
-  "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check openai >&2
+# Fetched once (PyPI, npm) and kept in $TOOLS: the first run needs the network.
+fail() { echo "scripts/test: $1 (it is fetched once, on the first run, and needs the network)" >&2; exit 1; }
+if ! "$TOOLS/venv/bin/python" -c "import openai, openapi_spec_validator" >/dev/null 2>&1; then
+  echo "installing the OpenAI Python SDK and openapi-spec-validator into $TOOLS/venv" >&2
+  python3 -m venv "$TOOLS/venv" >&2 || fail "could not make a Python virtualenv in $TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check openai openapi-spec-validator \
+    >"$TOOLS/pip.log" 2>&1 || fail "could not install the OpenAI Python SDK from PyPI (see $TOOLS/pip.log)"
 fi
 server="$TOOLS/portkey/node_modules/@portkey-ai/gateway/build/start-server.js"
 if [ ! -f "$server" ]; then
   echo "installing @portkey-ai/gateway@$PORTKEY_VERSION into $TOOLS/portkey" >&2
   mkdir -p "$TOOLS/portkey"
-  (cd "$TOOLS/portkey" && npm install --no-audit --no-fund --silent "@portkey-ai/gateway@$PORTKEY_VERSION" >&2)
+  (cd "$TOOLS/portkey" && npm install --no-audit --no-fund --silent "@portkey-ai/gateway@$PORTKEY_VERSION" \
+    >"$TOOLS/npm.log" 2>&1) || fail "could not install the Portkey gateway from npm (see $TOOLS/npm.log)"
 fi
 echo "export NEUROPIA_TEST_PYTHON=$TOOLS/venv/bin/python"
 echo "export NEUROPIA_TEST_PORTKEY=$server"

@@ -8,6 +8,7 @@ pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod chat;
+pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -37,6 +38,8 @@ use error::ApiError;
     info(title = "Neuropia", description = "AI gateway with virtual keys and exact real-time billing. \
         Money is a decimal string; errors are `{\"error\": {\"message\", \"type\", \"code\"}}`."),
     modifiers(&Security),
+    // Named by query parameters only: the router does not collect these itself.
+    components(schemas(crate::db::usage::GroupBy)),
     tags(
         (name = "chat", description = "OpenAI-compatible calls, with a virtual key"),
         (name = "accounts", description = "Registration, login, tokens"),
@@ -75,8 +78,14 @@ impl Modify for Security {
     }
 }
 
-/// Every route, with the OpenAPI document they make.
+/// Every route, with the OpenAPI document they make (every response described).
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut doc) = routes();
+    docs::describe_responses(&mut doc);
+    (routes, doc)
+}
+
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))
         .routes(routes!(chat::completions))
@@ -127,15 +136,12 @@ pub fn openapi_json() -> String {
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
     let (routes, doc) = api();
-    let doc = std::sync::Arc::new(doc);
+    let json = serde_json::to_value(&doc).unwrap_or_default();
+    let page = axum::response::Html(docs::page(&json));
+    let json = axum::Json(json);
     routes
-        .route(
-            "/openapi.json",
-            get(move || {
-                let doc = doc.clone();
-                async move { axum::Json(doc.as_ref().clone()) }
-            }),
-        )
+        .route("/openapi.json", get(move || async move { json }))
+        .route("/docs", get(move || async move { page }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
