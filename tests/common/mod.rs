@@ -477,6 +477,7 @@ impl TestApp {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
+        neuropia::actors::quiet_injected_panics();
         let db_name = db_name.to_owned();
         let mut config = Config::defaults();
         config.database_url = Secret::new(format!("{}/{db_name}", server_url()));
