@@ -3,72 +3,27 @@
 //! is given until a shutdown future resolves, then drains the charge journal.
 
 use std::future::Future;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::redis_conn::RedisConn;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::actors::Probe;
 use crate::actors::balances::{Balances, BalancesArgs};
+use crate::actors::breaker::{BreakerDirectory, BreakerSettings, UpstreamsArgs};
 use crate::actors::keys::{Keys, KeysArgs};
 use crate::actors::ledger::{LedgerArgs, WriteFault};
-use crate::actors::root::{ConfigBase, Root, RootArgs, RootMsg, RootRef, Tree};
+use crate::actors::root::{ConfigBase, Root, RootArgs};
 use crate::auth::{self, Jwt, Role};
 use crate::cache::Cache;
 use crate::clientip::TrustedProxies;
 use crate::config::Config;
 use crate::db;
 use crate::journal::Journal;
-use crate::snapshot::SnapshotHandle;
+use crate::state::{AppInner, AppState};
 use crate::throttle::{LoginThrottle, RegisterThrottle};
 use crate::upstream::Upstreams;
-use crate::upstream::breaker::{BreakerDirectory, BreakerSettings, UpstreamsArgs};
-
-/// Handles shared by every handler. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<AppInner>);
-
-pub struct AppInner {
-    /// This process's id among the instances sharing the database (in `/health`).
-    pub instance: uuid::Uuid,
-    pub config: Arc<Config>,
-    pub pool: PgPool,
-    pub cache: Cache,
-    pub jwt: Jwt,
-    pub snapshot: SnapshotHandle,
-    pub journal: Arc<Journal>,
-    pub keys: Keys,
-    pub balances: Balances,
-    pub tree: Tree,
-    pub root: RootRef,
-    pub upstreams: Upstreams,
-    pub throttle: LoginThrottle,
-    pub registrations: RegisterThrottle,
-    /// Whose `X-Forwarded-For` is believed (`NEUROPIA_TRUSTED_PROXIES`).
-    pub trusted_proxies: TrustedProxies,
-    pub started: std::time::Instant,
-    /// Injected `db_fail` faults (outlive the ledger writer's restarts).
-    pub ledger_fault: Arc<crate::actors::ledger::WriteFault>,
-}
-
-impl Deref for AppState {
-    type Target = AppInner;
-    fn deref(&self) -> &AppInner {
-        &self.0
-    }
-}
-
-impl AppState {
-    /// Asks the configuration actor to rebuild the routing snapshot and waits for it.
-    pub async fn reload_config(&self) -> Result<(), String> {
-        let config = self.tree.config.get();
-        ractor::call_t!(config, crate::actors::config::ConfigMsg::Reload, 10_000)
-            .map_err(|e| format!("config actor: {e}"))?
-    }
-}
 
 /// Connects to everything and starts the actor tree.
 pub async fn build(config: Config) -> Result<AppState, String> {
@@ -191,7 +146,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
     .await?;
 
     let timeout = config.actor_timeout();
-    let state = AppState(Arc::new(AppInner {
+    let state = AppState::new(AppInner {
         instance,
         started: std::time::Instant::now(),
         ledger_fault,
@@ -226,7 +181,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
         journal,
         tree,
         root,
-    }));
+    });
     bootstrap_admin(&state).await?;
     Ok(state)
 }
@@ -287,20 +242,6 @@ async fn bootstrap_admin(state: &AppState) -> Result<(), String> {
     }
 }
 
-/// A listening socket with a deep accept queue: a burst of thousands of clients
-/// connecting at once waits in the queue instead of having its SYNs dropped and retried a
-/// second later (the default queue holds 1,024).
-pub fn listen(bind: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if bind.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(bind)?;
-    socket.listen(8192)
-}
-
 /// Serves HTTP on `listener` until `shutdown` resolves, then stops taking requests, waits
 /// for the ones in flight, writes every journaled charge and stops the actor tree.
 pub async fn serve(
@@ -322,24 +263,4 @@ pub async fn serve(
     .await?;
     state.shutdown().await;
     Ok(())
-}
-
-impl AppState {
-    /// Drains the journal into PostgreSQL and stops the actor tree.
-    pub async fn shutdown(&self) {
-        let drained = ractor::call_t!(self.root, RootMsg::Drain, 35_000);
-        let depth = self.journal.depth();
-        if drained.is_err() || depth > 0 {
-            tracing::error!(depth, "could not drain the charge journal before stopping");
-        } else {
-            tracing::info!(
-                written = self.journal.written(),
-                "charge journal drained: every entry since start is in PostgreSQL"
-            );
-        }
-        self.root
-            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
-            .await
-            .ok();
-    }
 }

@@ -3,13 +3,13 @@
 //! Every setting is a flag and an environment variable (`.env.example` lists them all).
 //! Secrets are held in [`Secret`], whose `Debug` and `Display` never show the value.
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::builder::FalseyValueParser;
 use clap::{Args, Parser, Subcommand};
+
+pub use crate::secret::Secret;
 
 /// `neuropia`: serve (the default), migrate, or run the loopback mock upstream.
 #[derive(Debug, Parser)]
@@ -88,6 +88,15 @@ pub struct ActorsArgs {
 pub enum Durability {
     Batched,
     Strict,
+}
+
+/// `UPSTREAM_MODE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamMode {
+    /// The built-in router executes the plan.
+    Direct,
+    /// A Portkey gateway executes the plan (sent in `x-portkey-config`).
+    Portkey,
 }
 
 /// Where rate limits are counted (`RATE_LIMIT_BACKEND`).
@@ -215,7 +224,7 @@ pub struct Config {
     /// `direct`: the built-in router executes routing plans. `portkey`: a Portkey gateway
     /// at PORTKEY_GATEWAY_URL does, given the plan in `x-portkey-config`.
     #[arg(long, env = "UPSTREAM_MODE", value_enum, default_value = "direct")]
-    pub upstream_mode: crate::upstream::UpstreamMode,
+    pub upstream_mode: UpstreamMode,
 
     /// The Portkey gateway used with UPSTREAM_MODE=portkey.
     #[arg(
@@ -445,53 +454,9 @@ impl Config {
     }
 }
 
-/// A string that must never be printed: passwords, API keys, secrets, URLs with passwords.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_never_print() {
-        let s = Secret::new("sk-live-123");
-        assert_eq!(format!("{s:?} {s}"), "Secret(***) ***");
-        assert_eq!(s.expose(), "sk-live-123");
-    }
 
     #[test]
     fn defaults_are_valid() {

@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::app::AppState;
 use crate::auth::Role;
 use crate::billing::{Decimal, Rate};
 use crate::db;
-use crate::upstream::plan::Plan;
+use crate::plan::Plan;
+use crate::state::AppState;
 
 pub const DEMO_EMAIL: &str = "demo@neuropia.local";
 pub const DEMO_PASSWORD: &str = "demo-password";

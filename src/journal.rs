@@ -1,7 +1,7 @@
 //! The charge journal: every balance movement between the moment a balance actor applies it
 //! and the moment the ledger writer has committed it to PostgreSQL.
 //!
-//! The journal lives in [`crate::app::AppState`], not inside any actor, so it survives the
+//! The journal lives in [`crate::state::AppState`], not inside any actor, so it survives the
 //! crash of a balance actor or of the ledger writer:
 //!
 //! - a balance actor appends an entry (in order, with the status it decided) and only then

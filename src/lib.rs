@@ -31,6 +31,7 @@
 //! - [`demo`]: the demo tenant, user and key of `neuropia serve --demo`.
 
 pub mod actors;
+pub mod address;
 pub mod app;
 pub mod auth;
 pub mod billing;
@@ -43,10 +44,13 @@ pub mod demo;
 pub mod http;
 pub mod journal;
 pub mod metrics;
+pub mod plan;
 pub mod ratelimit;
 pub mod redis_conn;
 pub mod reservations;
+pub mod secret;
 pub mod snapshot;
+pub mod state;
 pub mod throttle;
 pub mod tokens;
 pub mod upstream;

@@ -1,6 +1,6 @@
 use clap::Parser;
 use neuropia::config::{Cli, Command, Config};
-use neuropia::{app, db, demo, upstream};
+use neuropia::{app, db, demo, http, upstream};
 use tracing_subscriber::EnvFilter;
 
 // The request path allocates many small, short-lived buffers; glibc's malloc spent a fifth
@@ -52,9 +52,12 @@ async fn run(command: Command) -> std::process::ExitCode {
             Ok(())
         }
         Command::Actors(args) => neuropia::cli::actors(args).await,
-        Command::MockUpstream { bind } => {
-            upstream::mock::serve(bind).await.map_err(|e| e.to_string())
-        }
+        Command::MockUpstream { bind } => match http::server::listen(bind) {
+            Ok(listener) => upstream::mock::serve(listener)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("binding {bind}: {e}")),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -72,7 +75,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let bind = config.bind;
     let seed_demo = config.demo;
     let state = app::build(config).await?;
-    let listener = app::listen(bind).map_err(|e| format!("binding {bind}: {e}"))?;
+    let listener = http::server::listen(bind).map_err(|e| format!("binding {bind}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, "neuropia listening");
     if seed_demo {

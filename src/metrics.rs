@@ -10,8 +10,6 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::actors::SupervisorStats;
-
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -117,11 +115,11 @@ pub fn actor(name: &str, backlog: u64, restarts: u32, handled: u64) {
     gauge!("neuropia_actor_messages_handled", "actor" => name.to_owned()).set(handled as f64);
 }
 
-/// Key or balance actors, summed per kind.
-pub fn children(kind: &str, st: SupervisorStats, backlog: u64) {
-    let (live, restarts) = (st.live, st.restarts);
+/// Key or balance actors, summed per kind: alive, stopped when idle, messages waiting,
+/// restarts so far.
+pub fn children(kind: &str, live: usize, passivated: u64, backlog: u64, restarts: u64) {
     gauge!("neuropia_actors_live", "kind" => kind.to_owned()).set(live as f64);
-    gauge!("neuropia_actors_passivated", "kind" => kind.to_owned()).set(st.passivated as f64);
+    gauge!("neuropia_actors_passivated", "kind" => kind.to_owned()).set(passivated as f64);
     gauge!("neuropia_actors_backlog", "kind" => kind.to_owned()).set(backlog as f64);
     gauge!("neuropia_actors_restarts", "kind" => kind.to_owned()).set(restarts as f64);
 }

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use uuid::Uuid;
 
 use crate::billing::{Decimal, Price, Rate};
-use crate::upstream::plan::Plan;
+use crate::plan::Plan;
 
 pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
 

@@ -71,7 +71,7 @@ async fn plans_run_through_the_real_portkey_gateway() {
         .port();
     let url = portkey_url.clone();
     let app = TestApp::spawn_with(move |c| {
-        c.upstream_mode = neuropia::upstream::UpstreamMode::Portkey;
+        c.upstream_mode = neuropia::config::UpstreamMode::Portkey;
         c.portkey_gateway_url = url;
     })
     .await;

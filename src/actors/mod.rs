@@ -16,13 +16,14 @@
 //! last failure, uptime).
 
 pub mod balances;
+pub mod breaker;
 pub mod config;
 pub mod keys;
 pub mod ledger;
 pub mod probe;
 pub mod root;
 
-pub use probe::{Fault, Faults, Gate, Handle, Held, Probe, quiet_injected_panics};
+pub use probe::{Fault, Faults, Gate, Handle, Held, Live, Probe, quiet_injected_panics};
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use ractor::concurrency::Duration as RDuration;
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, Message, MessagingErr, RpcReplyPort};
@@ -291,6 +292,29 @@ impl<M: Message> Handle<M> {
 
     pub fn get_status(&self) -> ractor::ActorStatus {
         self.actor.get_status()
+    }
+}
+
+/// A reference to an actor that its supervisor may replace.
+pub struct Live<M: ractor::Message>(Arc<ArcSwap<Handle<M>>>);
+
+impl<M: ractor::Message> Clone for Live<M> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<M: ractor::Message> Live<M> {
+    pub fn new(r: Handle<M>) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(r)))
+    }
+
+    pub fn get(&self) -> Handle<M> {
+        (**self.0.load()).clone()
+    }
+
+    pub(super) fn set(&self, r: Handle<M>) {
+        self.0.store(Arc::new(r));
     }
 }
 

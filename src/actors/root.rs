@@ -9,38 +9,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::balances::{BalanceSupervisor, BalancesArgs, BalancesMsg};
+use super::breaker::{UpstreamSupervisor, UpstreamsArgs, UpstreamsMsg};
 use super::config::{ConfigActor, ConfigArgs, ConfigMsg};
 use super::keys::{KeySupervisor, KeysArgs, KeysMsg};
 use super::ledger::{LedgerArgs, LedgerMsg, LedgerWriter};
-use super::{Faults, Handle, Probe};
-use crate::upstream::breaker::{UpstreamSupervisor, UpstreamsArgs, UpstreamsMsg};
-
-/// A reference to an actor that its supervisor may replace.
-pub struct Live<M: ractor::Message>(Arc<ArcSwap<Handle<M>>>);
-
-impl<M: ractor::Message> Clone for Live<M> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<M: ractor::Message> Live<M> {
-    pub fn new(r: Handle<M>) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(r)))
-    }
-
-    pub fn get(&self) -> Handle<M> {
-        (**self.0.load()).clone()
-    }
-
-    fn set(&self, r: Handle<M>) {
-        self.0.store(Arc::new(r));
-    }
-}
+use super::{Faults, Handle, Live, Probe};
 
 /// Handles on the root's children.
 #[derive(Clone)]

@@ -8,8 +8,8 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::billing::Rate;
+use crate::plan::Plan;
 use crate::snapshot::{ModelRoute, PortkeyConfig, Snapshot, TenantSettings};
-use crate::upstream::plan::Plan;
 
 /// Reads every table the snapshot is made of. A stored plan that no longer parses is
 /// skipped with an error in the log rather than taking the whole gateway down.

@@ -14,9 +14,9 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::Caller;
-use crate::app::AppState;
 use crate::auth::Role;
 use crate::db;
+use crate::state::AppState;
 
 pub fn user_not_found() -> ApiError {
     ApiError::NotFound("user not found".into())

@@ -11,12 +11,12 @@ use super::access;
 use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody};
 use super::types::ErrorBody;
-use crate::app::AppState;
 use crate::auth::Role;
 use crate::billing::{AmountRule, Decimal, Rate, de_money, de_patch_money};
 use crate::db;
 use crate::db::users::Profile;
-use crate::upstream::plan::Plan;
+use crate::plan::Plan;
+use crate::state::AppState;
 
 async fn reload(app: &AppState) -> Result<(), ApiError> {
     app.reload_config()

@@ -9,10 +9,10 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{Caller, ClientAddr, JsonBody};
 use super::types::ErrorBody;
-use crate::app::AppState;
 use crate::auth::{self, Role};
 use crate::billing::AccountStatus;
 use crate::db;
+use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -9,9 +9,9 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use crate::app::AppState;
 use crate::auth::{Claims, KeyHash, Role};
 use crate::db;
+use crate::state::AppState;
 
 /// Reads the body whole, mapping an oversized body to 413 and one that does not arrive
 /// within `NEUROPIA_BODY_TIMEOUT_MS` to 408 (and the connection is closed).

@@ -7,9 +7,9 @@ use axum::http::{HeaderMap, StatusCode};
 use ractor::ActorStatus;
 use serde_json::{Value, json};
 
+use crate::actors::breaker::{BreakerMsg, UpstreamsMsg};
 use crate::actors::root::RootMsg;
-use crate::app::AppState;
-use crate::upstream::breaker::{BreakerMsg, UpstreamsMsg};
+use crate::state::AppState;
 
 fn status(s: ActorStatus) -> &'static str {
     match s {

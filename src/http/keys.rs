@@ -13,10 +13,10 @@ use super::access;
 use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody, MaybeJson};
 use super::types::{ErrorBody, some};
-use crate::app::AppState;
 use crate::auth::KeyHash;
 use crate::db;
 use crate::db::keys::{KeyChanges, KeySummary};
+use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

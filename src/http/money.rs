@@ -16,11 +16,11 @@ use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody};
 use super::types::{ErrorBody, Page, query};
 use super::users::balance_error;
-use crate::app::AppState;
 use crate::billing::{AccountStatus, AmountRule, Decimal, de_money, ser_money};
 use crate::db;
 use crate::db::codes::CodeSummary;
 use crate::journal::{Committed, EntryKind};
+use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct Credited {

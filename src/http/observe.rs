@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Shared by the middleware and the handler of one request.
 #[derive(Debug)]
@@ -144,7 +144,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             .iter()
             .map(|h| h.probe.stats().backlog)
             .sum();
-        crate::metrics::children("key", st, backlog);
+        crate::metrics::children("key", st.live, st.passivated, backlog, st.restarts);
     }
     if let Some(st) = app.balances.stats().await {
         let backlog = app
@@ -153,15 +153,11 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             .iter()
             .map(|h| h.probe.stats().backlog)
             .sum();
-        crate::metrics::children("balance", st, backlog);
+        crate::metrics::children("balance", st.live, st.passivated, backlog, st.restarts);
     }
     let breakers = &app.upstreams.breakers;
     let backlog = breakers.iter().map(|b| b.actor.probe.stats().backlog).sum();
-    let st = crate::actors::SupervisorStats {
-        live: breakers.len(),
-        ..Default::default()
-    };
-    crate::metrics::children("upstream", st, backlog);
+    crate::metrics::children("upstream", breakers.len(), 0, backlog, 0);
     for b in app.upstreams.breakers.iter() {
         crate::metrics::breaker(b.key(), b.value().gauge());
     }

@@ -16,13 +16,13 @@ use super::error::ApiError;
 use super::extract::{Caller, JsonBody};
 use super::types::{ErrorBody, query};
 use crate::actors::balances::{BalanceError, BalanceMsg, BalancesMsg};
+use crate::actors::breaker::{BreakerMsg, UpstreamsMsg};
 use crate::actors::config::ConfigMsg;
 use crate::actors::keys::{KeyMsg, KeysMsg};
 use crate::actors::ledger::LedgerMsg;
 use crate::actors::root::RootMsg;
 use crate::actors::{ChildPage, Fault, Handle, Probe};
-use crate::app::AppState;
-use crate::upstream::breaker::{BreakerMsg, UpstreamsMsg};
+use crate::state::AppState;
 
 const SUMMARY_MS: u64 = 500;
 

@@ -14,10 +14,10 @@ use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody, MaybeJson};
 use super::keys::Reason;
 use super::types::{ErrorBody, query};
-use crate::app::AppState;
 use crate::db;
 use crate::db::portkey::PortkeyRow;
-use crate::upstream::plan::Plan;
+use crate::plan::Plan;
+use crate::state::AppState;
 
 fn not_found() -> ApiError {
     ApiError::NotFound("portkey config not found".into())

@@ -219,3 +219,17 @@ impl tokio::io::AsyncWrite for StallGuard {
         self.watch(cx, polled)
     }
 }
+
+/// A listening socket with a deep accept queue: a burst of thousands of clients
+/// connecting at once waits in the queue instead of having its SYNs dropped and retried a
+/// second later (the default queue holds 1,024).
+pub fn listen(bind: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if bind.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(bind)?;
+    socket.listen(8192)
+}

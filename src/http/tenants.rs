@@ -12,13 +12,13 @@ use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody};
 use super::types::{ErrorBody, Page, query};
 use super::users::{Usage, UsageQuery, usage_report};
-use crate::app::AppState;
 use crate::auth::Role;
 use crate::billing::{AmountRule, Decimal, de_opt_money};
 use crate::db;
 use crate::db::tenants::{Tenant, TenantError};
 use crate::db::usage::Scope;
 use crate::db::users::Profile;
+use crate::state::AppState;
 
 async fn reload(app: &AppState) -> Result<(), ApiError> {
     app.reload_config()

@@ -12,10 +12,10 @@ use super::error::ApiError;
 use super::extract::{Caller, IdPath};
 use super::types::{ErrorBody, query};
 use crate::actors::balances::BalanceError;
-use crate::app::AppState;
 use crate::billing::{AccountStatus, Decimal, ser_money};
 use crate::db;
 use crate::db::usage::{GroupBy, LedgerEntry, Range, Scope, UsageGroup, UsageRow, UsageTotals};
+use crate::state::AppState;
 
 pub fn balance_error(e: BalanceError) -> ApiError {
     match e {

@@ -2,8 +2,6 @@
 //! counts, for the offline demo, tests and load. The same logic backs
 //! `neuropia mock-upstream`, an OpenAI-compatible HTTP server on loopback.
 
-use std::net::SocketAddr;
-
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::{StatusCode, header};
@@ -100,9 +98,8 @@ pub fn router() -> Router {
         .route("/v1/models", get(models))
 }
 
-/// Serves the mock upstream until the process ends.
-pub async fn serve(bind: SocketAddr) -> std::io::Result<()> {
-    let listener = crate::app::listen(bind)?;
+/// Serves the mock upstream on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "mock upstream listening");
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);

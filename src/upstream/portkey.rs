@@ -5,14 +5,12 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::{Map, Value};
 
-use super::plan::Plan;
-use super::{
-    Answer, DASHSCOPE_BASE, Resolved, StreamReply, UpstreamError, Upstreams, Wire, reported_usage,
-    status_error, streaming_with_usage, transport_error, whole,
-};
+use super::providers::Resolved;
+use super::send::{self, encode, streaming_with_usage};
+use super::{Answer, DASHSCOPE_BASE, UpstreamError, Upstreams, Wire};
+use crate::plan::Plan;
 
 /// The target index named by `x-portkey-last-used-option-index` (`config` alone: 0).
 pub fn target_index(header: Option<&str>) -> usize {
@@ -74,20 +72,14 @@ pub async fn execute(
         .request_timeout
         .map(Duration::from_millis)
         .unwrap_or(up.default_timeout);
-    let mut call = up
-        .portkey_client
-        .post(format!("{}/v1/chat/completions", up.portkey_url))
-        .header("content-type", "application/json")
-        .header("x-request-id", request_id)
-        .header("x-portkey-config", config.to_string())
-        .body(serde_json::to_vec(&req).map_err(|e| UpstreamError::failed(e.to_string()))?);
-    if !stream {
-        call = call.timeout(timeout);
-    }
-    let response = tokio::time::timeout(timeout, call.send())
-        .await
-        .map_err(|_| UpstreamError::Timeout)?
-        .map_err(transport_error)?;
+    let call = send::post(
+        &up.portkey_client,
+        &format!("{}/v1/chat/completions", up.portkey_url),
+        request_id,
+        encode(&req)?,
+    )
+    .header("x-portkey-config", config.to_string());
+    let response = send::send(call, stream, timeout).await?;
     let index = target_index(
         response
             .headers()
@@ -95,7 +87,7 @@ pub async fn execute(
             .and_then(|v| v.to_str().ok()),
     );
     let target = plan.targets.get(index).unwrap_or(&plan.targets[0]);
-    let resolved = Resolved {
+    let answered = Resolved {
         provider: target.provider.clone(),
         wire: Wire::OpenAi,
         url: up.portkey_url.clone(),
@@ -103,27 +95,7 @@ pub async fn execute(
         key: None,
         model: target.model(requested).to_owned(),
     };
-    let status = response.status();
-    if !status.is_success() {
-        let bytes = response.bytes().await.unwrap_or_default();
-        return Err(status_error(status, &bytes));
-    }
-    if stream {
-        return Ok(Answer::Stream(StreamReply {
-            provider: resolved.provider,
-            model: resolved.model,
-            wire: Wire::OpenAi,
-            body: response
-                .bytes_stream()
-                .map(|c| c.map_err(|e| e.to_string()))
-                .boxed(),
-            idle_timeout: timeout,
-        }));
-    }
-    let bytes = response.bytes().await.map_err(transport_error)?;
-    let usage = reported_usage(&bytes)
-        .map_err(|_| UpstreamError::failed("Portkey answered with invalid JSON"))?;
-    Ok(Answer::Whole(whole(&resolved, bytes, usage)))
+    send::answer(response, &answered, stream, timeout).await
 }
 
 #[cfg(test)]

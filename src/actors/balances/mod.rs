@@ -24,7 +24,7 @@ pub use balance::{
     LoadedBalance, Refusal, Settled,
 };
 
-use super::root::Live;
+use super::Live;
 use super::{ChildBook, ChildPage, Exit, Gate, Handle, Held, Probe, ResolveError, SupervisorStats};
 use crate::billing::Decimal;
 use crate::db;

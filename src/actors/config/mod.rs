@@ -25,9 +25,9 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::Live;
 use super::balances::{BalanceDirectory, BalanceMsg};
 use super::keys::KeysMsg;
-use super::root::Live;
 use super::{Gate, Held, Probe};
 use crate::auth::KeyHash;
 use crate::cache::Cache;

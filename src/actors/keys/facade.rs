@@ -5,7 +5,7 @@ use std::time::Duration;
 use ractor::RpcReplyPort;
 
 use super::{Admission, Denied, KeyDirectory, KeyHandle, KeyMsg, KeyView, KeysMsg};
-use crate::actors::root::Live;
+use crate::actors::Live;
 use crate::actors::{ResolveError, SupervisorStats};
 use crate::auth::KeyHash;
 use crate::db::keys::KeyRecord;

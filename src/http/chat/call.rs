@@ -16,15 +16,15 @@ use uuid::Uuid;
 use super::upstream_error;
 use crate::actors::balances::ChargeRequest;
 use crate::actors::keys::Admitted;
-use crate::app::AppState;
 use crate::billing::{Charge, Decimal, Price, Usage};
 use crate::config::Durability;
 use crate::http::error::ApiError;
 use crate::http::observe::RequestCtx;
 use crate::journal::UsageRecord;
+use crate::plan::Plan;
 use crate::snapshot::Snapshot;
+use crate::state::AppState;
 use crate::tokens;
-use crate::upstream::plan::Plan;
 use crate::upstream::sse;
 use crate::upstream::stream::pump;
 use crate::upstream::{Answer, StreamReply};
@@ -191,7 +191,7 @@ impl Call {
                 let (usage, source) = match reply.usage {
                     Some(u) => (u, "upstream"),
                     None => {
-                        let text = crate::upstream::answer_text(&reply.body);
+                        let text = answer_text(&reply.body);
                         let output_tokens = tokens::count_async(text).await;
                         (self.estimated(output_tokens), "estimated")
                     }
@@ -259,4 +259,21 @@ impl Call {
             let _ = tx.send(Ok(last)).await;
         }
     }
+}
+
+/// The text of every choice of a whole OpenAI-shaped answer (for estimating its tokens
+/// when the upstream reported no usage).
+pub fn answer_text(body: &[u8]) -> String {
+    let answer: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    answer
+        .get("choices")
+        .and_then(Value::as_array)
+        .map(|choices| {
+            choices
+                .iter()
+                .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
 }

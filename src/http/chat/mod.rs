@@ -16,9 +16,9 @@ use super::extract::{VirtualKey, body_bytes, discard_body, parse_json};
 use super::types::ErrorBody;
 use crate::actors::balances::{BalanceError, Refusal};
 use crate::actors::keys::{AdmitError, Denied};
-use crate::app::AppState;
 use crate::billing::{AccountStatus, Decimal, Usage};
 use crate::snapshot::{ModelRoute, Snapshot};
+use crate::state::AppState;
 use crate::tokens;
 use crate::upstream::UpstreamError;
 
@@ -225,7 +225,7 @@ pub(crate) fn upstream_error(e: UpstreamError) -> ApiError {
 /// target of the plan. `None` when a target has no rate.
 fn reservation(
     snap: &Snapshot,
-    plan: &crate::upstream::plan::Plan,
+    plan: &crate::plan::Plan,
     requested: &str,
     tenant_id: Uuid,
     user_id: Uuid,

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -81,7 +81,7 @@ fn is_one(w: &f64) -> bool {
 mod opt_secret {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use crate::config::Secret;
+    use crate::secret::Secret;
 
     pub fn serialize<S: Serializer>(v: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
         match v {
@@ -217,7 +217,7 @@ impl Plan {
         self.targets
             .iter()
             .filter_map(|t| t.custom_host.as_deref())
-            .find_map(super::address::refusal)
+            .find_map(crate::address::refusal)
             .map_or(Ok(()), Err)
     }
 

@@ -1,0 +1,212 @@
+//! The one send path, shared by the direct router and the Portkey hand-off: a JSON POST
+//! sent within a timeout (a stream's headers within it, its body then paced by the idle
+//! timeout), a failed status mapped to its [`UpstreamError`], and the answer read whole
+//! (with the usage it reports) or handed on as a stream.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use futures::StreamExt;
+use serde_json::{Map, Value};
+
+use super::providers::Resolved;
+use super::reply::{status_error, transport_error};
+use super::{Answer, StreamReply, UpstreamError, UpstreamReply, Upstreams, Wire, anthropic};
+use crate::billing::Usage;
+
+/// A JSON POST to an upstream, with the call's request id.
+pub(super) fn post(
+    client: &reqwest::Client,
+    url: &str,
+    request_id: &str,
+    payload: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-request-id", request_id)
+        .body(payload)
+}
+
+/// Sends `call`; a successful response's body is still to be read. A whole answer must
+/// arrive within `timeout`; a stream's headers must.
+pub(super) async fn send(
+    mut call: reqwest::RequestBuilder,
+    stream: bool,
+    timeout: Duration,
+) -> Result<reqwest::Response, UpstreamError> {
+    if !stream {
+        call = call.timeout(timeout);
+    }
+    let response = tokio::time::timeout(timeout, call.send())
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
+        .map_err(transport_error)?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = tokio::time::timeout(timeout, response.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        return Err(status_error(status, &body));
+    }
+    Ok(response)
+}
+
+/// Reads a successful response: the stream to pump, or the whole answer (OpenAI-shaped,
+/// translated from Anthropic's format if need be) with the usage it reports.
+pub(super) async fn answer(
+    response: reqwest::Response,
+    to: &Resolved,
+    stream: bool,
+    timeout: Duration,
+) -> Result<Answer, UpstreamError> {
+    if stream {
+        return Ok(Answer::Stream(StreamReply {
+            provider: to.provider.clone(),
+            model: to.model.clone(),
+            wire: to.wire,
+            body: response
+                .bytes_stream()
+                .map(|c| c.map_err(|e| e.to_string()))
+                .boxed(),
+            idle_timeout: timeout,
+        }));
+    }
+    let bytes = response.bytes().await.map_err(transport_error)?;
+    let invalid = |_| UpstreamError::failed("the upstream answered with invalid JSON");
+    let (body, usage) = match to.wire {
+        // Only the usage is read; the rest is checked to be JSON and passed on as is.
+        Wire::OpenAi => {
+            let usage = reported_usage(&bytes).map_err(invalid)?;
+            (bytes, usage)
+        }
+        Wire::Anthropic => {
+            let parsed: Value = serde_json::from_slice(&bytes).map_err(invalid)?;
+            let (openai, usage) = anthropic::response(&parsed);
+            (
+                Bytes::from(serde_json::to_vec(&openai).unwrap_or_default()),
+                usage,
+            )
+        }
+    };
+    Ok(Answer::Whole(UpstreamReply {
+        provider: to.provider.clone(),
+        model: to.model.clone(),
+        body,
+        usage,
+    }))
+}
+
+impl Upstreams {
+    /// One HTTP call to one provider target.
+    pub(super) async fn attempt(
+        &self,
+        to: &Resolved,
+        req: &Map<String, Value>,
+        request_id: &str,
+        stream: bool,
+        timeout: Duration,
+    ) -> Result<Answer, UpstreamError> {
+        let payload = match to.wire {
+            Wire::OpenAi if stream => {
+                let mut req = req.clone();
+                streaming_with_usage(&mut req);
+                encode(&req)?
+            }
+            // The request as built for this target, serialised without another copy.
+            Wire::OpenAi => encode(req)?,
+            Wire::Anthropic => {
+                let payload = anthropic::request(req, self.default_max_tokens, stream).map_err(
+                    |message| UpstreamError::Client {
+                        status: axum::http::StatusCode::BAD_REQUEST,
+                        message,
+                    },
+                )?;
+                encode(&payload)?
+            }
+        };
+        let mut call = post(&self.client, &to.url, request_id, payload);
+        if let Some(key) = &to.key {
+            call = match to.wire {
+                Wire::OpenAi => call.bearer_auth(key.expose()),
+                Wire::Anthropic => call
+                    .header("x-api-key", key.expose())
+                    .header("anthropic-version", anthropic::VERSION),
+            };
+        }
+        let response = send(call, stream, timeout).await?;
+        answer(response, to, stream, timeout).await
+    }
+}
+
+/// Asks an OpenAI-shaped upstream to stream, with a final usage chunk.
+pub(super) fn streaming_with_usage(req: &mut Map<String, Value>) {
+    req.insert("stream".into(), Value::Bool(true));
+    let mut options = req
+        .get("stream_options")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    options.insert("include_usage".into(), Value::Bool(true));
+    req.insert("stream_options".into(), Value::Object(options));
+}
+
+pub(super) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, UpstreamError> {
+    serde_json::to_vec(v).map_err(|e| UpstreamError::failed(e.to_string()))
+}
+
+/// The part of an OpenAI-shaped answer the gateway reads.
+#[derive(serde::Deserialize)]
+struct Reported {
+    #[serde(default)]
+    usage: Option<ReportedUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReportedUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+impl Reported {
+    fn usage(&self) -> Option<Usage> {
+        let u = self.usage.as_ref()?;
+        Some(Usage {
+            input_tokens: u32::try_from(u.prompt_tokens?).ok()?,
+            output_tokens: u32::try_from(u.completion_tokens?).ok()?,
+        })
+    }
+}
+
+/// The usage an OpenAI-shaped answer reports, if whole; `Err` if it is not JSON.
+fn reported_usage(bytes: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
+    serde_json::from_slice::<Reported>(bytes).map(|r| r.usage())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn usage_is_read_when_reported() {
+        let v = json!({"id": "x", "usage": {"prompt_tokens": 7, "completion_tokens": 3}});
+        assert_eq!(
+            reported_usage(v.to_string().as_bytes()).ok().flatten(),
+            Some(Usage {
+                input_tokens: 7,
+                output_tokens: 3
+            })
+        );
+        assert_eq!(reported_usage(b"{}").ok().flatten(), None);
+        assert_eq!(
+            reported_usage(br#"{"usage": {"prompt_tokens": 7}}"#)
+                .ok()
+                .flatten(),
+            None
+        );
+        assert!(reported_usage(b"{\"usage\": ").is_err(), "not JSON");
+    }
+}
