@@ -36,6 +36,7 @@ pub mod app;
 pub mod auth;
 pub mod billing;
 pub mod cache;
+pub mod call;
 pub mod cli;
 pub mod clientip;
 pub mod config;

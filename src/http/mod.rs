@@ -7,6 +7,7 @@
 pub mod access;
 pub mod admin;
 pub mod auth;
+pub mod calls;
 pub mod chat;
 pub mod docs;
 pub mod error;

@@ -134,19 +134,6 @@ impl Keys {
         )))
     }
 
-    /// Admits one call of `model` with the key whose hash is `hash`, counting
-    /// `estimated_tokens` in its tpm window until the call reports what it used:
-    /// [`Keys::check`] then [`Keys::confirm`].
-    pub async fn admit(
-        &self,
-        hash: KeyHash,
-        model: &str,
-        estimated_tokens: u64,
-    ) -> Result<Admitted, AdmitError> {
-        let checked = self.check(hash, model, estimated_tokens).await?;
-        self.confirm(checked, model).await
-    }
-
     /// The key actor's part of an admission: the active flag, the allow-list, and (unless
     /// Redis counts them) rpm and tpm. Tells who the key belongs to.
     pub async fn check(

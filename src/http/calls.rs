@@ -1,0 +1,159 @@
+//! Calls as HTTP: a [`CallError`] as the client sees it (status, OpenAI-shaped error, no
+//! internal text), a [`Reply`] as a response, the request's context as the call's observer.
+//! Shared by every endpoint that sells a call.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::observe::RequestCtx;
+use crate::actors::balances::{BalanceError, Refusal};
+use crate::actors::keys::{AdmitError, Denied};
+use crate::billing::AccountStatus;
+use crate::call::{CallError, Observe, Reply};
+use crate::upstream::UpstreamError;
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::BadRequest(message) => ApiError::bad_request(message),
+            CallError::UnknownModel(model) => {
+                ApiError::NotFound(format!("model {model:?} does not exist"))
+            }
+            CallError::NotPriced(model) => {
+                ApiError::Unavailable(format!("model {model:?} is not priced yet"))
+            }
+            CallError::Key(e) => admit_error(e),
+            CallError::Balance(e) => balance_error(e),
+            CallError::Upstream(e) => upstream_error(e),
+            CallError::NotConfirmed(message) => ApiError::Unavailable(message),
+        }
+    }
+}
+
+/// The answer, whole (JSON) or streamed (server-sent events).
+pub fn response(reply: Reply) -> Response {
+    match reply {
+        Reply::Whole(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Reply::Stream(rx) => {
+            let chunks =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+                );
+            (
+                [
+                    (header::CONTENT_TYPE, "text/event-stream"),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                Body::from_stream(chunks),
+            )
+                .into_response()
+        }
+    }
+}
+
+impl Observe for RequestCtx {
+    fn model(&self, model: &str) {
+        self.set_model(model);
+    }
+
+    fn upstream(&self, spent: Duration) {
+        self.add_upstream(spent);
+    }
+}
+
+pub(crate) fn admit_error(e: AdmitError) -> ApiError {
+    let reason = match &e {
+        AdmitError::UnknownKey => "invalid_key",
+        AdmitError::Denied(Denied::Inactive) => "key_inactive",
+        AdmitError::Denied(Denied::ModelNotAllowed) => "model_not_allowed",
+        AdmitError::Denied(Denied::Rpm { .. }) => "rpm",
+        AdmitError::Denied(Denied::Tpm { .. }) => "tpm",
+        AdmitError::Unavailable(_) => "key_unavailable",
+    };
+    crate::metrics::refusal(reason);
+    match e {
+        AdmitError::UnknownKey => ApiError::Unauthorized("invalid virtual key".into()),
+        AdmitError::Denied(Denied::Inactive) => {
+            ApiError::Unauthorized("this virtual key is deactivated".into())
+        }
+        AdmitError::Denied(Denied::ModelNotAllowed) => {
+            ApiError::Forbidden("this virtual key may not use this model".into())
+        }
+        AdmitError::Denied(Denied::Rpm { retry_after }) => ApiError::RateLimited {
+            message: "requests per minute limit reached for this key".into(),
+            code: "rate_limit_exceeded",
+            retry_after,
+        },
+        AdmitError::Denied(Denied::Tpm { retry_after }) => ApiError::RateLimited {
+            message: match retry_after {
+                Some(_) => "tokens per minute limit reached for this key".into(),
+                None => "this request alone exceeds the key's tokens per minute limit".into(),
+            },
+            code: "tokens_rate_limit_exceeded",
+            retry_after: retry_after.unwrap_or(std::time::Duration::from_secs(60)),
+        },
+        AdmitError::Unavailable(e) => {
+            ApiError::degraded("the key check is unavailable; retry shortly", e)
+        }
+    }
+}
+
+pub(crate) fn balance_error(e: BalanceError) -> ApiError {
+    let reason = match &e {
+        BalanceError::Refused(Refusal::NotActive(AccountStatus::Pending)) => "account_pending",
+        BalanceError::Refused(Refusal::NotActive(_)) => "account_overdue",
+        BalanceError::Refused(Refusal::InsufficientFunds) => "insufficient_balance",
+        BalanceError::Refused(Refusal::JournalFull) => "journal_full",
+        BalanceError::UnknownUser | BalanceError::Unavailable(_) => "balance_unavailable",
+    };
+    crate::metrics::refusal(reason);
+    match e {
+        BalanceError::Refused(Refusal::NotActive(AccountStatus::Pending)) => {
+            ApiError::PaymentRequired {
+                message: "account is pending: top up to activate it".into(),
+                code: "account_pending",
+            }
+        }
+        BalanceError::Refused(Refusal::NotActive(_)) => ApiError::PaymentRequired {
+            message: "account is overdue: top up to continue".into(),
+            code: "account_overdue",
+        },
+        BalanceError::Refused(Refusal::InsufficientFunds) => ApiError::PaymentRequired {
+            message: "insufficient balance".into(),
+            code: "insufficient_balance",
+        },
+        BalanceError::Refused(Refusal::JournalFull) => {
+            ApiError::Unavailable("billing is backed up; retry shortly".into())
+        }
+        BalanceError::UnknownUser => ApiError::internal("key owner has no profile"),
+        BalanceError::Unavailable(e) => {
+            ApiError::degraded("the balance check is unavailable; retry shortly", e)
+        }
+    }
+}
+
+pub(crate) fn upstream_error(e: UpstreamError) -> ApiError {
+    match e {
+        UpstreamError::Client { status, message } => ApiError::UpstreamClient { status, message },
+        UpstreamError::Failed { status, message } => {
+            // The provider's own words stay in the log (with the request id).
+            tracing::warn!(?status, %message, "upstream failed");
+            ApiError::BadGateway(match status {
+                Some(s) => format!("the upstream failed (status {s})"),
+                None => "the upstream could not be reached".into(),
+            })
+        }
+        UpstreamError::CircuitOpen(target) => ApiError::degraded(
+            "the upstream is failing; retry shortly",
+            format!("circuit open for {target}"),
+        ),
+        UpstreamError::Timeout => {
+            ApiError::GatewayTimeout("the upstream did not answer in time".into())
+        }
+    }
+}
