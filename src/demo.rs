@@ -177,7 +177,7 @@ pub async fn seed(app: &AppState, addr: SocketAddr) -> Result<Seeded, String> {
         },
     )
     .await
-    .map_err(err)?;
+    .map_err(|e| format!("demo seed: {e}"))?;
     let operator_password = if addr.ip().is_loopback() {
         operator(app).await?
     } else {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::actors::{ChildBook, ChildPage, Exit, Gate, Handle, Held, Probe};
+use crate::actors::{ChildBook, ChildPage, Exit, Handle, Held, Probe, Traffic};
 
 const CLOSED: u8 = 0;
 const CLOSED_FAILING: u8 = 1;
@@ -91,6 +91,8 @@ pub enum BreakerMsg {
     /// Does nothing (applies an injected fault at once).
     Poke,
 }
+
+impl Traffic for BreakerMsg {}
 
 pub type BreakerRef = ActorRef<BreakerMsg>;
 
@@ -197,11 +199,13 @@ impl Actor for BreakerActor {
         msg: BreakerMsg,
         s: &mut BreakerStateData,
     ) -> Result<(), ActorProcessingErr> {
-        let target = &s.target;
-        if let Gate::Swallow = s.probe.gate(|| format!("upstream:{target}"), true).await {
-            s.held.hold(msg);
+        let Some(msg) = s
+            .probe
+            .pass(|| format!("upstream:{}", s.target), &mut s.held, msg)
+            .await
+        else {
             return Ok(());
-        }
+        };
         match msg {
             BreakerMsg::Poke => {}
             BreakerMsg::Permit(reply) => {
@@ -292,6 +296,8 @@ pub enum UpstreamsMsg {
     Poke,
 }
 
+impl Traffic for UpstreamsMsg {}
+
 pub type UpstreamsRef = ActorRef<UpstreamsMsg>;
 
 impl UpstreamSupervisor {
@@ -360,10 +366,14 @@ impl Actor for UpstreamSupervisor {
         msg: UpstreamsMsg,
         state: &mut UpstreamsState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Gate::Swallow = state.args.probe.gate(|| "upstreams", true).await {
-            state.held.hold(msg);
+        let Some(msg) = state
+            .args
+            .probe
+            .pass(|| "upstreams", &mut state.held, msg)
+            .await
+        else {
             return Ok(());
-        }
+        };
         match msg {
             UpstreamsMsg::Poke => {}
             UpstreamsMsg::Children {

@@ -15,7 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sqlx::PgPool;
 
 use super::balances::{BalanceDirectory, BalanceMsg};
-use super::{Gate, Held, Probe};
+use super::{Held, Probe, Traffic};
 use crate::db;
 use crate::journal::{EntryData, Journal};
 
@@ -118,6 +118,12 @@ pub enum LedgerMsg {
     Stats(RpcReplyPort<LedgerStats>),
     /// Does nothing (applies an injected fault at once).
     Poke,
+}
+
+impl Traffic for LedgerMsg {
+    fn is_external(&self) -> bool {
+        !matches!(self, Self::Kick | Self::Flush | Self::Done(..))
+    }
 }
 
 pub type LedgerRef = ActorRef<LedgerMsg>;
@@ -263,21 +269,14 @@ impl Actor for LedgerWriter {
         msg: LedgerMsg,
         state: &mut LedgerState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Gate::Swallow = state
+        let Some(msg) = state
             .args
             .probe
-            .gate(
-                || "ledger",
-                !matches!(
-                    msg,
-                    LedgerMsg::Kick | LedgerMsg::Flush | LedgerMsg::Done(..)
-                ),
-            )
+            .pass(|| "ledger", &mut state.held, msg)
             .await
-        {
-            state.held.hold(msg);
+        else {
             return Ok(());
-        }
+        };
         match msg {
             LedgerMsg::Kick => {
                 if state.flushing.contains(&false) && state.args.journal.depth() > 0 {

@@ -17,13 +17,15 @@
 
 pub mod balances;
 pub mod breaker;
+pub mod client;
 pub mod config;
 pub mod keys;
 pub mod ledger;
 pub mod probe;
 pub mod root;
+pub mod tree;
 
-pub use probe::{Fault, Faults, Gate, Handle, Held, Live, Probe, quiet_injected_panics};
+pub use probe::{Fault, Faults, Handle, Held, Live, Probe, Traffic, quiet_injected_panics};
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;

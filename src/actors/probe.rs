@@ -138,6 +138,28 @@ impl Probe {
         self.sent.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// The fault gate, the first thing every actor's `handle` does: applies injected
+    /// faults to `msg` and returns it to be handled, or `None` when an injected `drop`
+    /// swallowed it. A swallowed message is held (not dropped), so whoever waits for its
+    /// reply waits as for a message lost in transit: until its timeout.
+    pub async fn pass<M: Traffic, S: std::fmt::Display>(
+        &self,
+        actor: impl FnOnce() -> S,
+        held: &mut Held<M>,
+        msg: M,
+    ) -> Option<M> {
+        if msg.keeps_alive() {
+            self.touch();
+        }
+        match self.gate(actor, msg.is_external()).await {
+            Gate::Handle => Some(msg),
+            Gate::Swallow => {
+                held.hold(msg);
+                None
+            }
+        }
+    }
+
     /// Called by the actor at the start of each message: applies injected faults.
     /// `counted`: the message came through a [`Handle`] (not a timer or the actor's own
     /// task), so it counts against the backlog.
@@ -236,6 +258,20 @@ impl<M> Held<M> {
         self.0
             .retain(|(at, _)| at.elapsed() < Duration::from_secs(60));
         self.0.push((Instant::now(), msg));
+    }
+}
+
+/// What the fault gate needs to know of a message.
+pub trait Traffic {
+    /// Sent through a [`Handle`] by someone else (not a timer or the actor's own task's
+    /// result): counted against the backlog, and the kind of message a `drop` loses.
+    fn is_external(&self) -> bool {
+        true
+    }
+
+    /// Real use: the actor is not idle (passivation waits).
+    fn keeps_alive(&self) -> bool {
+        false
     }
 }
 

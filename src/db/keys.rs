@@ -6,6 +6,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use super::DbError;
 use crate::auth::{KeyHash, Role};
 
 /// A key as the key actor needs it (also the value cached in Redis, without the hash,
@@ -81,7 +82,7 @@ pub struct NewKey<'a> {
 
 /// Creates a key with `data.create_virtual_key`; returns its id and the plaintext, which
 /// the caller shows once and forgets.
-pub async fn create(pool: &PgPool, key: NewKey<'_>) -> Result<(Uuid, String), sqlx::Error> {
+pub async fn create(pool: &PgPool, key: NewKey<'_>) -> Result<(Uuid, String), DbError> {
     let mut tx = pool.begin().await?;
     let plaintext: String =
         sqlx::query_scalar("SELECT data.create_virtual_key($1, $2, $3, $4, $5, $6, NULL, 'vk')")
@@ -253,7 +254,13 @@ pub enum KeyChangeError {
     #[error("{0}")]
     Locked(&'static str),
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for KeyChangeError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e.into())
+    }
 }
 
 /// A key's limits as stored, with the role that set them.
@@ -316,7 +323,7 @@ pub async fn update(
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let current = current.ok_or(sqlx::Error::RowNotFound)?;
+    let current = current.ok_or(DbError::NotFound)?;
     let lower = by.rank() < role(&current.set_by)?.rank();
     if lower {
         c.only_tightens(&current).map_err(KeyChangeError::Locked)?;
@@ -362,7 +369,7 @@ pub async fn set_active(
     .fetch_optional(&mut *tx)
     .await?;
     let Some((is_active, set_by)) = row else {
-        return Err(sqlx::Error::RowNotFound.into());
+        return Err(DbError::NotFound.into());
     };
     let set_by_higher = by.rank() < role(&set_by)?.rank();
     if active && !is_active && set_by_higher {
@@ -395,10 +402,12 @@ pub async fn set_active(
 }
 
 /// Gives the key a new secret; returns the new plaintext, shown once.
-pub async fn rotate(pool: &PgPool, id: Uuid, reason: Option<&str>) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar("SELECT data.rotate_virtual_key_by_id($1, $2)")
-        .bind(id)
-        .bind(reason)
-        .fetch_one(pool)
-        .await
+pub async fn rotate(pool: &PgPool, id: Uuid, reason: Option<&str>) -> Result<String, DbError> {
+    Ok(
+        sqlx::query_scalar("SELECT data.rotate_virtual_key_by_id($1, $2)")
+            .bind(id)
+            .bind(reason)
+            .fetch_one(pool)
+            .await?,
+    )
 }

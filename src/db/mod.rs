@@ -1,8 +1,9 @@
 //! PostgreSQL access: small async functions, one file per aggregate. SQL is never built
-//! with `format!`; constraint violations are mapped to typed errors by the callers.
+//! with `format!`; SQLSTATEs are mapped to a [`DbError`] here, never above.
 
 pub mod codes;
 pub mod config;
+mod error;
 pub mod keys;
 pub mod ledger;
 pub mod portkey;
@@ -16,6 +17,8 @@ use std::time::Duration;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
+
+pub use error::DbError;
 
 /// Creates the database if it is missing.
 pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {

@@ -6,6 +6,8 @@ use serde_json::Value;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use super::DbError;
+
 /// A stored config. `config_json` is returned with platform keys redacted.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PortkeyRow {
@@ -71,8 +73,8 @@ pub struct NewConfig<'a> {
     pub by: Uuid,
 }
 
-pub async fn create(pool: &PgPool, c: NewConfig<'_>) -> Result<Uuid, sqlx::Error> {
-    sqlx::query_scalar("SELECT data.create_portkey_config($1, $2, $3, $4, $5, $6, $7)")
+pub async fn create(pool: &PgPool, c: NewConfig<'_>) -> Result<Uuid, DbError> {
+    let id = sqlx::query_scalar("SELECT data.create_portkey_config($1, $2, $3, $4, $5, $6, $7)")
         .bind(c.tenant_id)
         .bind(c.user_id)
         .bind(c.name)
@@ -81,7 +83,8 @@ pub async fn create(pool: &PgPool, c: NewConfig<'_>) -> Result<Uuid, sqlx::Error
         .bind(c.notes)
         .bind(c.by)
         .fetch_one(pool)
-        .await
+        .await?;
+    Ok(id)
 }
 
 pub async fn update(
@@ -91,7 +94,7 @@ pub async fn update(
     effective_from: Option<DateTime<Utc>>,
     notes: Option<&str>,
     by: Uuid,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), DbError> {
     sqlx::query("SELECT data.update_portkey_config($1, $2, $3, $4, $5)")
         .bind(id)
         .bind(json)
@@ -109,7 +112,7 @@ pub async fn set_active(
     active: bool,
     reason: Option<&str>,
     by: Uuid,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), DbError> {
     let sql = if active {
         "SELECT data.activate_portkey_config($1, $2, $3)"
     } else {

@@ -18,12 +18,6 @@ use crate::db::users::Profile;
 use crate::plan::Plan;
 use crate::state::AppState;
 
-async fn reload(app: &AppState) -> Result<(), ApiError> {
-    app.reload_config()
-        .await
-        .map_err(|e| ApiError::degraded("saved, but the configuration reload failed", e))
-}
-
 fn check_name(value: &str, what: &str) -> Result<(), ApiError> {
     let ok = (1..=128).contains(&value.len())
         && value
@@ -110,7 +104,7 @@ pub async fn put_rate(
         ));
     }
     db::config::upsert_rate(&app.pool, &body.provider, &body.model, &rate).await?;
-    reload(&app).await?;
+    super::reload(&app).await?;
     Ok(axum::Json(rate_view(&body.provider, &body.model, &rate)))
 }
 
@@ -242,7 +236,7 @@ pub async fn put_model_config(
         ));
     }
     db::config::upsert_model_config(&app.pool, &body.model, &plan, limits).await?;
-    reload(&app).await?;
+    super::reload(&app).await?;
     let tokens = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok());
     Ok(axum::Json(ModelConfigView {
         model: body.model,
@@ -327,7 +321,7 @@ pub async fn update_user(
     if !db::users::update_user(&app.pool, user_id, body.role, markup).await? {
         return Err(access::user_not_found());
     }
-    reload(&app).await?;
+    super::reload(&app).await?;
     db::users::get_profile(&app.pool, user_id)
         .await?
         .map(axum::Json)

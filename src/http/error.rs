@@ -6,9 +6,28 @@
 
 use std::time::Duration;
 
-use super::types::{ErrorBody, ErrorDetail};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::db::DbError;
+
+/// Every error: `{"error": {"message", "type", "code"}}`, as OpenAI shapes it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `insufficient_quota`,
+    /// `permission_error`, `not_found_error`, `rate_limit_error` or `api_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub code: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -173,15 +192,23 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut => Self::Unavailable("database busy, retry".into()),
-            e @ (sqlx::Error::PoolClosed | sqlx::Error::Io(_)) => {
+            DbError::Busy => Self::Unavailable("database busy, retry".into()),
+            DbError::Unavailable(e) => {
                 Self::degraded("the database is unavailable; retry shortly", e)
             }
-            other => Self::Internal(format!("database: {other}")),
+            // Where a handler expects neither, a missing row or a refused argument is a
+            // broken invariant: logged, never described to the client.
+            other => Self::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        DbError::from(e).into()
     }
 }
 

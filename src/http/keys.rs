@@ -14,8 +14,8 @@ use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody, MaybeJson};
 use super::types::{ErrorBody, some};
 use crate::auth::KeyHash;
-use crate::db;
 use crate::db::keys::{KeyChanges, KeySummary};
+use crate::db::{self, DbError};
 use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -98,13 +98,11 @@ fn key_change_error(e: db::keys::KeyChangeError) -> ApiError {
 }
 
 /// Maps errors of the key functions: a vanished key is 404, a refused argument 400.
-fn key_sql_error(e: sqlx::Error) -> ApiError {
-    if matches!(e, sqlx::Error::RowNotFound) || db::is_code(&e, "P0002") {
-        not_found()
-    } else if db::is_code(&e, "22023") {
-        ApiError::bad_request("invalid key settings")
-    } else {
-        e.into()
+fn key_sql_error(e: DbError) -> ApiError {
+    match e {
+        DbError::NotFound => not_found(),
+        DbError::Invalid(_) => ApiError::bad_request("invalid key settings"),
+        e => e.into(),
     }
 }
 

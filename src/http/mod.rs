@@ -151,3 +151,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(observe::layer))
         .with_state(state)
 }
+
+/// Rebuilds the routing snapshot after a change an API call saved, so that the next call
+/// sees it; the change itself is saved even when this fails.
+async fn reload(app: &AppState) -> Result<(), ApiError> {
+    app.reload_config()
+        .await
+        .map_err(|e| ApiError::degraded("saved, but the configuration reload failed", e))
+}

@@ -140,7 +140,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     if let Some(st) = app.keys.stats().await {
         let backlog = app
             .keys
-            .directory
+            .directory()
             .iter()
             .map(|h| h.probe.stats().backlog)
             .sum();
@@ -149,7 +149,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     if let Some(st) = app.balances.stats().await {
         let backlog = app
             .balances
-            .directory
+            .directory()
             .iter()
             .map(|h| h.probe.stats().backlog)
             .sum();

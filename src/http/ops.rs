@@ -5,10 +5,7 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::response::Html;
-use futures::future::join_all;
-use ractor::ActorStatus;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -20,105 +17,9 @@ use crate::actors::breaker::{BreakerMsg, UpstreamsMsg};
 use crate::actors::config::ConfigMsg;
 use crate::actors::keys::{KeyMsg, KeysMsg};
 use crate::actors::ledger::LedgerMsg;
-use crate::actors::root::RootMsg;
-use crate::actors::{ChildPage, Fault, Handle, Probe};
+use crate::actors::tree::{self, Node};
+use crate::actors::{Fault, Handle, Probe};
 use crate::state::AppState;
-
-const SUMMARY_MS: u64 = 500;
-
-fn status(s: ActorStatus) -> &'static str {
-    match s {
-        ActorStatus::Unstarted => "unstarted",
-        ActorStatus::Starting => "starting",
-        ActorStatus::Running => "running",
-        ActorStatus::Upgrading => "upgrading",
-        ActorStatus::Draining => "draining",
-        ActorStatus::Stopping => "stopping",
-        ActorStatus::Stopped => "stopped",
-    }
-}
-
-/// One actor in the tree.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Node {
-    /// The registry name (`config`, `keys`, `key:<id>`, `balance:<user_id>`, ...).
-    pub name: String,
-    /// `running`, `stopped`, ... or `restarting` while its supervisor restarts it.
-    pub status: String,
-    pub restarts: u32,
-    pub uptime_secs: Option<f64>,
-    pub messages_handled: Option<u64>,
-    /// Messages sent to it and not yet handled.
-    pub backlog: Option<u64>,
-    pub faults_injected: Option<u64>,
-    pub last_failure: Option<String>,
-    /// What the actor holds: a key's rpm/tpm headroom, a balance, the journal depth, ...
-    #[schema(value_type = Object)]
-    pub state: Value,
-    /// How many children it has (the page below may show fewer).
-    pub children_total: usize,
-    #[schema(no_recursion)]
-    pub children: Vec<Node>,
-}
-
-fn node<M: ractor::Message>(
-    name: &str,
-    handle: Option<&Handle<M>>,
-    restarts: u32,
-    last_failure: Option<String>,
-    state: Value,
-) -> Node {
-    let stats = handle.map(|h| h.probe.stats());
-    Node {
-        name: name.to_owned(),
-        status: handle
-            .map_or("restarting", |h| status(h.get_status()))
-            .to_owned(),
-        restarts,
-        uptime_secs: stats.map(|s| (s.uptime_secs * 10.0).round() / 10.0),
-        messages_handled: stats.map(|s| s.messages_handled),
-        backlog: stats.map(|s| s.backlog),
-        faults_injected: stats.map(|s| s.faults_injected),
-        last_failure,
-        state,
-        children_total: 0,
-        children: Vec::new(),
-    }
-}
-
-/// Asks an actor for a JSON summary, without waiting long.
-async fn summary<M: ractor::Message, R: Serialize + Send + 'static>(
-    handle: &Handle<M>,
-    make: impl FnOnce(ractor::RpcReplyPort<R>) -> M,
-) -> Value {
-    match handle
-        .call(make, Some(Duration::from_millis(SUMMARY_MS)))
-        .await
-    {
-        Ok(ractor::rpc::CallResult::Success(v)) => serde_json::to_value(v).unwrap_or(Value::Null),
-        _ => json!({"unavailable": "no answer within 500 ms"}),
-    }
-}
-
-async fn children<M: ractor::Message, R: Serialize + Send + 'static>(
-    page: ChildPage<M>,
-    make: impl Fn(ractor::RpcReplyPort<R>) -> M + Copy,
-) -> (usize, Vec<Node>) {
-    let nodes = page.children.into_iter().map(|c| async move {
-        let state = match &c.handle {
-            Some(h) => summary(h, make).await,
-            None => Value::Null,
-        };
-        node(
-            &c.name,
-            c.handle.as_ref(),
-            c.restarts,
-            c.last_failure,
-            state,
-        )
-    });
-    (page.total, join_all(nodes).await)
-}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -128,121 +29,6 @@ pub struct TreeQuery {
     pub limit: Option<usize>,
     /// Children skipped per supervisor (default 0), to page through large trees.
     pub offset: Option<usize>,
-}
-
-/// Builds the live tree.
-pub async fn tree(app: &AppState, limit: usize, offset: usize) -> Result<Node, ApiError> {
-    let t = &app.tree;
-    let records = ractor::call_t!(app.root, RootMsg::Children, 1_000)
-        .map_err(|e| ApiError::degraded("the actor tree did not answer", e))?;
-    let record = |name: &str| {
-        records
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, r)| (r.restarts, r.last_failure.clone()))
-            .unwrap_or((0, None))
-    };
-    let ms = SUMMARY_MS;
-
-    let config = t.config.get();
-    let (r, f) = record("config");
-    let config_node = node(
-        "config",
-        Some(&config),
-        r,
-        f,
-        summary(&config, ConfigMsg::Stats).await,
-    );
-
-    let keys = t.keys.get();
-    let (r, f) = record("keys");
-    let mut keys_node = node(
-        "keys",
-        Some(&keys),
-        r,
-        f,
-        summary(&keys, KeysMsg::Stats).await,
-    );
-    if let Ok(page) = ractor::call_t!(
-        keys,
-        |reply| KeysMsg::Children {
-            offset,
-            limit,
-            reply
-        },
-        ms
-    ) {
-        (keys_node.children_total, keys_node.children) = children(page, KeyMsg::Summary).await;
-    }
-
-    let balances = t.balances.get();
-    let (r, f) = record("balances");
-    let mut balances_node = node(
-        "balances",
-        Some(&balances),
-        r,
-        f,
-        summary(&balances, BalancesMsg::Stats).await,
-    );
-    if let Ok(page) = ractor::call_t!(
-        balances,
-        |reply| BalancesMsg::Children {
-            offset,
-            limit,
-            reply
-        },
-        ms
-    ) {
-        (balances_node.children_total, balances_node.children) =
-            children(page, |reply| BalanceMsg::Get { reply }).await;
-    }
-
-    let ledger = t.ledger.get();
-    let (r, f) = record("ledger");
-    let ledger_node = node(
-        "ledger",
-        Some(&ledger),
-        r,
-        f,
-        summary(&ledger, LedgerMsg::Stats).await,
-    );
-
-    let upstreams = t.upstreams.get();
-    let (r, f) = record("upstreams");
-    let mut upstreams_node = node("upstreams", Some(&upstreams), r, f, Value::Null);
-    if let Ok(page) = ractor::call_t!(
-        upstreams,
-        |reply| UpstreamsMsg::Children {
-            offset,
-            limit,
-            reply
-        },
-        ms
-    ) {
-        (upstreams_node.children_total, upstreams_node.children) =
-            children(page, BreakerMsg::View).await;
-    }
-
-    let kids = vec![
-        config_node,
-        keys_node,
-        balances_node,
-        ledger_node,
-        upstreams_node,
-    ];
-    Ok(Node {
-        name: "neuropia".into(),
-        status: status(app.root.get_status()).into(),
-        restarts: 0,
-        uptime_secs: Some((app.started.elapsed().as_secs_f64() * 10.0).round() / 10.0),
-        messages_handled: None,
-        backlog: None,
-        faults_injected: None,
-        last_failure: None,
-        state: json!({"journal_depth": app.journal.depth()}),
-        children_total: kids.len(),
-        children: kids,
-    })
 }
 
 /// The live supervision tree (platform admin).
@@ -261,7 +47,17 @@ pub async fn actors(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
     }
-    Ok(axum::Json(tree(&app, limit, q.offset.unwrap_or(0)).await?))
+    let tree = tree::render(
+        &app.root,
+        &app.tree,
+        app.started.elapsed(),
+        app.journal.depth(),
+        limit,
+        q.offset.unwrap_or(0),
+    )
+    .await
+    .map_err(|e| ApiError::degraded("the actor tree did not answer", e))?;
+    Ok(axum::Json(tree))
 }
 
 /// An HTML page that draws the tree and refreshes itself (it asks for a platform admin's

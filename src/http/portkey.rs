@@ -14,8 +14,8 @@ use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody, MaybeJson};
 use super::keys::Reason;
 use super::types::{ErrorBody, query};
-use crate::db;
 use crate::db::portkey::PortkeyRow;
+use crate::db::{self, DbError};
 use crate::plan::Plan;
 use crate::state::AppState;
 
@@ -23,32 +23,18 @@ fn not_found() -> ApiError {
     ApiError::NotFound("portkey config not found".into())
 }
 
-fn sql_error(e: sqlx::Error) -> ApiError {
-    if db::is_code(&e, "P0002") {
-        ApiError::NotFound("portkey config, user or tenant not found".into())
-    } else if db::is_code(&e, "22023") {
-        // The config functions' own refusals are worth repeating; nothing else is.
-        const OURS: [&str; 3] = [
-            "the user is not in this tenant",
-            "a config needs a tenant or a user",
-            "config_json must be an object",
-        ];
-        let said = e.as_database_error().map(|d| d.message().to_owned());
-        ApiError::bad_request(match said {
-            Some(m) if OURS.contains(&m.as_str()) => m,
-            _ => "invalid config".into(),
-        })
-    } else if db::is_code(&e, "23503") {
-        ApiError::NotFound("tenant or user not found".into())
-    } else {
-        e.into()
+fn sql_error(e: DbError) -> ApiError {
+    // The config functions' own refusals are worth repeating; nothing else is.
+    const OURS: [&str; 3] = [
+        "the user is not in this tenant",
+        "a config needs a tenant or a user",
+        "config_json must be an object",
+    ];
+    match e {
+        DbError::NotFound => ApiError::NotFound("portkey config, user or tenant not found".into()),
+        DbError::Invalid(_) => ApiError::bad_request(e.said(&OURS).unwrap_or("invalid config")),
+        e => e.into(),
     }
-}
-
-async fn reload(app: &AppState) -> Result<(), ApiError> {
-    app.reload_config()
-        .await
-        .map_err(|e| ApiError::degraded("saved, but the configuration reload failed", e))
 }
 
 fn check_plan(app: &AppState, config: &Value) -> Result<(), ApiError> {
@@ -112,7 +98,7 @@ pub async fn create(
     )
     .await
     .map_err(sql_error)?;
-    reload(&app).await?;
+    super::reload(&app).await?;
     let row = db::portkey::get(&app.pool, id)
         .await?
         .ok_or_else(not_found)?;
@@ -207,7 +193,7 @@ pub async fn update(
     )
     .await
     .map_err(sql_error)?;
-    reload(&app).await?;
+    super::reload(&app).await?;
     db::portkey::get(&app.pool, id)
         .await?
         .map(axum::Json)
@@ -226,7 +212,7 @@ async fn set_active(
     db::portkey::set_active(&app.pool, id, active, reason.as_deref(), caller.id())
         .await
         .map_err(sql_error)?;
-    reload(&app).await?;
+    super::reload(&app).await?;
     db::portkey::get(&app.pool, id)
         .await?
         .map(axum::Json)

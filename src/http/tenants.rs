@@ -20,12 +20,6 @@ use crate::db::usage::Scope;
 use crate::db::users::Profile;
 use crate::state::AppState;
 
-async fn reload(app: &AppState) -> Result<(), ApiError> {
-    app.reload_config()
-        .await
-        .map_err(|e| ApiError::degraded("saved, but the configuration reload failed", e))
-}
-
 fn tenant_error(e: TenantError) -> ApiError {
     match e {
         TenantError::NameTaken => ApiError::Conflict("a tenant with this name exists".into()),
@@ -110,7 +104,7 @@ pub async fn create(
     let tenant = db::tenants::create(&app.pool, settings)
         .await
         .map_err(tenant_error)?;
-    reload(&app).await?;
+    super::reload(&app).await?;
     Ok((StatusCode::CREATED, axum::Json(tenant)))
 }
 
@@ -192,7 +186,7 @@ pub async fn update(
         .await
         .map_err(tenant_error)?
         .ok_or_else(access::tenant_not_found)?;
-    reload(&app).await?;
+    super::reload(&app).await?;
     Ok(axum::Json(tenant))
 }
 

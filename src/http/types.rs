@@ -1,25 +1,11 @@
-//! Shapes shared by many endpoints: the error body, paging, optional-field helpers.
+//! Shapes shared by many endpoints: the error body (from [`super::error`]), paging,
+//! optional-field helpers.
 
-use serde::{Deserialize, Deserializer, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::{Deserialize, Deserializer};
+use utoipa::IntoParams;
 
 use super::error::ApiError;
-
-/// Every error: `{"error": {"message", "type", "code"}}`, as OpenAI shapes it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    pub message: String,
-    /// `invalid_request_error`, `authentication_error`, `insufficient_quota`,
-    /// `permission_error`, `not_found_error`, `rate_limit_error` or `api_error`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub code: Option<String>,
-}
+pub use super::error::{ErrorBody, ErrorDetail};
 
 /// Offset paging.
 #[derive(Debug, Deserialize, IntoParams)]

@@ -14,7 +14,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::actors::{Gate, Held, Probe};
+use crate::actors::{Held, Probe, Traffic};
 use crate::billing::{AccountStatus, Decimal};
 use crate::db::ledger::BalanceAfter;
 use crate::db::users::StoredBalance;
@@ -161,6 +161,19 @@ pub enum BalanceMsg {
     Passivate,
     /// Does nothing (applies an injected fault at once).
     Poke,
+}
+
+impl Traffic for BalanceMsg {
+    fn is_external(&self) -> bool {
+        !matches!(self, Self::Passivate)
+    }
+
+    fn keeps_alive(&self) -> bool {
+        matches!(
+            self,
+            Self::Reserve { .. } | Self::Release { .. } | Self::Settle { .. } | Self::Credit { .. }
+        )
+    }
 }
 
 pub type BalanceRef = ActorRef<BalanceMsg>;
@@ -398,24 +411,13 @@ impl Actor for BalanceActor {
         state: &mut BalanceState,
     ) -> Result<(), ActorProcessingErr> {
         let user_id = state.user_id;
-        let counted = !matches!(msg, BalanceMsg::Passivate);
-        if matches!(
-            msg,
-            BalanceMsg::Reserve { .. }
-                | BalanceMsg::Release { .. }
-                | BalanceMsg::Settle { .. }
-                | BalanceMsg::Credit { .. }
-        ) {
-            state.probe.touch();
-        }
-        if let Gate::Swallow = state
+        let Some(msg) = state
             .probe
-            .gate(|| format!("balance:{user_id}"), counted)
+            .pass(|| format!("balance:{user_id}"), &mut state.held, msg)
             .await
-        {
-            state.held.hold(msg);
+        else {
             return Ok(());
-        }
+        };
         match msg {
             BalanceMsg::Reserve {
                 request_id,

@@ -25,7 +25,10 @@ pub use balance::{
 };
 
 use super::Live;
-use super::{ChildBook, ChildPage, Exit, Gate, Handle, Held, Probe, ResolveError, SupervisorStats};
+use super::client::{CallError, Children, ResolveMsg};
+use super::{
+    ChildBook, ChildPage, Exit, Handle, Held, Probe, ResolveError, SupervisorStats, Traffic,
+};
 use crate::billing::Decimal;
 use crate::db;
 use crate::journal::{EntryKind, Journal};
@@ -88,6 +91,12 @@ pub enum BalancesMsg {
     Sweep,
     /// Does nothing (applies an injected fault at once).
     Poke,
+}
+
+impl Traffic for BalancesMsg {
+    fn is_external(&self) -> bool {
+        !matches!(self, Self::Loaded { .. } | Self::Sweep)
+    }
 }
 
 pub type BalancesRef = ActorRef<BalancesMsg>;
@@ -176,18 +185,14 @@ impl Actor for BalanceSupervisor {
         msg: BalancesMsg,
         state: &mut BalancesState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Gate::Swallow = state
+        let Some(msg) = state
             .args
             .probe
-            .gate(
-                || "balances",
-                !matches!(msg, BalancesMsg::Loaded { .. } | BalancesMsg::Sweep),
-            )
+            .pass(|| "balances", &mut state.held, msg)
             .await
-        {
-            state.held.hold(msg);
+        else {
             return Ok(());
-        }
+        };
         match msg {
             BalancesMsg::Poke => {}
             BalancesMsg::Sweep => {
@@ -301,64 +306,54 @@ pub enum BalanceError {
 /// The request path's handle on the balance actors.
 #[derive(Clone)]
 pub struct Balances {
-    pub supervisor: Live<BalancesMsg>,
-    pub directory: BalanceDirectory,
-    pub timeout: Duration,
+    children: Children<Uuid, BalanceMsg, BalancesMsg>,
     /// With several instances: every instance's open reservations, in Redis.
     pub shared: Option<crate::reservations::GlobalReservations>,
 }
 
+fn balance_error(e: CallError) -> BalanceError {
+    match e {
+        CallError::NotFound => BalanceError::UnknownUser,
+        CallError::Unavailable(e) => BalanceError::Unavailable(e),
+    }
+}
+
 impl Balances {
-    fn ms(&self) -> u64 {
-        self.timeout.as_millis() as u64
+    pub fn new(
+        supervisor: Live<BalancesMsg>,
+        directory: BalanceDirectory,
+        timeout: Duration,
+        shared: Option<crate::reservations::GlobalReservations>,
+    ) -> Self {
+        let resolve: ResolveMsg<Uuid, BalanceMsg, BalancesMsg> =
+            |user_id, reply| BalancesMsg::Resolve { user_id, reply };
+        Self {
+            children: Children::new("balance", supervisor, directory, timeout, resolve),
+            shared,
+        }
+    }
+
+    /// The live balance actors, by user id.
+    pub fn directory(&self) -> &BalanceDirectory {
+        &self.children.directory
     }
 
     /// The user's live actor (spawning it if needed).
     pub async fn handle(&self, user_id: Uuid) -> Result<BalanceHandle, BalanceError> {
-        if let Some(r) = self.directory.get(&user_id) {
-            return Ok(r.clone());
-        }
-        let supervisor = self.supervisor.get();
-        match ractor::call_t!(
-            supervisor,
-            |reply| BalancesMsg::Resolve { user_id, reply },
-            self.ms()
-        ) {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(ResolveError::NotFound)) => Err(BalanceError::UnknownUser),
-            Ok(Err(ResolveError::Unavailable(e))) => Err(BalanceError::Unavailable(e)),
-            Err(e) => Err(BalanceError::Unavailable(format!(
-                "balances supervisor: {e}"
-            ))),
-        }
+        self.children.resolve(user_id).await.map_err(balance_error)
     }
 
-    /// Calls the user's actor, resolving it again (the supervisor restarts it) when the
-    /// actor died under the call. `make` builds the message for each attempt.
     async fn call<T: Send + 'static>(
         &self,
         user_id: Uuid,
         attempts: u32,
-        mut make: impl FnMut(RpcReplyPort<T>) -> BalanceMsg,
+        make: impl FnMut(RpcReplyPort<T>) -> BalanceMsg,
     ) -> Result<T, BalanceError> {
-        let mut last = String::new();
-        for attempt in 0..attempts {
-            let actor = self.handle(user_id).await?;
-            match actor.call(&mut make, Some(self.timeout)).await {
-                Ok(ractor::rpc::CallResult::Success(v)) => return Ok(v),
-                Ok(ractor::rpc::CallResult::Timeout) => {
-                    return Err(BalanceError::Unavailable("balance actor timed out".into()));
-                }
-                Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
-                    self.directory
-                        .remove_if(&user_id, |_, r| r.get_id() == actor.get_id());
-                    last = format!("balance:{user_id} died");
-                    let backoff = Duration::from_millis(2u64 << attempt.min(8));
-                    tokio::time::sleep(backoff).await;
-                }
-            }
-        }
-        Err(BalanceError::Unavailable(last))
+        self.children
+            .call(user_id, attempts, make)
+            .await
+            .map(|(answer, _)| answer)
+            .map_err(balance_error)
     }
 
     /// Reserves `amount` for a call: on the user's actor, then (with several instances)
@@ -411,7 +406,7 @@ impl Balances {
     }
 
     fn release_here(&self, user_id: Uuid, request_id: Uuid) {
-        if let Some(r) = self.directory.get(&user_id) {
+        if let Some(r) = self.children.directory.get(&user_id) {
             let _ = r.cast(BalanceMsg::Release { request_id });
         }
     }
@@ -487,7 +482,7 @@ impl Balances {
     }
 
     pub async fn stats(&self) -> Option<SupervisorStats> {
-        let supervisor = self.supervisor.get();
+        let supervisor = self.children.supervisor();
         ractor::call_t!(supervisor, BalancesMsg::Stats, 1_000).ok()
     }
 }

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use super::Live;
 use super::balances::{BalanceDirectory, BalanceMsg};
 use super::keys::KeysMsg;
-use super::{Gate, Held, Probe};
+use super::{Held, Probe, Traffic};
 use crate::auth::KeyHash;
 use crate::cache::Cache;
 use crate::config::Secret;
@@ -120,6 +120,15 @@ pub enum ConfigMsg {
     DropListener,
     /// Does nothing (applies an injected fault at once).
     Poke,
+}
+
+impl Traffic for ConfigMsg {
+    fn is_external(&self) -> bool {
+        matches!(
+            self,
+            Self::Reload(_) | Self::Stats(_) | Self::DropListener | Self::Poke
+        )
+    }
 }
 
 pub type ConfigRef = ActorRef<ConfigMsg>;
@@ -380,14 +389,14 @@ impl Actor for ConfigActor {
         msg: ConfigMsg,
         state: &mut ConfigState,
     ) -> Result<(), ActorProcessingErr> {
-        let counted = matches!(
-            msg,
-            ConfigMsg::Reload(_) | ConfigMsg::Stats(_) | ConfigMsg::DropListener | ConfigMsg::Poke
-        );
-        if let Gate::Swallow = state.args.probe.gate(|| "config", counted).await {
-            state.held.hold(msg);
+        let Some(msg) = state
+            .args
+            .probe
+            .pass(|| "config", &mut state.held, msg)
+            .await
+        else {
             return Ok(());
-        }
+        };
         match msg {
             ConfigMsg::Poke => {}
             ConfigMsg::DropListener => {

@@ -5,8 +5,8 @@ use std::time::Duration;
 use ractor::RpcReplyPort;
 
 use super::{Admission, Denied, KeyDirectory, KeyHandle, KeyMsg, KeyView, KeysMsg};
-use crate::actors::Live;
-use crate::actors::{ResolveError, SupervisorStats};
+use crate::actors::client::{CallError, Children, ResolveMsg};
+use crate::actors::{Live, SupervisorStats};
 use crate::auth::KeyHash;
 use crate::db::keys::KeyRecord;
 use crate::ratelimit::{GlobalLimiter, Verdict};
@@ -75,63 +75,60 @@ impl Checked {
 /// The request path's handle on the key actors.
 #[derive(Clone)]
 pub struct Keys {
-    pub supervisor: Live<KeysMsg>,
-    pub directory: KeyDirectory,
-    pub timeout: Duration,
+    children: Children<KeyHash, KeyMsg, KeysMsg>,
     /// With `RATE_LIMIT_BACKEND=redis`: where rpm and tpm are counted.
     pub limiter: Option<GlobalLimiter>,
 }
 
+/// How many times a call follows a key actor that stops under it.
+const ATTEMPTS: u32 = 3;
+
+fn admit_error(e: CallError) -> AdmitError {
+    match e {
+        CallError::NotFound => AdmitError::UnknownKey,
+        CallError::Unavailable(e) => AdmitError::Unavailable(e),
+    }
+}
+
 impl Keys {
+    pub fn new(
+        supervisor: Live<KeysMsg>,
+        directory: KeyDirectory,
+        timeout: Duration,
+        limiter: Option<GlobalLimiter>,
+    ) -> Self {
+        let resolve: ResolveMsg<KeyHash, KeyMsg, KeysMsg> =
+            |hash, reply| KeysMsg::Resolve { hash, reply };
+        Self {
+            children: Children::new("key", supervisor, directory, timeout, resolve),
+            limiter,
+        }
+    }
+
+    /// The live key actors, by key hash.
+    pub fn directory(&self) -> &KeyDirectory {
+        &self.children.directory
+    }
+
     async fn resolve(&self, hash: KeyHash) -> Result<KeyHandle, AdmitError> {
-        if let Some(r) = self.directory.get(&hash) {
-            return Ok(r.clone());
-        }
-        let ms = self.timeout.as_millis() as u64;
-        let supervisor = self.supervisor.get();
-        match ractor::call_t!(supervisor, |reply| KeysMsg::Resolve { hash, reply }, ms) {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(ResolveError::NotFound)) => Err(AdmitError::UnknownKey),
-            Ok(Err(ResolveError::Unavailable(e))) => Err(AdmitError::Unavailable(e)),
-            Err(e) => Err(AdmitError::Unavailable(format!("keys supervisor: {e}"))),
-        }
+        self.children.resolve(hash).await.map_err(admit_error)
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        hash: KeyHash,
+        make: impl FnMut(RpcReplyPort<T>) -> KeyMsg,
+    ) -> Result<(T, KeyHandle), AdmitError> {
+        self.children
+            .call(hash, ATTEMPTS, make)
+            .await
+            .map_err(admit_error)
     }
 
     /// Succeeds when a key with this hash exists (active or not): the first check of a
     /// call, made before its body is read. Costs no message for a key in use.
     pub async fn known(&self, hash: KeyHash) -> Result<(), AdmitError> {
         self.resolve(hash).await.map(|_| ())
-    }
-
-    /// Calls the key's actor, resolving the key again when the actor stopped under the
-    /// call (it crashed and its supervisor restarts it, or it passivated). `make` builds
-    /// the message for each attempt.
-    async fn call<T: Send + 'static>(
-        &self,
-        hash: KeyHash,
-        mut make: impl FnMut(RpcReplyPort<T>) -> KeyMsg,
-    ) -> Result<(T, KeyHandle), AdmitError> {
-        let ms = self.timeout.as_millis() as u64;
-        let mut last = String::new();
-        for attempt in 0..3 {
-            let key = self.resolve(hash).await?;
-            match ractor::call_t!(key, &mut make, ms) {
-                Ok(answer) => return Ok((answer, key)),
-                Err(ractor::RactorErr::Timeout) => {
-                    return Err(AdmitError::Unavailable("key actor timed out".into()));
-                }
-                Err(e) => {
-                    // The actor is gone: drop it from the directory and resolve again.
-                    self.directory
-                        .remove_if(&hash, |_, r| r.get_id() == key.get_id());
-                    last = e.to_string();
-                    tokio::time::sleep(Duration::from_millis(2 << attempt)).await;
-                }
-            }
-        }
-        Err(AdmitError::Unavailable(format!(
-            "key actor unavailable: {last}"
-        )))
     }
 
     /// The key actor's part of an admission: the active flag, the allow-list, and (unless
@@ -224,7 +221,7 @@ impl Keys {
     }
 
     pub async fn stats(&self) -> Option<SupervisorStats> {
-        let supervisor = self.supervisor.get();
+        let supervisor = self.children.supervisor();
         ractor::call_t!(supervisor, KeysMsg::Stats, 1_000).ok()
     }
 
@@ -235,7 +232,7 @@ impl Keys {
         old_hash: Option<KeyHash>,
         record: Option<KeyRecord>,
     ) -> Result<(), String> {
-        let supervisor = self.supervisor.get();
+        let supervisor = self.children.supervisor();
         ractor::call_t!(
             supervisor,
             |reply| KeysMsg::Changed {
@@ -243,7 +240,7 @@ impl Keys {
                 record,
                 reply: Some(reply)
             },
-            self.timeout.as_millis() as u64
+            self.children.timeout().as_millis() as u64
         )
         .map_err(|e| format!("keys supervisor: {e}"))
     }

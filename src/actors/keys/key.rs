@@ -16,7 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use uuid::Uuid;
 
 use super::window::TokenWindow;
-use crate::actors::{Gate, Held, Probe};
+use crate::actors::{Held, Probe, Traffic};
 use crate::db::keys::KeyRecord;
 use std::sync::Arc;
 
@@ -109,6 +109,19 @@ pub struct KeyView {
     pub user_id: Uuid,
     pub is_active: bool,
     pub allowed_models: Vec<String>,
+}
+
+impl Traffic for KeyMsg {
+    fn is_external(&self) -> bool {
+        !matches!(self, Self::Passivate)
+    }
+
+    fn keeps_alive(&self) -> bool {
+        matches!(
+            self,
+            Self::Admit { .. } | Self::Record { .. } | Self::Describe { .. }
+        )
+    }
 }
 
 pub type KeyRef = ActorRef<KeyMsg>;
@@ -284,17 +297,13 @@ impl Actor for KeyActor {
         state: &mut KeyState,
     ) -> Result<(), ActorProcessingErr> {
         let key_id = state.record.id;
-        let counted = !matches!(msg, KeyMsg::Passivate);
-        if matches!(
-            msg,
-            KeyMsg::Admit { .. } | KeyMsg::Record { .. } | KeyMsg::Describe { .. }
-        ) {
-            state.probe.touch();
-        }
-        if let Gate::Swallow = state.probe.gate(|| format!("key:{key_id}"), counted).await {
-            state.held.hold(msg);
+        let Some(msg) = state
+            .probe
+            .pass(|| format!("key:{key_id}"), &mut state.held, msg)
+            .await
+        else {
             return Ok(());
-        }
+        };
         match msg {
             KeyMsg::Admit {
                 model,

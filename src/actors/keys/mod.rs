@@ -29,7 +29,9 @@ pub use facade::{AdmitError, Admitted, Checked, Keys};
 pub use key::{Admission, Denied, KeyActor, KeyArgs, KeyMsg, KeyRef, KeyView};
 pub use window::TokenWindow;
 
-use super::{ChildBook, ChildPage, Exit, Gate, Handle, Held, Probe, ResolveError, SupervisorStats};
+use super::{
+    ChildBook, ChildPage, Exit, Handle, Held, Probe, ResolveError, SupervisorStats, Traffic,
+};
 use crate::auth::KeyHash;
 use crate::cache::Cache;
 use crate::db;
@@ -115,6 +117,12 @@ pub enum KeysMsg {
     Sweep,
     /// Does nothing (applies an injected fault at once).
     Poke,
+}
+
+impl Traffic for KeysMsg {
+    fn is_external(&self) -> bool {
+        !matches!(self, Self::Loaded { .. } | Self::Refreshed(_) | Self::Sweep)
+    }
 }
 
 pub type KeysRef = ActorRef<KeysMsg>;
@@ -322,21 +330,9 @@ impl Actor for KeySupervisor {
         msg: KeysMsg,
         state: &mut KeysState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Gate::Swallow = state
-            .args
-            .probe
-            .gate(
-                || "keys",
-                !matches!(
-                    msg,
-                    KeysMsg::Loaded { .. } | KeysMsg::Refreshed(_) | KeysMsg::Sweep
-                ),
-            )
-            .await
-        {
-            state.held.hold(msg);
+        let Some(msg) = state.args.probe.pass(|| "keys", &mut state.held, msg).await else {
             return Ok(());
-        }
+        };
         match msg {
             KeysMsg::Poke => {}
             KeysMsg::Sweep => {
