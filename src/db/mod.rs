@@ -62,3 +62,6 @@ pub fn is_code(err: &sqlx::Error, code: &str) -> bool {
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     is_code(err, "23505")
 }
+
+#[cfg(test)]
+mod tests;
