@@ -64,9 +64,7 @@ async fn funded(
 ) -> (uuid::Uuid, String) {
     app.route_to_mock("qwen-turbo", mock, rates.0, rates.1)
         .await;
-    let (user, token) = app.register(email).await;
-    app.top_up(user, balance).await;
-    let key = app.create_key(&token, user, json!({"name": "k"})).await;
+    let Customer { user, key, .. } = app.customer(email, balance, json!({"name": "k"})).await;
     (user, key)
 }
 
@@ -394,9 +392,9 @@ async fn secrets_stay_where_they_belong() {
     .unwrap();
     strict.state.reload_config().await.unwrap();
     strict.set_rate("openai", "sneaky", "0", "0").await;
-    let (user, token) = strict.register("sneaky@abuse.test").await;
-    strict.top_up(user, "10").await;
-    let key = strict.create_key(&token, user, json!({"name": "k"})).await;
+    let Customer { key, .. } = strict
+        .customer("sneaky@abuse.test", "10", json!({"name": "k"}))
+        .await;
     let r = strict.chat(&key, &chat_body("sneaky")).await;
     assert_eq!(r.status(), 502);
     assert_eq!(mock.calls(), 0, "nothing reached the private host");

@@ -6,8 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use common::*;
 use neuropia::billing::Decimal;
@@ -43,21 +42,21 @@ async fn strict_durability_loses_no_answered_call_to_kill_9() {
     let key = api.create_key(&token, user, json!({"name": "k9"})).await;
 
     // 32 clients call in a loop; the gateway is killed while they do.
-    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Load::default());
     let workers: Vec<_> = (0..32)
         .map(|_| {
             call_until_stopped(
                 api.client.clone(),
                 format!("{base}/v1/chat/completions"),
                 key.clone(),
-                stop.clone(),
+                load.clone(),
             )
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    load.serves(200, "calls served before the kill").await;
     gateway.start_kill().unwrap(); // SIGKILL
     gateway.wait().await.unwrap();
-    stop.store(true, Ordering::SeqCst);
+    load.stop.store(true, Ordering::SeqCst);
     let mut answered = HashSet::new();
     for w in workers {
         answered.extend(w.await.unwrap());

@@ -42,10 +42,8 @@ async fn key_changes_made_in_sql_reach_a_busy_gateway() {
     let app = TestApp::spawn().await;
     app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
         .await;
-    let (user, token) = app.register("sql-keys@example.com").await;
-    app.top_up(user, "1000").await;
-    let key = app
-        .create_key(&token, user, json!({"name": "target"}))
+    let Customer { user, token, key } = app
+        .customer("sql-keys@example.com", "1000", json!({"name": "target"}))
         .await;
     let busy = app
         .create_key(&token, user, json!({"name": "traffic"}))
@@ -440,9 +438,9 @@ async fn the_listener_recovers_from_a_terminated_connection() {
     let app = TestApp::spawn().await;
     app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
         .await;
-    let (user, token) = app.register("listener@example.com").await;
-    app.top_up(user, "100").await;
-    let key = app.create_key(&token, user, json!({"name": "k"})).await;
+    let Customer { key, .. } = app
+        .customer("listener@example.com", "100", json!({"name": "k"}))
+        .await;
     assert_eq!(chat_status(&app, &key, "qwen-turbo").await, 200);
     eventually(5, "listener up", || async {
         health(&app).await["config"]["listener_connected"] == true
@@ -501,9 +499,9 @@ async fn unreadable_notifications_reload_instead_of_crashing() {
     let app = TestApp::spawn().await;
     app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
         .await;
-    let (user, token) = app.register("noise@example.com").await;
-    app.top_up(user, "100").await;
-    let key = app.create_key(&token, user, json!({"name": "k"})).await;
+    let Customer { key, .. } = app
+        .customer("noise@example.com", "100", json!({"name": "k"}))
+        .await;
     eventually(5, "listener up", || async {
         health(&app).await["config"]["listener_connected"] == true
     })
@@ -559,10 +557,8 @@ async fn the_redis_cache_serves_cold_keys_and_survives_redis_going_away() {
     let app = TestApp::spawn_on(&db, with_redis).await;
     app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
         .await;
-    let (user, token) = app.register("cache@example.com").await;
-    app.top_up(user, "100").await;
-    let key = app
-        .create_key(&token, user, json!({"name": "cached"}))
+    let Customer { user, token, key } = app
+        .customer("cache@example.com", "100", json!({"name": "cached"}))
         .await;
     let hash = KeyHash::of(&key).to_hex();
     eventually(5, "cache up", || async {
@@ -659,9 +655,9 @@ async fn a_gateway_started_while_redis_is_down_gets_its_cache_when_redis_answers
     .await;
     app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
         .await;
-    let (user, token) = app.register("late-redis@example.com").await;
-    app.top_up(user, "10").await;
-    let key = app.create_key(&token, user, json!({"name": "k"})).await;
+    let Customer { key, .. } = app
+        .customer("late-redis@example.com", "10", json!({"name": "k"}))
+        .await;
     // Served from PostgreSQL meanwhile; the cache is configured but not up.
     assert_eq!(chat_status(&app, &key, "qwen-turbo").await, 200);
     let h = health(&app).await;

@@ -166,11 +166,13 @@ async fn a_burst_of_300_on_a_key_funded_for_50_charges_every_served_call_once() 
 async fn rpm_30_under_100_concurrent_calls_serves_exactly_30() {
     let mock = mock_upstream().await;
     let app = priced_app(&mock).await;
-    let (user, token) = app.register("rpm@example.com").await;
-    let key = app
-        .create_key(&token, user, json!({"name": "rpm", "rate_limit_rpm": 30}))
+    let Customer { user, key, .. } = app
+        .customer(
+            "rpm@example.com",
+            "1000",
+            json!({"name": "rpm", "rate_limit_rpm": 30}),
+        )
         .await;
-    app.top_up(user, "1000").await;
 
     let results = burst(&app, &key, "qwen-turbo", 100).await;
     let ok = results.iter().filter(|(s, _, _)| *s == 200).count();
@@ -195,9 +197,9 @@ async fn a_balance_actor_panicking_mid_burst_is_restarted_and_money_stays_exact(
         .delay_ms
         .store(5, std::sync::atomic::Ordering::SeqCst);
     let app = priced_app(&mock).await;
-    let (user, token) = app.register("crash@example.com").await;
-    let key = app.create_key(&token, user, json!({"name": "crash"})).await;
-    app.top_up(user, "1000").await;
+    let Customer { user, key, .. } = app
+        .customer("crash@example.com", "1000", json!({"name": "crash"}))
+        .await;
 
     let fault = json!({"actor": format!("balance:{user}"), "fault": "panic"});
     let faults = async {
@@ -274,9 +276,9 @@ async fn many_users_bursting_at_once_are_each_charged_exactly_across_ledger_lane
     );
     let mut users = Vec::new();
     for i in 0..12 {
-        let (user, token) = app.register(&format!("lanes{i}@example.com")).await;
-        app.top_up(user, "10").await;
-        let key = app.create_key(&token, user, json!({"name": "l"})).await;
+        let Customer { user, key, .. } = app
+            .customer(&format!("lanes{i}@example.com"), "10", json!({"name": "l"}))
+            .await;
         users.push((user, key));
     }
     // 12 users x 25 calls, all at once: their charges spread over the lanes, which commit

@@ -53,10 +53,12 @@ async fn the_tree_shows_every_actor_with_its_state_and_pages_large_supervisors()
         .await;
     let mut users = Vec::new();
     for i in 0..3 {
-        let (user, token) = app.register(&format!("tree{i}@example.com")).await;
-        app.top_up(user, "10").await;
-        let key = app
-            .create_key(&token, user, json!({"name": "t", "rate_limit_rpm": 100}))
+        let Customer { user, token, key } = app
+            .customer(
+                &format!("tree{i}@example.com"),
+                "10",
+                json!({"name": "t", "rate_limit_rpm": 100}),
+            )
             .await;
         assert_eq!(app.chat(&key, &chat_body("qwen-turbo")).await.status(), 200);
         users.push((user, token, key));
@@ -213,9 +215,9 @@ async fn each_fault_kind_does_what_it_says() {
     let app = TestApp::spawn_with(|c| c.actor_timeout_ms = 400).await;
     app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
         .await;
-    let (user, token) = app.register("faults@example.com").await;
-    app.top_up(user, "10").await;
-    let key = app.create_key(&token, user, json!({"name": "f"})).await;
+    let Customer { user, key, .. } = app
+        .customer("faults@example.com", "10", json!({"name": "f"}))
+        .await;
     let body = chat_body("qwen-turbo");
     assert_eq!(app.chat(&key, &body).await.status(), 200);
     let kid = key_id(&app, user).await;
@@ -405,10 +407,12 @@ async fn metrics_request_ids_and_server_timing() {
     let app = TestApp::spawn().await;
     app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
         .await;
-    let (user, token) = app.register("metrics@example.com").await;
-    app.top_up(user, "10").await;
-    let key = app
-        .create_key(&token, user, json!({"name": "m", "rate_limit_rpm": 2}))
+    let Customer { user, token, key } = app
+        .customer(
+            "metrics@example.com",
+            "10",
+            json!({"name": "m", "rate_limit_rpm": 2}),
+        )
         .await;
 
     let r = app.chat(&key, &chat_body("qwen-turbo")).await;

@@ -85,9 +85,9 @@ async fn plans_run_through_the_real_portkey_gateway() {
     app.set_rate("openai", "first-model", "0.1", "0.1").await;
     app.set_rate("openai", "second-model", "0.001", "0.002")
         .await;
-    let (user, token) = app.register("portkey@example.com").await;
-    app.top_up(user, "10").await;
-    let key = app.create_key(&token, user, json!({"name": "pk"})).await;
+    let Customer { user, key, .. } = app
+        .customer("portkey@example.com", "10", json!({"name": "pk"}))
+        .await;
 
     let r = app.chat(&key, &chat_body("via-portkey")).await;
     assert_eq!(r.status(), 200);

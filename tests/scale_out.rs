@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashSet;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -195,9 +195,13 @@ async fn three_instances_share_limits_money_and_revocation() {
     let c = Cluster::start().await;
     let a = &c.apis[0];
     a.route_to_mock("qwen-turbo", &mock, "0.001", "0.002").await;
-    let (user, token) = a.register("scale@example.com").await;
-    a.top_up(user, "100").await;
-    let unlimited = a.create_key(&token, user, json!({"name": "plain"})).await;
+    let Customer {
+        user,
+        token,
+        key: unlimited,
+    } = a
+        .customer("scale@example.com", "100", json!({"name": "plain"}))
+        .await;
     // The routing reached every instance (config_update NOTIFY).
     for api in &c.apis {
         eventually(5, "model routed on every instance", || async {
@@ -369,7 +373,7 @@ async fn three_instances_share_limits_money_and_revocation() {
     }
 
     // 5. One instance killed under load: the others keep serving, nothing answered is lost.
-    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Load::default());
     let workers: Vec<_> = (0..24)
         .map(|w| {
             let api = &c.apis[w % INSTANCES];
@@ -377,23 +381,23 @@ async fn three_instances_share_limits_money_and_revocation() {
                 api.client.clone(),
                 api.url("/v1/chat/completions"),
                 unlimited.clone(),
-                stop.clone(),
+                load.clone(),
             );
             (w % INSTANCES, answered)
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    load.serves(100, "calls served before the kill").await;
     let rows_before = money(&mut pg, user).await.2;
     let mut victim = c.take(2);
     victim.start_kill().unwrap(); // SIGKILL
     victim.wait().await.unwrap();
     let killed_at = Instant::now();
     // The survivors keep serving.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    load.serves(100, "calls served after the kill").await;
     for i in 0..2 {
         assert_eq!(chat_status(&c.apis[i], &unlimited).await, StatusCode::OK);
     }
-    stop.store(true, Ordering::SeqCst);
+    load.stop.store(true, Ordering::SeqCst);
     let mut answered = HashSet::new();
     let mut per_instance = [0usize; INSTANCES];
     for (i, worker) in workers {
@@ -424,9 +428,13 @@ async fn without_redis_each_instance_enforces_its_share_until_redis_is_back() {
     let mut c = Cluster::start().await;
     let a = &c.apis[0];
     a.route_to_mock("qwen-turbo", &mock, "0.001", "0.002").await;
-    let (user, token) = a.register("fallback@example.com").await;
-    a.top_up(user, "100").await;
-    let probe = a.create_key(&token, user, json!({"name": "probe"})).await;
+    let Customer {
+        user,
+        token,
+        key: probe,
+    } = a
+        .customer("fallback@example.com", "100", json!({"name": "probe"}))
+        .await;
     for api in &c.apis {
         eventually(5, "model routed on every instance", || async {
             chat_status(api, &probe).await == StatusCode::OK
@@ -563,10 +571,12 @@ async fn a_redis_cluster_holds_the_limits_and_the_cache() {
     .await;
     app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
         .await;
-    let (user, token) = app.register("cluster@example.com").await;
-    app.top_up(user, "100").await;
-    let key = app
-        .create_key(&token, user, json!({"name": "rpm30", "rate_limit_rpm": 30}))
+    let Customer { key, .. } = app
+        .customer(
+            "cluster@example.com",
+            "100",
+            json!({"name": "rpm30", "rate_limit_rpm": 30}),
+        )
         .await;
     let apis = [Api::connect(app.base.clone()).await];
     let per = burst(&apis, &key, 60).await;
@@ -711,6 +721,9 @@ async fn shared_reservations_count_every_instance_and_expire_when_their_instance
     assert_eq!(reserve(&a, r3, "0.3", "0.4", 2).await, Shared::Refused);
     // ...and when B dies with r2 open, r2 expires and the refusal path drops it.
     drop(b);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(reserve(&a, r3, "0.3", "0.4", 2).await, Shared::Reserved);
+    let a = &a;
+    eventually(5, "B's reservation expired", || async move {
+        reserve(a, r3, "0.3", "0.4", 2).await == Shared::Reserved
+    })
+    .await;
 }

@@ -14,9 +14,9 @@ async fn the_official_openai_python_sdk_works_unchanged() {
     let app = TestApp::spawn().await;
     app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
         .await;
-    let (user, token) = app.register("sdk@example.com").await;
-    app.top_up(user, "10").await;
-    let key = app.create_key(&token, user, json!({"name": "sdk"})).await;
+    let Customer { user, key, .. } = app
+        .customer("sdk@example.com", "10", json!({"name": "sdk"}))
+        .await;
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk.py");
     let out = tokio::process::Command::new(&python)

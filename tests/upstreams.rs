@@ -60,9 +60,7 @@ async fn wait_rows(
 }
 
 async fn funded(app: &TestApp, email: &str) -> (Uuid, String) {
-    let (user, token) = app.register(email).await;
-    app.top_up(user, "100").await;
-    let key = app.create_key(&token, user, json!({"name": "k"})).await;
+    let Customer { user, key, .. } = app.customer(email, "100", json!({"name": "k"})).await;
     (user, key)
 }
 

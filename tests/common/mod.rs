@@ -54,6 +54,26 @@ where
     panic!("{what}: not within {secs} s");
 }
 
+/// Clients calling in a loop ([`call_until_stopped`]): how many calls they were served,
+/// and the flag that stops them.
+#[derive(Default)]
+pub struct Load {
+    pub stop: AtomicBool,
+    pub served: std::sync::atomic::AtomicUsize,
+}
+
+impl Load {
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `more` calls were served after this one (the load is really running).
+    pub async fn serves(&self, more: usize, what: &str) {
+        let target = self.served() + more;
+        eventually(30, what, || async move { self.served() >= target }).await;
+    }
+}
+
 /// The request ids of `user`'s usage rows: the calls billed.
 pub async fn billed_request_ids(
     conn: &mut PgConnection,
@@ -74,11 +94,11 @@ pub fn call_until_stopped(
     client: reqwest::Client,
     url: String,
     key: String,
-    stop: Arc<AtomicBool>,
+    load: Arc<Load>,
 ) -> tokio::task::JoinHandle<Vec<String>> {
     tokio::spawn(async move {
         let mut answered = Vec::new();
-        while !stop.load(Ordering::SeqCst) {
+        while !load.stop.load(Ordering::SeqCst) {
             let sent = client
                 .post(&url)
                 .header("x-virtual-key", &key)
@@ -90,6 +110,7 @@ pub fn call_until_stopped(
             // The response reached the client only once its body did.
             if r.status() == 200 && r.bytes().await.is_ok() {
                 answered.push(id.unwrap().to_str().unwrap().to_owned());
+                load.served.fetch_add(1, Ordering::SeqCst);
             }
         }
         answered
@@ -441,6 +462,13 @@ pub async fn mock_upstream() -> MockUpstream {
 
 /// A gateway reached over HTTP, signed in as the platform admin: the one in this process
 /// ([`TestApp`] derefs to it) or one in a child process.
+/// A customer ready to call: registered, funded, with one key.
+pub struct Customer {
+    pub user: Uuid,
+    pub token: String,
+    pub key: String,
+}
+
 pub struct Api {
     pub base: String,
     pub client: reqwest::Client,
@@ -721,6 +749,14 @@ impl Api {
         assert_eq!(status, StatusCode::CREATED, "tenant user: {body}");
         let id = Uuid::parse_str(body["user_id"].as_str().unwrap()).unwrap();
         (id, self.login(email, USER_PASSWORD).await)
+    }
+
+    /// Registers `email`, tops it up with `funds` and gives it a key made of `key`.
+    pub async fn customer(&self, email: &str, funds: &str, key: Value) -> Customer {
+        let (user, token) = self.register(email).await;
+        self.top_up(user, funds).await;
+        let key = self.create_key(&token, user, key).await;
+        Customer { user, token, key }
     }
 
     pub async fn create_key(&self, token: &str, user_id: Uuid, body: Value) -> String {
