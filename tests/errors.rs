@@ -245,6 +245,35 @@ async fn call(
     r.send().await.unwrap()
 }
 
+/// One bad request and what it must get back.
+struct Case<'a> {
+    what: &'a str,
+    method: Method,
+    path: String,
+    token: &'a str,
+    body: Option<Value>,
+    status: u16,
+    code: &'a str,
+}
+
+fn case<'a>(
+    what: &'a str,
+    (method, path): (Method, &str),
+    token: &'a str,
+    body: Option<Value>,
+    (status, code): (u16, &'a str),
+) -> Case<'a> {
+    Case {
+        what,
+        method,
+        path: path.to_owned(),
+        token,
+        body,
+        status,
+        code,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn platform_errors_map_to_the_right_status() {
     let app = TestApp::spawn().await;
@@ -252,108 +281,211 @@ async fn platform_errors_map_to_the_right_status() {
     let (user, token) = app.register("bob@example.com").await;
     let (other, other_token) = app.register("carol@example.com").await;
 
-    // Registration and login.
-    let reg = |email: &str, password: &str| json!({"email": email, "password": password, "username": "x"});
-    let r = call(
-        &app,
-        Method::POST,
-        "/api/auth/register",
-        "",
-        Some(reg("bob@example.com", USER_PASSWORD)),
-    )
-    .await;
-    expect_error(r, 409, "conflict").await;
-    let r = call(
-        &app,
-        Method::POST,
-        "/api/auth/register",
-        "",
-        Some(reg("BOB@example.com", USER_PASSWORD)),
-    )
-    .await;
-    expect_error(r, 409, "conflict").await;
-    let r = call(
-        &app,
-        Method::POST,
-        "/api/auth/register",
-        "",
-        Some(reg("new@example.com", "short")),
-    )
-    .await;
-    expect_error(r, 400, "invalid_request").await;
-    let r = call(
-        &app,
-        Method::POST,
-        "/api/auth/register",
-        "",
-        Some(reg("not-an-email", USER_PASSWORD)),
-    )
-    .await;
-    expect_error(r, 400, "invalid_request").await;
-    let r = call(
-        &app,
-        Method::POST,
-        "/api/auth/register",
-        "",
-        Some(json!({"email": "x@y.z"})),
-    )
-    .await;
-    expect_error(r, 400, "invalid_request").await;
-    let r = call(
-        &app,
-        Method::POST,
-        "/api/auth/login",
-        "",
-        Some(json!({"email": "bob@example.com", "password": "wrong-password"})),
-    )
-    .await;
-    expect_error(r, 401, "invalid_api_key").await;
-    let r = call(
-        &app,
-        Method::POST,
-        "/api/auth/login",
-        "",
-        Some(json!({"email": "ghost@example.com", "password": USER_PASSWORD})),
-    )
-    .await;
-    expect_error(r, 401, "invalid_api_key").await;
-
-    // Tokens.
+    let reg = |email: &str, password: &str| {
+        Some(json!({"email": email, "password": password, "username": "x"}))
+    };
+    let login = |email: &str, password: &str| Some(json!({"email": email, "password": password}));
+    let one = || Some(json!({"amount": "1"}));
     let topup = format!("/api/users/{user}/topups");
-    expect_error(
-        call(&app, Method::POST, &topup, "", Some(json!({"amount": "1"}))).await,
-        401,
-        "invalid_api_key",
-    )
-    .await;
-    expect_error(
-        call(
-            &app,
-            Method::POST,
-            &topup,
-            "garbage",
-            Some(json!({"amount": "1"})),
-        )
-        .await,
-        401,
-        "invalid_api_key",
-    )
-    .await;
-    expect_error(
-        call(
-            &app,
-            Method::POST,
-            &topup,
-            &token,
-            Some(json!({"amount": "1"})),
-        )
-        .await,
-        403,
-        "permission_denied",
-    )
-    .await;
+    let elsewhere = format!("/api/users/{}/topups", Uuid::new_v4());
+    let keys_of_other = format!("/api/users/{other}/virtual-keys");
+    let balance_of_other = format!("/api/users/{other}/balance");
+    let no_tenant = format!("/api/admin/tenants/{}", Uuid::new_v4());
+    let default_tenant = format!("/api/admin/tenants/{}", neuropia::db::users::DEFAULT_TENANT);
+    let rate = |input: &str| {
+        Some(json!({"provider": "p", "model": "m", "input_rate": input, "output_rate": "0.1"}))
+    };
+    let fault = |actor: &str, fault: &str| Some(json!({"actor": actor, "fault": fault}));
+    let (post, get, put, patch) = (Method::POST, Method::GET, Method::PUT, Method::PATCH);
+    const BAD: (u16, &str) = (400, "invalid_request");
+    const UNAUTHENTICATED: (u16, &str) = (401, "invalid_api_key");
+    const FORBIDDEN: (u16, &str) = (403, "permission_denied");
+    const NOT_FOUND: (u16, &str) = (404, "not_found");
+    const CONFLICT: (u16, &str) = (409, "conflict");
 
-    // Amounts.
+    let mut cases = vec![
+        // Registration and login.
+        case(
+            "email taken",
+            (post.clone(), "/api/auth/register"),
+            "",
+            reg("bob@example.com", USER_PASSWORD),
+            CONFLICT,
+        ),
+        case(
+            "email taken, other case",
+            (post.clone(), "/api/auth/register"),
+            "",
+            reg("BOB@example.com", USER_PASSWORD),
+            CONFLICT,
+        ),
+        case(
+            "short password",
+            (post.clone(), "/api/auth/register"),
+            "",
+            reg("new@example.com", "short"),
+            BAD,
+        ),
+        case(
+            "not an email",
+            (post.clone(), "/api/auth/register"),
+            "",
+            reg("not-an-email", USER_PASSWORD),
+            BAD,
+        ),
+        case(
+            "fields missing",
+            (post.clone(), "/api/auth/register"),
+            "",
+            Some(json!({"email": "x@y.z"})),
+            BAD,
+        ),
+        case(
+            "wrong password",
+            (post.clone(), "/api/auth/login"),
+            "",
+            login("bob@example.com", "wrong-password"),
+            UNAUTHENTICATED,
+        ),
+        case(
+            "unknown email",
+            (post.clone(), "/api/auth/login"),
+            "",
+            login("ghost@example.com", USER_PASSWORD),
+            UNAUTHENTICATED,
+        ),
+        // Tokens.
+        case(
+            "no token",
+            (post.clone(), &topup),
+            "",
+            one(),
+            UNAUTHENTICATED,
+        ),
+        case(
+            "garbage token",
+            (post.clone(), &topup),
+            "garbage",
+            one(),
+            UNAUTHENTICATED,
+        ),
+        case(
+            "a user tops itself up",
+            (post.clone(), &topup),
+            &token,
+            one(),
+            FORBIDDEN,
+        ),
+        // Amounts and ids.
+        case(
+            "no such user",
+            (post.clone(), &elsewhere),
+            &admin,
+            one(),
+            NOT_FOUND,
+        ),
+        case(
+            "not a uuid",
+            (post.clone(), "/api/users/not-a-uuid/topups"),
+            &admin,
+            one(),
+            BAD,
+        ),
+        // Users reach only themselves.
+        case(
+            "another user's keys",
+            (post.clone(), &keys_of_other),
+            &token,
+            Some(json!({"name": "x"})),
+            NOT_FOUND,
+        ),
+        case(
+            "another user's balance",
+            (get.clone(), &balance_of_other),
+            &token,
+            None,
+            NOT_FOUND,
+        ),
+        case(
+            "rpm 0",
+            (post.clone(), &keys_of_other),
+            &other_token,
+            Some(json!({"name": "x", "rate_limit_rpm": 0})),
+            BAD,
+        ),
+        case(
+            "empty key name",
+            (post.clone(), &keys_of_other),
+            &other_token,
+            Some(json!({"name": ""})),
+            BAD,
+        ),
+        // Admin endpoints.
+        case(
+            "rates by a user",
+            (put.clone(), "/api/admin/provider-rates"),
+            &token,
+            rate("0.1"),
+            FORBIDDEN,
+        ),
+        case(
+            "negative rate",
+            (put.clone(), "/api/admin/provider-rates"),
+            &admin,
+            rate("-1"),
+            BAD,
+        ),
+        case(
+            "plan without targets",
+            (put.clone(), "/api/admin/model-configs"),
+            &admin,
+            Some(json!({"model": "m", "config": {"targets": []}})),
+            BAD,
+        ),
+        case(
+            "unknown provider",
+            (put.clone(), "/api/admin/model-configs"),
+            &admin,
+            Some(json!({"model": "m", "provider": "nowhere"})),
+            BAD,
+        ),
+        case(
+            "no such tenant",
+            (patch.clone(), &no_tenant),
+            &admin,
+            Some(json!({"markup_percent": "10"})),
+            NOT_FOUND,
+        ),
+        case(
+            "negative markup",
+            (patch, &default_tenant),
+            &admin,
+            Some(json!({"markup_percent": "-10"})),
+            BAD,
+        ),
+        // Faults.
+        case(
+            "no such actor",
+            (post.clone(), "/api/admin/faults"),
+            &admin,
+            fault("nobody", "panic"),
+            NOT_FOUND,
+        ),
+        case(
+            "no such fault",
+            (post.clone(), "/api/admin/faults"),
+            &admin,
+            fault("ledger", "explode"),
+            BAD,
+        ),
+        case(
+            "faults by a user",
+            (post.clone(), "/api/admin/faults"),
+            &token,
+            fault("ledger", "panic"),
+            FORBIDDEN,
+        ),
+    ];
     for bad in [
         json!("abc"),
         json!("-5"),
@@ -363,34 +495,28 @@ async fn platform_errors_map_to_the_right_status() {
         json!(true),
         json!("1e3"),
     ] {
-        let r = call(
-            &app,
-            Method::POST,
-            &topup,
+        cases.push(case(
+            "bad amount",
+            (post.clone(), &topup),
             &admin,
             Some(json!({"amount": bad})),
-        )
-        .await;
-        expect_error(r, 400, "invalid_request").await;
+            BAD,
+        ));
     }
-    let r = call(
-        &app,
-        Method::POST,
-        &format!("/api/users/{}/topups", Uuid::new_v4()),
-        &admin,
-        Some(json!({"amount": "1"})),
-    )
-    .await;
-    expect_error(r, 404, "not_found").await;
-    let r = call(
-        &app,
-        Method::POST,
-        "/api/users/not-a-uuid/topups",
-        &admin,
-        Some(json!({"amount": "1"})),
-    )
-    .await;
-    expect_error(r, 400, "invalid_request").await;
+    for c in cases {
+        let r = call(&app, c.method, &c.path, c.token, c.body.clone()).await;
+        let (status, body) = (r.status().as_u16(), r.json::<Value>().await.unwrap());
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (c.status, Some(c.code)),
+            "{}: {} {} {:?} -> {body}",
+            c.what,
+            c.path,
+            c.token.len(),
+            c.body
+        );
+        assert!(body["error"]["message"].is_string() && body["error"]["type"].is_string());
+    }
 
     // Idempotent top-ups: the same request_id credits once.
     let once = json!({"amount": 2.5, "request_id": "invoice-42"});
@@ -401,103 +527,6 @@ async fn platform_errors_map_to_the_right_status() {
     app.settle_journal().await;
     assert_eq!(app.db_balance(user).await, (d("2.5"), "active".to_owned()));
     assert_eq!(app.api_balance(user).await.0, d("2.5"));
-
-    // Users reach only themselves.
-    let keys_of_other = format!("/api/users/{other}/virtual-keys");
-    let r = call(
-        &app,
-        Method::POST,
-        &keys_of_other,
-        &token,
-        Some(json!({"name": "x"})),
-    )
-    .await;
-    expect_error(r, 404, "not_found").await;
-    let r = call(
-        &app,
-        Method::GET,
-        &format!("/api/users/{other}/balance"),
-        &token,
-        None,
-    )
-    .await;
-    expect_error(r, 404, "not_found").await;
-    let r = call(
-        &app,
-        Method::POST,
-        &keys_of_other,
-        &other_token,
-        Some(json!({"name": "x", "rate_limit_rpm": 0})),
-    )
-    .await;
-    expect_error(r, 400, "invalid_request").await;
-    let r = call(
-        &app,
-        Method::POST,
-        &keys_of_other,
-        &other_token,
-        Some(json!({"name": ""})),
-    )
-    .await;
-    expect_error(r, 400, "invalid_request").await;
-
-    // Admin endpoints.
-    let rate = json!({"provider": "p", "model": "m", "input_rate": "0.1", "output_rate": "0.1"});
-    let r = call(
-        &app,
-        Method::PUT,
-        "/api/admin/provider-rates",
-        &token,
-        Some(rate.clone()),
-    )
-    .await;
-    expect_error(r, 403, "permission_denied").await;
-    let bad_rate = json!({"provider": "p", "model": "m", "input_rate": "-1", "output_rate": "0.1"});
-    let r = call(
-        &app,
-        Method::PUT,
-        "/api/admin/provider-rates",
-        &admin,
-        Some(bad_rate),
-    )
-    .await;
-    expect_error(r, 400, "invalid_request").await;
-    let r = call(
-        &app,
-        Method::PUT,
-        "/api/admin/model-configs",
-        &admin,
-        Some(json!({"model": "m", "config": {"targets": []}})),
-    )
-    .await;
-    expect_error(r, 400, "invalid_request").await;
-    let r = call(
-        &app,
-        Method::PUT,
-        "/api/admin/model-configs",
-        &admin,
-        Some(json!({"model": "m", "provider": "nowhere"})),
-    )
-    .await;
-    expect_error(r, 400, "invalid_request").await;
-    let r = call(
-        &app,
-        Method::PATCH,
-        &format!("/api/admin/tenants/{}", Uuid::new_v4()),
-        &admin,
-        Some(json!({"markup_percent": "10"})),
-    )
-    .await;
-    expect_error(r, 404, "not_found").await;
-    let r = call(
-        &app,
-        Method::PATCH,
-        &format!("/api/admin/tenants/{}", neuropia::db::users::DEFAULT_TENANT),
-        &admin,
-        Some(json!({"markup_percent": "-10"})),
-    )
-    .await;
-    expect_error(r, 400, "invalid_request").await;
 
     // Platform keys given in a plan are never returned.
     let r = call(
@@ -515,43 +544,13 @@ async fn platform_errors_map_to_the_right_status() {
         !text.contains("sk-very-secret") && text.contains("***"),
         "{text}"
     );
-
-    // Faults.
-    let faults = "/api/admin/faults";
-    let r = call(
-        &app,
-        Method::POST,
-        faults,
-        &admin,
-        Some(json!({"actor": "nobody", "fault": "panic"})),
-    )
-    .await;
-    expect_error(r, 404, "not_found").await;
-    let r = call(
-        &app,
-        Method::POST,
-        faults,
-        &admin,
-        Some(json!({"actor": "ledger", "fault": "explode"})),
-    )
-    .await;
-    expect_error(r, 400, "invalid_request").await;
-    let r = call(
-        &app,
-        Method::POST,
-        faults,
-        &token,
-        Some(json!({"actor": "ledger", "fault": "panic"})),
-    )
-    .await;
-    expect_error(r, 403, "permission_denied").await;
     app.stop().await;
 
     let off = TestApp::spawn_with(|c| c.faults = false).await;
     let r = call(
         &off,
         Method::POST,
-        faults,
+        "/api/admin/faults",
         &off.admin_token,
         Some(json!({"actor": "ledger", "fault": "panic"})),
     )
