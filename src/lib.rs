@@ -4,31 +4,52 @@
 //! rpm/tpm, prepaid balance), routed to a provider by a Portkey-format plan, metered, and
 //! charged to the customer's balance in real time, exactly, with a markup.
 //!
-//! # Layout
+//! # The supervision tree ([`actors`])
 //!
-//! - [`config`]: the typed command line / environment ([`config::Config`]).
-//! - [`app`]: assembles the gateway ([`app::build`]) and serves it ([`app::serve`]).
-//! - [`actors`]: the supervision tree: root, `config`, `keys`/`key:<id>`,
-//!   `balances`/`balance:<user_id>`, `ledger`.
-//! - [`journal`]: the charge journal, which outlives any single actor's crash.
-//! - [`cache`]: the Redis cache (`virtual_key:{hash}`, `portkey_config:{id}`); never the
-//!   only copy of anything.
-//! - [`http`]: routes, extractors, the one error type, and the handlers.
-//! - [`db`]: PostgreSQL access, one file per aggregate; migrations live in `migrations/`.
-//! - [`upstream`]: routing plans (Portkey format) and the direct router; the `mock`
-//!   provider.
-//! - [`snapshot`]: the routing snapshot read lock-free on the hot path.
-//! - [`billing`]: money, prices, charges, the account status machine.
-//! - [`auth`]: passwords, JWTs, virtual-key hashes.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`throttle`]: sign-in and registration throttles per email and client address.
-//! - [`clientip`]: the client's address, behind trusted proxies too.
-//! - [`tokens`]: token counts and estimates (bounded, off the async workers when large).
-//! - [`ratelimit`]: global rpm/tpm in Redis for several instances (atomic script, fallback).
-//! - [`redis_conn`]: one Redis connection, single server or cluster.
-//! - [`reservations`]: reservations shared by several instances (Redis).
-//! - [`cli`]: commands that talk to a running gateway (`neuropia actors`).
-//! - [`demo`]: the demo tenant, user and key of `neuropia serve --demo`.
+//! ```text
+//! neuropia                 Root: owns the long-lived children, drains them on shutdown
+//! ├── config               ConfigActor: the routing snapshot, hot reload (LISTEN/NOTIFY)
+//! ├── keys                 KeySupervisor
+//! │   └── key:<key_id>     KeyActor: active flag, allow-list, rpm, tpm window
+//! ├── balances             BalanceSupervisor
+//! │   └── balance:<user>   BalanceActor: balance, status machine, reservations
+//! ├── ledger               LedgerWriter: drains the charge journal into PostgreSQL
+//! └── upstreams            UpstreamSupervisor
+//!     └── upstream:<target> BreakerActor: one circuit breaker per provider target
+//! ```
+//!
+//! # One paid call ([`call`])
+//!
+//! ```text
+//! http::chat      key known? (before the body is read) -> body -> call::Chat
+//! call::admit     snapshot (model, plan, price) -> prompt counted -> key actor (+ Redis)
+//!                 and balance actor reserve the worst case, side by side -> Hold
+//! call::run       upstream::Upstreams::execute: router (fallback, loadbalance, retries,
+//!                 breakers) over providers, or a Portkey gateway; one send path
+//! call::settle    exact charge -> balance actor -> journal -> ledger (PostgreSQL);
+//!                 tpm corrected; strict durability waits for the commit
+//! http::calls     the reply, whole or streamed; errors as OpenAI-shaped bodies
+//! ```
+//!
+//! # Layers (checked by `scripts/check-layers`; arrows only point down)
+//!
+//! - [`app`] assembles the gateway ([`app::build`]) and serves it ([`app::serve`]);
+//!   [`cli`] talks to a running one; [`demo`] seeds `serve --demo`.
+//! - [`http`]: routes, extractors, the one error type, the handlers, the server loop.
+//! - [`call`]: one paid call, admit -> run -> settle, generic over an operation.
+//! - [`state`]: [`state::AppState`], the handles every request shares.
+//! - [`upstream`]: the router, providers, the send path, Portkey mode, the `mock`.
+//! - [`actors`]: the supervision tree above, the child client, fault injection.
+//! - [`reservations`] (shared by instances, Redis), [`cache`] (Redis, never the only
+//!   copy), [`ratelimit`] (global rpm/tpm, Redis).
+//! - [`db`]: PostgreSQL, one file per aggregate, [`db::DbError`]; [`redis_conn`].
+//! - [`config`] (typed command line and environment), [`snapshot`] (the routing snapshot
+//!   read lock-free on the hot path).
+//! - [`auth`] (passwords, JWTs, key hashes), [`journal`] (the charge journal, which
+//!   outlives any actor's crash), [`plan`] (Portkey-format routing plans).
+//! - Leaves: [`billing`] (money, prices, the status machine), [`metrics`], [`tokens`]
+//!   (bounded token counts), [`throttle`] (sign-in and registration), [`clientip`],
+//!   [`address`] (private-address checks), [`secret`].
 
 pub mod actors;
 pub mod address;

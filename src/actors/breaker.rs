@@ -96,6 +96,16 @@ impl Traffic for BreakerMsg {}
 
 pub type BreakerRef = ActorRef<BreakerMsg>;
 
+impl BreakerActor {
+    pub async fn spawn(
+        args: BreakerArgs,
+        supervisor: ractor::ActorCell,
+    ) -> Result<BreakerRef, ractor::SpawnErr> {
+        let (r, _) = Actor::spawn_linked(None, BreakerActor, args, supervisor).await?;
+        Ok(r)
+    }
+}
+
 impl BreakerStateData {
     fn publish(&self) {
         let s = match (self.opened_at, self.probing, self.consecutive) {
@@ -323,9 +333,7 @@ async fn spawn_breaker(
         shared: shared.clone(),
         probe: probe.clone(),
     };
-    let (actor, _) = Actor::spawn_linked(None, BreakerActor, args, myself.get_cell())
-        .await
-        .ok()?;
+    let actor = BreakerActor::spawn(args, myself.get_cell()).await.ok()?;
     let breaker = Breaker {
         actor: Handle::new(actor, probe),
         shared,

@@ -7,8 +7,15 @@
 //! │   └── key:<key_id>     KeyActor: active flag, allow-list, rpm (governor), tpm window
 //! ├── balances             BalanceSupervisor
 //! │   └── balance:<user>   BalanceActor: balance, status machine, reservations
-//! └── ledger               LedgerWriter: drains the charge journal into PostgreSQL
+//! ├── ledger               LedgerWriter: drains the charge journal into PostgreSQL
+//! └── upstreams            UpstreamSupervisor ([`breaker`])
+//!     └── upstream:<target> BreakerActor: one circuit breaker per provider target
 //! ```
+//!
+//! Every actor file has the same shape: its `Args`, `State` and `Msg` (with a [`Traffic`]
+//! impl for the fault gate), a `spawn`, and `impl Actor` whose `handle` starts with
+//! [`Probe::pass`]. The request path reaches key and balance actors through
+//! [`client::Children`]; [`tree`] renders the live tree for operators.
 //!
 //! Names are Neuropia's own directory, not ractor's process-global registry: several
 //! gateways can then live in one process (the tests run many), and a supervisor's

@@ -178,6 +178,16 @@ impl Traffic for BalanceMsg {
 
 pub type BalanceRef = ActorRef<BalanceMsg>;
 
+impl BalanceActor {
+    pub async fn spawn(
+        args: BalanceArgs,
+        supervisor: ractor::ActorCell,
+    ) -> Result<BalanceRef, ractor::SpawnErr> {
+        let (r, _) = Actor::spawn_linked(None, BalanceActor, args, supervisor).await?;
+        Ok(r)
+    }
+}
+
 impl BalanceState {
     fn new(args: BalanceArgs) -> Self {
         let stored = args.loaded.stored;

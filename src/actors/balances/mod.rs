@@ -238,9 +238,8 @@ impl Actor for BalanceSupervisor {
                             journal_max: state.args.journal_max,
                             probe: probe.clone(),
                         };
-                        match Actor::spawn_linked(None, BalanceActor, args, myself.get_cell()).await
-                        {
-                            Ok((actor, _)) => {
+                        match BalanceActor::spawn(args, myself.get_cell()).await {
+                            Ok(actor) => {
                                 let child = Handle::new(actor, probe);
                                 let name = format!("balance:{user_id}");
                                 state.book.started(user_id, child.get_id(), name);

@@ -126,6 +126,16 @@ impl Traffic for KeyMsg {
 
 pub type KeyRef = ActorRef<KeyMsg>;
 
+impl KeyActor {
+    pub async fn spawn(
+        args: KeyArgs,
+        supervisor: ractor::ActorCell,
+    ) -> Result<KeyRef, ractor::SpawnErr> {
+        let (r, _) = Actor::spawn_linked(None, KeyActor, args, supervisor).await?;
+        Ok(r)
+    }
+}
+
 impl KeyView {
     /// Whether the key may call `model` at all (rate limits aside).
     pub fn permits(&self, model: &str) -> Result<(), Denied> {

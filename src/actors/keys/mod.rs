@@ -255,7 +255,7 @@ impl KeysState {
             record,
             probe: probe.clone(),
         };
-        let (actor, _) = Actor::spawn_linked(None, KeyActor, args, myself.get_cell())
+        let actor = KeyActor::spawn(args, myself.get_cell())
             .await
             .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
         let child = Handle::new(actor, probe);
