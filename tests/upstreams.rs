@@ -472,17 +472,25 @@ async fn a_failing_target_opens_its_circuit_and_costs_one_attempt() {
         })
         .expect("breaker");
     assert_eq!(slow_one["state"], "open", "{health}");
-    // After the cool-down one probe goes through; it fails, so the circuit opens again.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // After the cool-down one probe goes through (calls go to the second target until
+    // then); it fails, so the circuit opens again.
+    let probe_reaches = |calls: usize| {
+        let (app, key, slow) = (&app, &key, &slow);
+        async move {
+            eventually(10, "a probe after the cool-down", || async move {
+                assert_eq!(app.chat(key, &chat_body("guarded")).await.status(), 200);
+                assert!(slow.calls() <= calls, "one probe at a time");
+                slow.calls() == calls
+            })
+            .await;
+        }
+    };
+    probe_reaches(3).await;
     assert_eq!(app.chat(&key, &chat_body("guarded")).await.status(), 200);
-    assert_eq!(slow.calls(), 3, "one probe");
-    assert_eq!(app.chat(&key, &chat_body("guarded")).await.status(), 200);
-    assert_eq!(slow.calls(), 3);
+    assert_eq!(slow.calls(), 3, "open again after the failed probe");
     // Healthy again: the next probe closes it.
     slow.state.delay_ms.store(0, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(app.chat(&key, &chat_body("guarded")).await.status(), 200);
-    assert_eq!(slow.calls(), 4);
+    probe_reaches(4).await;
     assert_eq!(app.chat(&key, &chat_body("guarded")).await.status(), 200);
     assert_eq!(slow.calls(), 5, "closed: the first target serves again");
     // A single-target plan with an open circuit answers 503 at once.

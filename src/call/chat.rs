@@ -9,13 +9,20 @@ use crate::tokens;
 pub struct Chat {
     body: Map<String, Value>,
     request: ChatRequest,
+    /// The prompt's text size, measured once.
+    prompt_bytes: usize,
 }
 
 impl Chat {
     /// Checks the fields the gateway itself needs; the rest goes upstream as sent.
     pub fn parse(body: Map<String, Value>) -> Result<Self, CallError> {
         let request = check(&body)?;
-        Ok(Self { body, request })
+        let prompt_bytes = tokens::chat_prompt_bytes(&body);
+        Ok(Self {
+            body,
+            request,
+            prompt_bytes,
+        })
     }
 }
 
@@ -29,10 +36,13 @@ impl Operation for Chat {
     }
 
     fn prompt_bytes(&self) -> usize {
-        tokens::chat_prompt_bytes(&self.body)
+        self.prompt_bytes
     }
 
     async fn prompt_tokens(&self, image_tokens: u32) -> u32 {
+        if self.prompt_bytes <= tokens::INLINE_BYTES {
+            return tokens::chat_prompt(&self.body, image_tokens);
+        }
         tokens::chat_prompt_async(&self.body, image_tokens).await
     }
 
