@@ -13,6 +13,8 @@ use crate::state::AppState;
 pub const DEMO_EMAIL: &str = "demo@neuropia.local";
 pub const DEMO_PASSWORD: &str = "demo-password";
 pub const DEMO_MODEL: &str = "mock-small";
+/// The demo's embeddings model, on the built-in mock too.
+pub const DEMO_EMBED_MODEL: &str = "mock-embed";
 /// The demo's platform admin (an operator), made only on a loopback address, with a new
 /// password at every start.
 pub const DEMO_OPERATOR: &str = "operator@neuropia.local";
@@ -36,7 +38,11 @@ impl Seeded {
              curl -s http://{addr}/v1/chat/completions \\\n  \
              -H 'Content-Type: application/json' \\\n  \
              -H 'x-virtual-key: {key}' \\\n  \
-             -d '{{\"model\": \"{DEMO_MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello, Neuropia!\"}}]}}'\n",
+             -d '{{\"model\": \"{DEMO_MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello, Neuropia!\"}}]}}'\n\n\
+             curl -s http://{addr}/v1/embeddings \\\n  \
+             -H 'Content-Type: application/json' \\\n  \
+             -H 'x-virtual-key: {key}' \\\n  \
+             -d '{{\"model\": \"{DEMO_EMBED_MODEL}\", \"input\": \"Hello, Neuropia!\"}}'\n",
             user = self.user_id,
             balance = self.balance.normalize(),
             key = self.virtual_key,
@@ -106,17 +112,19 @@ pub async fn seed(app: &AppState, addr: SocketAddr) -> Result<Seeded, String> {
         output_rate: d("0.000002")?,
         currency: "USD".into(),
     };
-    db::config::upsert_rate(pool, "mock", DEMO_MODEL, &rate)
+    for model in [DEMO_MODEL, DEMO_EMBED_MODEL] {
+        db::config::upsert_rate(pool, "mock", model, &rate)
+            .await
+            .map_err(err)?;
+        db::config::upsert_model_config(
+            pool,
+            model,
+            &Plan::single("mock", model),
+            Default::default(),
+        )
         .await
         .map_err(err)?;
-    db::config::upsert_model_config(
-        pool,
-        DEMO_MODEL,
-        &Plan::single("mock", DEMO_MODEL),
-        Default::default(),
-    )
-    .await
-    .map_err(err)?;
+    }
     app.reload_config().await?;
 
     let user_id = match db::users::find_login(pool, DEMO_EMAIL).await.map_err(err)? {

@@ -36,7 +36,8 @@
 //! - [`app`] assembles the gateway ([`app::build`]) and serves it ([`app::serve`]);
 //!   [`cli`] talks to a running one; [`demo`] seeds `serve --demo`.
 //! - [`http`]: routes, extractors, the one error type, the handlers, the server loop.
-//! - [`call`]: one paid call, admit -> run -> settle, generic over an operation.
+//! - [`call`]: one paid call, admit -> run -> settle, generic over an operation (chat,
+//!   embeddings).
 //! - [`state`]: [`state::AppState`], the handles every request shares.
 //! - [`upstream`]: the router, providers, the send path, Portkey mode, the `mock`.
 //! - [`actors`]: the supervision tree above, the child client, fault injection.

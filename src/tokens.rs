@@ -162,6 +162,25 @@ fn text_bytes(v: &Value) -> usize {
     }
 }
 
+/// Tokens of an embeddings request's `input`: a string, an array of strings (each counted
+/// alone, as the provider embeds each alone), or token ids (an array of integers, or an
+/// array of such arrays), which count one each.
+pub fn embedding_input(input: &Value) -> u32 {
+    match input {
+        Value::String(s) => count(s),
+        Value::Number(_) => 1,
+        Value::Array(items) => items.iter().fold(0u32, |total, item| {
+            total.saturating_add(embedding_input(item))
+        }),
+        _ => 0,
+    }
+}
+
+/// About how many bytes of text [`embedding_input`] would count.
+pub fn embedding_bytes(input: &Value) -> usize {
+    text_bytes(input)
+}
+
 /// [`chat_prompt`], on the blocking pool when the request is large.
 pub async fn chat_prompt_async(body: &Map<String, Value>, per_part: u32) -> u32 {
     let bytes = chat_prompt_bytes(body);
@@ -173,6 +192,18 @@ pub async fn chat_prompt_async(body: &Map<String, Value>, per_part: u32) -> u32 
         .filter_map(|f| body.get(f).map(|v| (f.to_owned(), v.clone())))
         .collect();
     off_thread(move || chat_prompt(&owned, per_part))
+        .await
+        .unwrap_or_else(|| upper_bound(bytes))
+}
+
+/// [`embedding_input`], on the blocking pool when the input is large.
+pub async fn embedding_input_async(input: &Value) -> u32 {
+    let bytes = embedding_bytes(input);
+    if bytes <= INLINE_BYTES {
+        return embedding_input(input);
+    }
+    let owned = input.clone();
+    off_thread(move || embedding_input(&owned))
         .await
         .unwrap_or_else(|| upper_bound(bytes))
 }

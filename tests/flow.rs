@@ -181,9 +181,38 @@ async fn demo_seed_gives_a_working_key_on_the_mock_provider_and_an_operator() {
         body["choices"][0]["message"]["content"],
         "Mock answer: Hello, Neuropia!"
     );
+    // The demo's embeddings model, on the built-in mock: one vector, billed on its input.
+    let r = app
+        .client
+        .post(app.url("/v1/embeddings"))
+        .header("x-virtual-key", &seeded.virtual_key)
+        .json(&json!({"model": neuropia::demo::DEMO_EMBED_MODEL, "input": "Hello, Neuropia!"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["data"][0]["embedding"].as_array().map(Vec::len),
+        Some(8),
+        "{body}"
+    );
+    let input = neuropia::tokens::count("Hello, Neuropia!");
+    assert_eq!(body["usage"]["prompt_tokens"], input);
     app.settle_journal().await;
     let (balance, _) = app.db_balance(seeded.user_id).await;
     assert!(balance < d("10") && balance > d("9.99"), "{balance}");
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM data.usage_log WHERE user_id = $1 AND model = $2
+         AND input_tokens = $3 AND output_tokens = 0",
+    )
+    .bind(seeded.user_id)
+    .bind(neuropia::demo::DEMO_EMBED_MODEL)
+    .bind(i32::try_from(input).unwrap())
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows, 1, "the embeddings call was billed on its input");
 
     // On loopback the demo prints a platform admin's sign-in that opens the operators' views.
     let password = seeded

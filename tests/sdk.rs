@@ -1,10 +1,12 @@
 //! The official OpenAI Python SDK works against the gateway unchanged: a plain call, a
-//! streamed call with usage, `models.list()`, and its typed errors. `scripts/test` provides
+//! streamed call with usage, `models.list()` and `models.retrieve()`, embeddings (base64, as
+//! the SDK asks by default), and its typed errors. `scripts/test` provides
 //! the SDK in a virtualenv (NEUROPIA_TEST_PYTHON).
 
 mod common;
 
 use common::*;
+use neuropia::billing::Decimal;
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,8 +16,20 @@ async fn the_official_openai_python_sdk_works_unchanged() {
     let app = TestApp::spawn().await;
     app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
         .await;
+    app.set_model(
+        "text-embedding-v3",
+        json!({"targets": [{"provider": "dashscope", "custom_host": mock.dashscope_host(),
+            "use_platform_key": true}]}),
+    )
+    .await;
+    app.set_rate("dashscope", "text-embedding-v3", "0.0005", "0")
+        .await;
     let Customer { user, key, .. } = app
-        .customer("sdk@example.com", "10", json!({"name": "sdk"}))
+        .customer(
+            "sdk@example.com",
+            "10",
+            json!({"name": "sdk", "allowed_models": ["qwen-turbo", "text-embedding-v3"]}),
+        )
         .await;
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk.py");
@@ -24,6 +38,7 @@ async fn the_official_openai_python_sdk_works_unchanged() {
         .env("GW", &app.base)
         .env("KEY", &key)
         .env("MODEL", "qwen-turbo")
+        .env("EMBED_MODEL", "text-embedding-v3")
         .output()
         .await
         .unwrap_or_else(|e| panic!("{python} could not run ({e}); scripts/test installs the SDK"));
@@ -37,7 +52,11 @@ async fn the_official_openai_python_sdk_works_unchanged() {
     assert_eq!(seen["plain_usage"], 20);
     assert_eq!(seen["stream"], ANSWER);
     assert_eq!(seen["stream_usage"], 20);
-    assert_eq!(seen["models"], json!(["qwen-turbo"]));
+    assert_eq!(seen["models"], json!(["qwen-turbo", "text-embedding-v3"]));
+    assert_eq!(seen["retrieved"], "qwen-turbo");
+    assert_eq!(seen["missing_model"], 404);
+    assert_eq!(seen["embeddings"], json!([8, 8]), "decoded from base64");
+    assert_eq!(seen["embedding_usage"], 12);
     assert_eq!(seen["bad_key"], 401);
     assert_eq!(seen["bad_model"], 404);
     app.settle_journal().await;
@@ -46,7 +65,18 @@ async fn the_official_openai_python_sdk_works_unchanged() {
         .fetch_one(app.pool())
         .await
         .expect("count");
-    assert_eq!(calls, 2, "the plain and the streamed call were billed");
+    assert_eq!(
+        calls, 3,
+        "the plain, the streamed and the embeddings call were billed"
+    );
+    let embedded: Decimal = sqlx::query_scalar(
+        "SELECT cost FROM data.usage_log WHERE user_id = $1 AND model = 'text-embedding-v3'",
+    )
+    .bind(user)
+    .fetch_one(app.pool())
+    .await
+    .expect("the embeddings row");
+    assert_eq!(embedded, d("0.006"), "12 input tokens at 0.0005");
     app.stop().await;
 }
 

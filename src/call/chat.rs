@@ -4,6 +4,7 @@ use serde_json::{Map, Value};
 
 use super::{CallError, Operation, OutputLimits};
 use crate::tokens;
+use crate::upstream::Endpoint;
 
 /// A parsed chat completion request.
 pub struct Chat {
@@ -27,6 +28,10 @@ impl Chat {
 }
 
 impl Operation for Chat {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::Chat
+    }
+
     fn model(&self) -> &str {
         &self.request.model
     }

@@ -16,11 +16,12 @@
 //! released exactly once however the call ends. From admission on, the call runs to its
 //! end and is billed even if the client hangs up ([`Detached`]).
 //!
-//! A call is generic over its [`Operation`] (chat completions today): what it reads from
-//! the request and the answer. Everything else is shared.
+//! A call is generic over its [`Operation`] ([`Chat`], [`Embeddings`]): the API it speaks
+//! upstream and what it reads from the request and the answer. Everything else is shared.
 
 mod admit;
 pub mod chat;
+pub mod embeddings;
 mod hold;
 mod run;
 mod settle;
@@ -38,15 +39,18 @@ use uuid::Uuid;
 
 pub use admit::Admitted;
 pub use chat::Chat;
+pub use embeddings::Embeddings;
 
 use crate::actors::balances::BalanceError;
 use crate::actors::keys::AdmitError;
 use crate::auth::KeyHash;
 use crate::state::AppState;
-use crate::upstream::UpstreamError;
+use crate::upstream::{Endpoint, UpstreamError};
 
 /// An endpoint the gateway sells: what a call needs to know of its request and its answer.
 pub trait Operation: Send + Sync + 'static {
+    /// The API the call speaks upstream.
+    fn endpoint(&self) -> Endpoint;
     /// The public model asked for.
     fn model(&self) -> &str;
     /// Whether the answer is streamed.

@@ -11,7 +11,7 @@ use super::{CallError, Operation, Reply};
 use crate::tokens;
 use crate::upstream::sse;
 use crate::upstream::stream::pump;
-use crate::upstream::{Answer, StreamReply};
+use crate::upstream::{Answer, Outbound, StreamReply};
 
 /// How many chunks a stream may hold for a slow client before the pump waits.
 const STREAM_BUFFER: usize = 64;
@@ -21,17 +21,14 @@ impl<O: Operation> Admitted<O> {
     pub(super) async fn run(self) -> Result<Reply, CallError> {
         let rid = self.request_id.to_string();
         let started = Instant::now();
-        let answer = self
-            .app
-            .upstreams
-            .execute(
-                &self.plan,
-                self.op.body(),
-                self.op.model(),
-                &rid,
-                self.op.stream(),
-            )
-            .await;
+        let out = Outbound {
+            endpoint: self.op.endpoint(),
+            body: self.op.body(),
+            model: self.op.model(),
+            request_id: &rid,
+            stream: self.op.stream(),
+        };
+        let answer = self.app.upstreams.execute(&self.plan, &out).await;
         self.seen.upstream(started.elapsed());
         // On an error, dropping the call gives back its reservation and estimate.
         match answer.map_err(CallError::Upstream)? {

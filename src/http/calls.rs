@@ -5,15 +5,20 @@
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::Request;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::extract::{body_bytes, discard_body, parse_json};
 use super::observe::RequestCtx;
 use crate::actors::balances::{BalanceError, Refusal};
 use crate::actors::keys::{AdmitError, Denied};
+use crate::auth::KeyHash;
 use crate::billing::AccountStatus;
-use crate::call::{CallError, Observe, Reply};
+use crate::call::{self, CallError, Observe, Operation, Reply};
+use crate::state::AppState;
 use crate::upstream::UpstreamError;
 
 impl From<CallError> for ApiError {
@@ -32,6 +37,28 @@ impl From<CallError> for ApiError {
             CallError::NotConfirmed(message) => ApiError::Unavailable(message),
         }
     }
+}
+
+/// Sells one call of an operation: the key must exist before the body is read (an unknown
+/// key is refused without reading, parsing or counting anything), the body parses into the
+/// operation with `parse`, and the call is admitted, run and settled.
+pub async fn sell<O: Operation>(
+    app: &AppState,
+    hash: KeyHash,
+    req: Request,
+    parse: impl FnOnce(Map<String, Value>) -> Result<O, CallError>,
+) -> Result<Response, ApiError> {
+    let ctx = super::observe::ctx(&req);
+    if let Err(e) = app.keys.known(hash).await {
+        discard_body(req.into_body(), app);
+        return Err(admit_error(e));
+    }
+    let bytes = body_bytes(req, app).await?;
+    let body = parse_json::<Map<String, Value>>(&bytes)?;
+    drop(bytes);
+    let op = parse(body)?;
+    let reply = call::call(app, hash, op, ctx.id, ctx).await?;
+    Ok(response(reply))
 }
 
 /// The answer, whole (JSON) or streamed (server-sent events).

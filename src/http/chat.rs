@@ -1,16 +1,19 @@
-//! `POST /v1/chat/completions` (alias `/api/chat/completions`) and `GET /v1/models`: the
-//! key is known before the body is read, the body parses into a [`Chat`], and
-//! [`call::call`] admits, runs and settles it.
+//! OpenAI's API: `POST /v1/chat/completions` (alias `/api/chat/completions`),
+//! `POST /v1/embeddings`, `GET /v1/models` and `GET /v1/models/{model}`. A paid call is sold
+//! by [`sell`]: the key is known before the body is read, the body parses into its operation
+//! ([`Chat`], [`Embeddings`]), and the call pipeline admits, runs and settles it.
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::response::Response;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::calls::{admit_error, response};
+use super::calls::{admit_error, sell};
 use super::error::ApiError;
-use super::extract::{VirtualKey, body_bytes, discard_body, parse_json};
+use super::extract::VirtualKey;
 use super::types::ErrorBody;
-use crate::call::{self, Chat};
+use crate::actors::keys::KeyView;
+use crate::auth::KeyHash;
+use crate::call::{Chat, Embeddings};
 use crate::state::AppState;
 
 /// OpenAI-compatible chat completion, billed to the key's owner.
@@ -51,18 +54,28 @@ async fn chat(
     VirtualKey(hash): VirtualKey,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let ctx = super::observe::ctx(&req);
-    // Authentication comes first: an unknown key is refused before its body is read.
-    if let Err(e) = app.keys.known(hash).await {
-        discard_body(req.into_body(), &app);
-        return Err(admit_error(e));
-    }
-    let bytes = body_bytes(req, &app).await?;
-    let body = parse_json::<Map<String, Value>>(&bytes)?;
-    drop(bytes);
-    let chat = Chat::parse(body)?;
-    let reply = call::call(&app, hash, chat, ctx.id, ctx).await?;
-    Ok(response(reply))
+    sell(&app, hash, req, Chat::parse).await
+}
+
+/// OpenAI-compatible embeddings, billed on the input's tokens at the model's input rate.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "chat",
+    request_body(content = Object, description = "an OpenAI embeddings request: model, input \
+        (a string, strings, or token ids), encoding_format, dimensions"),
+    security(("virtual_key" = []), ("virtual_key_bearer" = [])),
+    responses(
+        (status = 200, description = "the upstream's OpenAI-shaped answer; header x-request-id"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 402, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, description = "rpm or tpm; see Retry-After", body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 504, body = ErrorBody)))]
+pub async fn embeddings(
+    State(app): State<AppState>,
+    VirtualKey(hash): VirtualKey,
+    req: Request,
+) -> Result<Response, ApiError> {
+    sell(&app, hash, req, Embeddings::parse).await
 }
 
 /// The models this key may call, OpenAI-shaped.
@@ -74,23 +87,56 @@ pub async fn models(
     State(app): State<AppState>,
     VirtualKey(hash): VirtualKey,
 ) -> Result<axum::Json<Value>, ApiError> {
+    let view = active_view(&app, hash).await?;
+    let snap = app.snapshot.load();
+    let mut names: Vec<(&String, &str)> = snap
+        .models
+        .iter()
+        .filter(|(name, _)| view.permits(name).is_ok())
+        .map(|(name, route)| (name, route.provider.as_str()))
+        .collect();
+    names.sort();
+    let data: Vec<Value> = names
+        .into_iter()
+        .map(|(id, owner)| model_object(id, owner))
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})))
+}
+
+/// One model this key may call, OpenAI-shaped; 404 for any other (a model the key may not
+/// use is not told apart from one that does not exist).
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "chat",
+    params(("model" = String, Path, description = "a model name, as in /v1/models")),
+    security(("virtual_key" = []), ("virtual_key_bearer" = [])),
+    responses((status = 200, description = "`{\"id\", \"object\": \"model\", ...}`"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn model(
+    State(app): State<AppState>,
+    VirtualKey(hash): VirtualKey,
+    Path(model): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let view = active_view(&app, hash).await?;
+    let snap = app.snapshot.load();
+    match snap.models.get(&model) {
+        Some(route) if view.permits(&model).is_ok() => {
+            Ok(axum::Json(model_object(&model, &route.provider)))
+        }
+        _ => Err(ApiError::NotFound(format!(
+            "model {model:?} does not exist"
+        ))),
+    }
+}
+
+async fn active_view(app: &AppState, hash: KeyHash) -> Result<KeyView, ApiError> {
     let view = app.keys.describe(hash).await.map_err(admit_error)?;
     if !view.is_active {
         return Err(ApiError::Unauthorized(
             "this virtual key is deactivated".into(),
         ));
     }
-    let snap = app.snapshot.load();
-    let mut names: Vec<(&String, &str)> = snap
-        .models
-        .iter()
-        .filter(|(name, _)| view.allowed_models.is_empty() || view.allowed_models.contains(name))
-        .map(|(name, route)| (name, route.provider.as_str()))
-        .collect();
-    names.sort();
-    let data: Vec<Value> = names
-        .into_iter()
-        .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
-        .collect();
-    Ok(axum::Json(json!({"object": "list", "data": data})))
+    Ok(view)
+}
+
+fn model_object(id: &str, owner: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
 }

@@ -66,6 +66,80 @@ pub fn complete(body: &Map<String, Value>) -> (Value, Usage) {
     (response, usage)
 }
 
+/// The text the mock reads from a request (chat messages or embeddings input), in bytes.
+pub fn prompt_bytes(body: &Map<String, Value>) -> usize {
+    tokens::chat_prompt_bytes(body) + body.get("input").map_or(0, tokens::embedding_bytes)
+}
+
+/// Answers an embeddings request: one deterministic vector per input (`dimensions` long,
+/// 8 by default), as floats or, with `encoding_format: base64`, as little-endian f32 bytes.
+pub fn embed(body: &Map<String, Value>) -> (Value, Usage) {
+    use base64::Engine;
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("mock");
+    let input = body.get("input").cloned().unwrap_or(Value::Null);
+    let items: Vec<Value> = match &input {
+        Value::Array(list) if !list.iter().all(Value::is_number) => list.clone(),
+        other => vec![other.clone()],
+    };
+    let dims = body
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .map_or(8, |d| d.clamp(1, 4096)) as usize;
+    let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let data: Vec<Value> = items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            // A vector that depends on the text only, so the same input embeds the same.
+            let seed = item
+                .to_string()
+                .bytes()
+                .fold(17u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+            let vector: Vec<f32> = (0..dims)
+                .map(|i| ((seed.wrapping_add(i as u32 * 7919) % 2000) as f32 - 1000.0) / 1000.0)
+                .collect();
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let usage = Usage {
+        input_tokens: tokens::embedding_input(&input),
+        output_tokens: 0,
+    };
+    let response = json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": usage.input_tokens, "total_tokens": usage.input_tokens}
+    });
+    (response, usage)
+}
+
+async fn embeddings(body: Bytes) -> Response {
+    match serde_json::from_slice::<Map<String, Value>>(&body) {
+        Ok(req) if req.get("input").is_some() => {
+            let (v, _) = embed(&req);
+            let bytes = serde_json::to_vec(&v).unwrap_or_default();
+            ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+        }
+        _ => invalid(),
+    }
+}
+
+fn invalid() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": {"message": "invalid request body",
+            "type": "invalid_request_error", "code": null}})),
+    )
+        .into_response()
+}
+
 async fn chat(body: Bytes) -> Response {
     match serde_json::from_slice::<Map<String, Value>>(&body) {
         Ok(req) if req.get("messages").is_some_and(Value::is_array) => {
@@ -73,12 +147,7 @@ async fn chat(body: Bytes) -> Response {
             let bytes = serde_json::to_vec(&v).unwrap_or_default();
             ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
         }
-        _ => (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": {"message": "invalid request body",
-                "type": "invalid_request_error", "code": null}})),
-        )
-            .into_response(),
+        _ => invalid(),
     }
 }
 
@@ -89,12 +158,14 @@ async fn models() -> axum::Json<Value> {
     )
 }
 
-/// The mock upstream's routes: `/v1/chat/completions` (also under
+/// The mock upstream's routes: `/v1/chat/completions` and `/v1/embeddings` (also under
 /// `/compatible-mode/v1`, DashScope's path) and `/v1/models`.
 pub fn router() -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/compatible-mode/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/compatible-mode/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
 }
 
@@ -123,5 +194,33 @@ mod tests {
         assert!(ua.output_tokens <= 5, "{ua:?}");
         assert_eq!(ua.input_tokens, tokens::prompt(&req["messages"], 0));
         assert_eq!(a["usage"]["completion_tokens"], json!(ua.output_tokens));
+    }
+
+    #[test]
+    fn embeds_each_input_deterministically_as_floats_or_base64() {
+        use base64::Engine;
+        let req = |v: Value| v.as_object().cloned().unwrap_or_default();
+        let (a, usage) = embed(&req(
+            json!({"model": "e", "input": ["one", "two"], "dimensions": 4}),
+        ));
+        assert_eq!(a["data"].as_array().map(Vec::len), Some(2));
+        assert_eq!(a["data"][1]["embedding"].as_array().map(Vec::len), Some(4));
+        assert_eq!(
+            usage.input_tokens,
+            tokens::count("one") + tokens::count("two")
+        );
+        assert_eq!(a["usage"]["total_tokens"], json!(usage.input_tokens));
+        let (b, _) = embed(&req(
+            json!({"model": "e", "input": ["one", "two"], "dimensions": 4}),
+        ));
+        assert_eq!(a, b, "the same input embeds the same");
+        let (c, _) = embed(&req(
+            json!({"model": "e", "input": "one", "encoding_format": "base64"}),
+        ));
+        let packed = c["data"][0]["embedding"].as_str().unwrap_or_default();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(packed)
+            .unwrap_or_default();
+        assert_eq!(bytes.len(), 8 * 4, "eight little-endian f32");
     }
 }

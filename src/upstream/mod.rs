@@ -29,13 +29,25 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 pub use providers::{ANTHROPIC_BASE, DASHSCOPE_BASE, OPENAI_BASE};
-pub use reply::{Answer, StreamReply, UpstreamError, UpstreamReply, Wire};
+pub use reply::{Answer, Endpoint, StreamReply, UpstreamError, UpstreamReply, Wire};
 
 use crate::actors::Live;
 use crate::actors::breaker::{BreakerDirectory, UpstreamsMsg};
 use crate::config::{Config, UpstreamMode};
 use crate::plan::Plan;
 use crate::secret::Secret;
+
+/// One call as the upstreams see it.
+pub struct Outbound<'a> {
+    pub endpoint: Endpoint,
+    /// The request (each target sets its own `model` and `override_params`).
+    pub body: &'a Map<String, Value>,
+    /// The public model asked for.
+    pub model: &'a str,
+    /// Sent upstream as `x-request-id`.
+    pub request_id: &'a str,
+    pub stream: bool,
+}
 
 /// Everything needed to call upstreams: one pooled HTTP client, the platform keys, the
 /// circuit breakers.
@@ -98,20 +110,13 @@ impl Upstreams {
         })
     }
 
-    /// Executes `plan` for a parsed chat request whose public model is `requested`.
-    pub async fn execute(
-        &self,
-        plan: &Plan,
-        body: &Map<String, Value>,
-        requested: &str,
-        request_id: &str,
-        stream: bool,
-    ) -> Result<Answer, UpstreamError> {
+    /// Executes `plan` for one call.
+    pub async fn execute(&self, plan: &Plan, out: &Outbound<'_>) -> Result<Answer, UpstreamError> {
         if self.mode == UpstreamMode::Direct {
-            return self.direct(plan, body, requested, request_id, stream).await;
+            return self.direct(plan, out).await;
         }
         let started = std::time::Instant::now();
-        let result = portkey::execute(self, plan, body, requested, request_id, stream).await;
+        let result = portkey::execute(self, plan, out).await;
         let outcome = result.as_ref().err().map_or("ok", UpstreamError::kind);
         crate::metrics::upstream("portkey", started.elapsed(), outcome);
         result

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::providers::Resolved;
 use super::send::{self, encode, streaming_with_usage};
-use super::{Answer, DASHSCOPE_BASE, UpstreamError, Upstreams, Wire};
+use super::{Answer, DASHSCOPE_BASE, Outbound, UpstreamError, Upstreams, Wire};
 use crate::plan::Plan;
 
 /// The target index named by `x-portkey-last-used-option-index` (`config` alone: 0).
@@ -57,15 +57,12 @@ fn config(up: &Upstreams, plan: &Plan) -> Result<Value, UpstreamError> {
 pub async fn execute(
     up: &Upstreams,
     plan: &Plan,
-    body: &Map<String, Value>,
-    requested: &str,
-    request_id: &str,
-    stream: bool,
+    out: &Outbound<'_>,
 ) -> Result<Answer, UpstreamError> {
     let config = config(up, plan)?;
-    let mut req = body.clone();
-    req.insert("model".into(), Value::String(requested.to_owned()));
-    if stream {
+    let mut req = out.body.clone();
+    req.insert("model".into(), Value::String(out.model.to_owned()));
+    if out.stream {
         streaming_with_usage(&mut req);
     }
     let timeout = plan
@@ -74,12 +71,12 @@ pub async fn execute(
         .unwrap_or(up.default_timeout);
     let call = send::post(
         &up.portkey_client,
-        &format!("{}/v1/chat/completions", up.portkey_url),
-        request_id,
+        &format!("{}/v1/{}", up.portkey_url, out.endpoint.openai_path()),
+        out.request_id,
         encode(&req)?,
     )
     .header("x-portkey-config", config.to_string());
-    let response = send::send(call, stream, timeout).await?;
+    let response = send::send(call, out.stream, timeout).await?;
     let index = target_index(
         response
             .headers()
@@ -93,9 +90,9 @@ pub async fn execute(
         url: up.portkey_url.clone(),
         breaker: String::new(),
         key: None,
-        model: target.model(requested).to_owned(),
+        model: target.model(out.model).to_owned(),
     };
-    send::answer(response, &answered, stream, timeout).await
+    send::answer(response, &answered, out, timeout).await
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Providers: where a target's calls go (its base URL or `custom_host`), in which wire
 //! format, with which key, and which circuit breaker guards it.
 
-use super::{UpstreamError, Upstreams, Wire};
+use super::{Endpoint, Outbound, UpstreamError, Upstreams, Wire};
 use crate::plan::Target;
 use crate::secret::Secret;
 
@@ -15,7 +15,7 @@ pub(super) struct Resolved {
     pub wire: Wire,
     pub key: Option<Secret>,
     pub model: String,
-    /// Where chat calls go (`/chat/completions` or Anthropic's `/messages`).
+    /// Where the call goes (`/chat/completions`, `/embeddings`, Anthropic's `/messages`).
     pub url: String,
     /// The target's circuit breaker: `provider@base`.
     pub breaker: String,
@@ -48,7 +48,7 @@ impl Upstreams {
     pub(super) fn resolve(
         &self,
         target: &Target,
-        requested: &str,
+        out: &Outbound<'_>,
     ) -> Result<Resolved, UpstreamError> {
         let base = match (&target.custom_host, target.provider.as_str()) {
             (Some(host), _) => {
@@ -84,15 +84,25 @@ impl Upstreams {
             Wire::OpenAi
         };
         Ok(Resolved {
-            url: match wire {
-                Wire::OpenAi => format!("{base}/chat/completions"),
-                Wire::Anthropic => format!("{base}/messages"),
+            url: match (wire, out.endpoint) {
+                (Wire::OpenAi, endpoint) => format!("{base}/{}", endpoint.openai_path()),
+                (Wire::Anthropic, Endpoint::Chat) => format!("{base}/messages"),
+                (Wire::Anthropic, other) => {
+                    return Err(UpstreamError::Client {
+                        status: axum::http::StatusCode::BAD_REQUEST,
+                        message: format!(
+                            "model {:?} is served by an Anthropic target, which has no {}",
+                            out.model,
+                            other.name()
+                        ),
+                    });
+                }
             },
             breaker: format!("{}@{base}", target.provider),
             provider: target.provider.clone(),
             wire,
             key,
-            model: target.model(requested).to_owned(),
+            model: target.model(out.model).to_owned(),
         })
     }
 }

@@ -10,6 +10,32 @@ use serde_json::Value;
 
 use crate::billing::Usage;
 
+/// The API a call speaks to its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Chat completions (an Anthropic target gets Messages, translated both ways).
+    Chat,
+    /// Embeddings (OpenAI-format targets only).
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The path under an OpenAI-format base URL.
+    pub fn openai_path(self) -> &'static str {
+        match self {
+            Self::Chat => "chat/completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Chat => "chat completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
+}
+
 /// The wire protocol of a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::{Answer, StreamReply, UpstreamError, UpstreamReply, Upstreams, Wire, mock, stream};
+use super::{
+    Answer, Endpoint, Outbound, StreamReply, UpstreamError, UpstreamReply, Upstreams, Wire, mock,
+    stream,
+};
 use crate::actors::breaker::{Breaker, Permit, UpstreamsMsg};
 use crate::plan::{self, Mode, Plan, Target};
 use crate::tokens;
@@ -15,22 +18,16 @@ impl Upstreams {
     pub(super) async fn direct(
         &self,
         plan: &Plan,
-        body: &Map<String, Value>,
-        requested: &str,
-        request_id: &str,
-        stream: bool,
+        out: &Outbound<'_>,
     ) -> Result<Answer, UpstreamError> {
         match plan.strategy.mode {
-            Mode::Single => {
-                self.target(plan, &plan.targets[0], body, requested, request_id, stream)
-                    .await
-            }
+            Mode::Single => self.target(plan, &plan.targets[0], out).await,
             Mode::Loadbalance => {
                 let open: Vec<bool> = plan
                     .targets
                     .iter()
                     .map(|t| {
-                        self.resolve(t, requested).is_ok_and(|r| {
+                        self.resolve(t, out).is_ok_and(|r| {
                             self.breakers
                                 .get(r.breaker_id())
                                 .is_some_and(|b| b.is_open())
@@ -38,16 +35,12 @@ impl Upstreams {
                     })
                     .collect();
                 let target = pick(plan, |i, _| !open[i]);
-                self.target(plan, target, body, requested, request_id, stream)
-                    .await
+                self.target(plan, target, out).await
             }
             Mode::Fallback => {
                 let mut last = UpstreamError::failed("no target");
                 for target in &plan.targets {
-                    match self
-                        .target(plan, target, body, requested, request_id, stream)
-                        .await
-                    {
+                    match self.target(plan, target, out).await {
                         Ok(answer) => return Ok(answer),
                         Err(e @ UpstreamError::Client { .. }) => return Err(e),
                         Err(e) => {
@@ -82,22 +75,19 @@ impl Upstreams {
         &self,
         plan: &Plan,
         target: &Target,
-        body: &Map<String, Value>,
-        requested: &str,
-        request_id: &str,
-        stream: bool,
+        out: &Outbound<'_>,
     ) -> Result<Answer, UpstreamError> {
-        let mut req = body.clone();
+        let mut req = out.body.clone();
         for (k, v) in &target.override_params {
             req.insert(k.clone(), v.clone());
         }
-        let model = target.model(requested).to_owned();
+        let model = target.model(out.model).to_owned();
         req.insert("model".into(), Value::String(model.clone()));
 
         if target.provider == "mock" && target.custom_host.is_none() {
-            return self.mock(&req, model, stream).await;
+            return self.mock(&req, model, out).await;
         }
-        let resolved = self.resolve(target, requested)?;
+        let resolved = self.resolve(target, out)?;
         let timeout = target
             .timeout_ms(plan)
             .map(Duration::from_millis)
@@ -120,9 +110,7 @@ impl Upstreams {
                 )));
             }
             let started = std::time::Instant::now();
-            let result = self
-                .attempt(&resolved, &req, request_id, stream, timeout)
-                .await;
+            let result = self.attempt(&resolved, &req, out, timeout).await;
             crate::metrics::upstream(
                 resolved.breaker_id(),
                 started.elapsed(),
@@ -148,18 +136,22 @@ impl Upstreams {
         &self,
         req: &Map<String, Value>,
         model: String,
-        stream: bool,
+        out: &Outbound<'_>,
     ) -> Result<Answer, UpstreamError> {
-        let (answer, usage) = if tokens::chat_prompt_bytes(req) > tokens::INLINE_BYTES {
+        let answer = match out.endpoint {
+            Endpoint::Chat => mock::complete,
+            Endpoint::Embeddings => mock::embed,
+        };
+        let (answer, usage) = if mock::prompt_bytes(req) > tokens::INLINE_BYTES {
             // A large prompt is counted off the async workers.
             let owned = req.clone();
-            tokens::off_thread(move || mock::complete(&owned))
+            tokens::off_thread(move || answer(&owned))
                 .await
                 .ok_or_else(|| UpstreamError::failed("the mock provider failed"))?
         } else {
-            mock::complete(req)
+            answer(req)
         };
-        if stream {
+        if out.stream {
             return Ok(Answer::Stream(StreamReply {
                 provider: "mock".into(),
                 model,

@@ -11,7 +11,10 @@ use serde_json::{Map, Value};
 
 use super::providers::Resolved;
 use super::reply::{status_error, transport_error};
-use super::{Answer, StreamReply, UpstreamError, UpstreamReply, Upstreams, Wire, anthropic};
+use super::{
+    Answer, Endpoint, Outbound, StreamReply, UpstreamError, UpstreamReply, Upstreams, Wire,
+    anthropic,
+};
 use crate::billing::Usage;
 
 /// A JSON POST to an upstream, with the call's request id.
@@ -59,10 +62,10 @@ pub(super) async fn send(
 pub(super) async fn answer(
     response: reqwest::Response,
     to: &Resolved,
-    stream: bool,
+    out: &Outbound<'_>,
     timeout: Duration,
 ) -> Result<Answer, UpstreamError> {
-    if stream {
+    if out.stream {
         return Ok(Answer::Stream(StreamReply {
             provider: to.provider.clone(),
             model: to.model.clone(),
@@ -79,7 +82,7 @@ pub(super) async fn answer(
     let (body, usage) = match to.wire {
         // Only the usage is read; the rest is checked to be JSON and passed on as is.
         Wire::OpenAi => {
-            let usage = reported_usage(&bytes).map_err(invalid)?;
+            let usage = reported_usage(&bytes, out.endpoint).map_err(invalid)?;
             (bytes, usage)
         }
         Wire::Anthropic => {
@@ -105,10 +108,10 @@ impl Upstreams {
         &self,
         to: &Resolved,
         req: &Map<String, Value>,
-        request_id: &str,
-        stream: bool,
+        out: &Outbound<'_>,
         timeout: Duration,
     ) -> Result<Answer, UpstreamError> {
+        let stream = out.stream;
         let payload = match to.wire {
             Wire::OpenAi if stream => {
                 let mut req = req.clone();
@@ -127,7 +130,7 @@ impl Upstreams {
                 encode(&payload)?
             }
         };
-        let mut call = post(&self.client, &to.url, request_id, payload);
+        let mut call = post(&self.client, &to.url, out.request_id, payload);
         if let Some(key) = &to.key {
             call = match to.wire {
                 Wire::OpenAi => call.bearer_auth(key.expose()),
@@ -137,7 +140,7 @@ impl Upstreams {
             };
         }
         let response = send(call, stream, timeout).await?;
-        answer(response, to, stream, timeout).await
+        answer(response, to, out, timeout).await
     }
 }
 
@@ -171,18 +174,23 @@ struct ReportedUsage {
 }
 
 impl Reported {
-    fn usage(&self) -> Option<Usage> {
+    fn usage(&self, endpoint: Endpoint) -> Option<Usage> {
         let u = self.usage.as_ref()?;
+        let output = match endpoint {
+            Endpoint::Chat => u.completion_tokens?,
+            // Embeddings produce no tokens: their usage has prompt and total only.
+            Endpoint::Embeddings => u.completion_tokens.unwrap_or(0),
+        };
         Some(Usage {
             input_tokens: u32::try_from(u.prompt_tokens?).ok()?,
-            output_tokens: u32::try_from(u.completion_tokens?).ok()?,
+            output_tokens: u32::try_from(output).ok()?,
         })
     }
 }
 
 /// The usage an OpenAI-shaped answer reports, if whole; `Err` if it is not JSON.
-fn reported_usage(bytes: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
-    serde_json::from_slice::<Reported>(bytes).map(|r| r.usage())
+fn reported_usage(bytes: &[u8], endpoint: Endpoint) -> Result<Option<Usage>, serde_json::Error> {
+    serde_json::from_slice::<Reported>(bytes).map(|r| r.usage(endpoint))
 }
 
 #[cfg(test)]
@@ -194,19 +202,34 @@ mod tests {
     fn usage_is_read_when_reported() {
         let v = json!({"id": "x", "usage": {"prompt_tokens": 7, "completion_tokens": 3}});
         assert_eq!(
-            reported_usage(v.to_string().as_bytes()).ok().flatten(),
+            reported_usage(v.to_string().as_bytes(), Endpoint::Chat)
+                .ok()
+                .flatten(),
             Some(Usage {
                 input_tokens: 7,
                 output_tokens: 3
             })
         );
-        assert_eq!(reported_usage(b"{}").ok().flatten(), None);
+        assert_eq!(reported_usage(b"{}", Endpoint::Chat).ok().flatten(), None);
         assert_eq!(
-            reported_usage(br#"{"usage": {"prompt_tokens": 7}}"#)
+            reported_usage(br#"{"usage": {"prompt_tokens": 7}}"#, Endpoint::Chat)
                 .ok()
                 .flatten(),
             None
         );
-        assert!(reported_usage(b"{\"usage\": ").is_err(), "not JSON");
+        let embedded = br#"{"usage": {"prompt_tokens": 7, "total_tokens": 7}}"#;
+        assert_eq!(
+            reported_usage(embedded, Endpoint::Embeddings)
+                .ok()
+                .flatten(),
+            Some(Usage {
+                input_tokens: 7,
+                output_tokens: 0
+            })
+        );
+        assert!(
+            reported_usage(b"{\"usage\": ", Endpoint::Chat).is_err(),
+            "not JSON"
+        );
     }
 }

@@ -369,6 +369,48 @@ async fn mock_chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: By
     .into_response()
 }
 
+/// OpenAI embeddings, as documented: one vector per input (8 floats; as little-endian f32
+/// bytes in base64 when `encoding_format` says so, as the official SDKs ask by default),
+/// usage with prompt and total tokens only.
+async fn mock_embeddings(
+    State(s): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    use base64::Engine;
+    s.calls.fetch_add(1, Ordering::SeqCst);
+    if let Some(a) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        s.authorizations.lock().unwrap().push(a.to_owned());
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    s.bodies.lock().unwrap().push(req.clone());
+    if let Some(fail) = status_now(&s) {
+        let body = json!({"error": {"message": format!("mock failure {fail}"),
+            "type": "invalid_request_error", "code": "mock_error"}});
+        return (StatusCode::from_u16(fail).unwrap(), axum::Json(body)).into_response();
+    }
+    let inputs = match req.get("input") {
+        Some(Value::Array(list)) if !list.iter().all(Value::is_number) => list.len(),
+        _ => 1,
+    };
+    let base64 = req.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let vector: Vec<f32> = (0..8).map(|i| i as f32 / 8.0).collect();
+    let embedding = if base64 {
+        let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+        json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+    } else {
+        json!(vector)
+    };
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| json!({"object": "embedding", "index": i, "embedding": embedding}))
+        .collect();
+    let p = s.prompt_tokens.load(Ordering::SeqCst);
+    axum::Json(json!({"object": "list", "data": data,
+        "model": req.get("model").cloned().unwrap_or(Value::Null),
+        "usage": {"prompt_tokens": p, "total_tokens": p}}))
+    .into_response()
+}
+
 /// Anthropic Messages, as documented: `x-api-key`, `anthropic-version`, usage in
 /// `input_tokens`/`output_tokens`, errors as `{"type": "error", "error": {...}}`, and the
 /// `message_start` ... `message_stop` stream.
@@ -450,6 +492,8 @@ pub async fn mock_upstream() -> MockUpstream {
     let app = Router::new()
         .route("/compatible-mode/v1/chat/completions", post(mock_chat))
         .route("/v1/chat/completions", post(mock_chat))
+        .route("/compatible-mode/v1/embeddings", post(mock_embeddings))
+        .route("/v1/embeddings", post(mock_embeddings))
         .route("/v1/messages", post(mock_messages))
         // As large as any body the gateway forwards.
         .layer(axum::extract::DefaultBodyLimit::max(16 << 20))

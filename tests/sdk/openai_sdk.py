@@ -1,7 +1,7 @@
 """The official OpenAI Python SDK, unchanged, pointed at the gateway.
 
-Run by tests/sdk.rs with GW (gateway base URL), KEY (a virtual key) and MODEL; prints one
-JSON object with what it saw.
+Run by tests/sdk.rs with GW (gateway base URL), KEY (a virtual key), MODEL (a chat model)
+and EMBED_MODEL (an embeddings model); prints one JSON object with what it saw.
 """
 import json
 import os
@@ -31,6 +31,17 @@ out["stream"] = "".join(chunks)
 out["stream_usage"] = usage
 
 out["models"] = [m.id for m in client.models.list()]
+out["retrieved"] = client.models.retrieve(model).id
+try:
+    client.models.retrieve("no-such-model")
+    out["missing_model"] = "found"
+except openai.NotFoundError as e:
+    out["missing_model"] = e.status_code
+
+# The SDK asks for base64 vectors by default and decodes them.
+e = client.embeddings.create(model=os.environ["EMBED_MODEL"], input=["hello", "world"])
+out["embeddings"] = [len(d.embedding) for d in e.data]
+out["embedding_usage"] = e.usage.prompt_tokens
 
 try:
     OpenAI(base_url=f"{gw}/v1", api_key="vk_wrong", max_retries=0).chat.completions.create(
