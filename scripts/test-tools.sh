@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (once, cached outside the clone) what some tests drive from outside Rust: the
-# official OpenAI Python SDK in a virtualenv, and the Portkey gateway from npm. Prints the
-# variables the tests read.
+# official OpenAI and Anthropic Python SDKs in a virtualenv, and the Portkey gateway from
+# npm. Prints the variables the tests read.
 set -euo pipefail
 TOOLS="${NEUROPIA_TOOLS_DIR:-$HOME/.cache/neuropia}"
 PORTKEY_VERSION=1.15.2
@@ -20,11 +20,11 @@ fi
 mkdir -p "$TOOLS"
 # Fetched once (PyPI, npm) and kept in $TOOLS: the first run needs the network.
 fail() { echo "scripts/test: $1 (it is fetched once, on the first run, and needs the network)" >&2; exit 1; }
-if ! "$TOOLS/venv/bin/python" -c "import openai, openapi_spec_validator" >/dev/null 2>&1; then
-  echo "installing the OpenAI Python SDK and openapi-spec-validator into $TOOLS/venv" >&2
+if ! "$TOOLS/venv/bin/python" -c "import openai, anthropic, openapi_spec_validator" >/dev/null 2>&1; then
+  echo "installing the OpenAI and Anthropic Python SDKs and openapi-spec-validator into $TOOLS/venv" >&2
   python3 -m venv "$TOOLS/venv" >&2 || fail "could not make a Python virtualenv in $TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check openai openapi-spec-validator \
-    >"$TOOLS/pip.log" 2>&1 || fail "could not install the OpenAI Python SDK from PyPI (see $TOOLS/pip.log)"
+  "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check openai anthropic openapi-spec-validator \
+    >"$TOOLS/pip.log" 2>&1 || fail "could not install the Python SDKs from PyPI (see $TOOLS/pip.log)"
 fi
 server="$TOOLS/portkey/node_modules/@portkey-ai/gateway/build/start-server.js"
 if [ ! -f "$server" ]; then

@@ -23,6 +23,7 @@ mod admit;
 pub mod chat;
 pub mod embeddings;
 mod hold;
+pub mod messages;
 mod run;
 mod settle;
 
@@ -40,6 +41,7 @@ use uuid::Uuid;
 pub use admit::Admitted;
 pub use chat::Chat;
 pub use embeddings::Embeddings;
+pub use messages::Messages;
 
 use crate::actors::balances::BalanceError;
 use crate::actors::keys::AdmitError;

@@ -47,7 +47,7 @@ pub async fn sell<O: Operation>(
     hash: KeyHash,
     req: Request,
     parse: impl FnOnce(Map<String, Value>) -> Result<O, CallError>,
-) -> Result<Response, ApiError> {
+) -> Result<Reply, ApiError> {
     let ctx = super::observe::ctx(&req);
     if let Err(e) = app.keys.known(hash).await {
         discard_body(req.into_body(), app);
@@ -57,8 +57,7 @@ pub async fn sell<O: Operation>(
     let body = parse_json::<Map<String, Value>>(&bytes)?;
     drop(bytes);
     let op = parse(body)?;
-    let reply = call::call(app, hash, op, ctx.id, ctx).await?;
-    Ok(response(reply))
+    Ok(call::call(app, hash, op, ctx.id, ctx).await?)
 }
 
 /// The answer, whole (JSON) or streamed (server-sent events).

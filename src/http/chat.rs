@@ -7,7 +7,7 @@ use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::calls::{admit_error, sell};
+use super::calls::{admit_error, response, sell};
 use super::error::ApiError;
 use super::extract::VirtualKey;
 use super::types::ErrorBody;
@@ -54,7 +54,7 @@ async fn chat(
     VirtualKey(hash): VirtualKey,
     req: Request,
 ) -> Result<Response, ApiError> {
-    sell(&app, hash, req, Chat::parse).await
+    Ok(response(sell(&app, hash, req, Chat::parse).await?))
 }
 
 /// OpenAI-compatible embeddings, billed on the input's tokens at the model's input rate.
@@ -75,7 +75,7 @@ pub async fn embeddings(
     VirtualKey(hash): VirtualKey,
     req: Request,
 ) -> Result<Response, ApiError> {
-    sell(&app, hash, req, Embeddings::parse).await
+    Ok(response(sell(&app, hash, req, Embeddings::parse).await?))
 }
 
 /// The models this key may call, OpenAI-shaped.

@@ -174,17 +174,24 @@ impl FromRequestParts<AppState> for VirtualKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
-        let from_header = parts
-            .headers
-            .get("x-virtual-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty());
-        let key = from_header.or_else(|| bearer(parts)).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "missing virtual key: send x-virtual-key or Authorization: Bearer".into(),
-            )
-        })?;
+        // `x-api-key` is where Anthropic's SDKs put it.
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let key = header("x-virtual-key")
+            .or_else(|| bearer(parts))
+            .or_else(|| header("x-api-key"))
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "missing virtual key: send x-virtual-key, Authorization: Bearer or x-api-key"
+                        .into(),
+                )
+            })?;
         if key.len() > 256 {
             return Err(ApiError::Unauthorized("invalid virtual key".into()));
         }

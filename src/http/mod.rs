@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod keys;
+pub mod messages;
 pub mod money;
 pub mod observe;
 pub mod ops;
@@ -92,6 +93,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(chat::completions))
         .routes(routes!(chat::completions_alias))
         .routes(routes!(chat::embeddings))
+        .routes(routes!(messages::create))
+        .routes(routes!(messages::count_tokens))
         .routes(routes!(chat::models))
         .routes(routes!(chat::model))
         .routes(routes!(auth::register))

@@ -66,6 +66,15 @@ pub fn complete(body: &Map<String, Value>) -> (Value, Usage) {
     (response, usage)
 }
 
+/// Answers a Messages request (as chat, translated both ways).
+pub fn message(body: &Map<String, Value>) -> Result<(Value, Usage), String> {
+    let chat = super::messages::to_chat(body)?;
+    let (answer, _) = complete(&chat);
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("mock");
+    let (message, usage) = super::messages::from_chat(&answer, model);
+    Ok((message, usage.unwrap_or_default()))
+}
+
 /// The text the mock reads from a request (chat messages or embeddings input), in bytes.
 pub fn prompt_bytes(body: &Map<String, Value>) -> usize {
     tokens::chat_prompt_bytes(body) + body.get("input").map_or(0, tokens::embedding_bytes)

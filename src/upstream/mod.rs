@@ -15,6 +15,7 @@
 //!   reaches the client.
 
 pub mod anthropic;
+pub mod messages;
 pub mod mock;
 pub mod portkey;
 pub mod providers;

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::providers::Resolved;
 use super::send::{self, encode, streaming_with_usage};
-use super::{Answer, DASHSCOPE_BASE, Outbound, UpstreamError, Upstreams, Wire};
+use super::{Answer, DASHSCOPE_BASE, Endpoint, Outbound, UpstreamError, Upstreams, Wire};
 use crate::plan::Plan;
 
 /// The target index named by `x-portkey-last-used-option-index` (`config` alone: 0).
@@ -60,7 +60,16 @@ pub async fn execute(
     out: &Outbound<'_>,
 ) -> Result<Answer, UpstreamError> {
     let config = config(up, plan)?;
-    let mut req = out.body.clone();
+    // Portkey speaks OpenAI's format for every provider: Messages go as chat, translated.
+    let mut req = match out.endpoint {
+        Endpoint::Messages => {
+            super::messages::to_chat(out.body).map_err(|message| UpstreamError::Client {
+                status: axum::http::StatusCode::BAD_REQUEST,
+                message,
+            })?
+        }
+        _ => out.body.clone(),
+    };
     req.insert("model".into(), Value::String(out.model.to_owned()));
     if out.stream {
         streaming_with_usage(&mut req);

@@ -86,7 +86,9 @@ impl Upstreams {
         Ok(Resolved {
             url: match (wire, out.endpoint) {
                 (Wire::OpenAi, endpoint) => format!("{base}/{}", endpoint.openai_path()),
-                (Wire::Anthropic, Endpoint::Chat) => format!("{base}/messages"),
+                (Wire::Anthropic, Endpoint::Chat | Endpoint::Messages) => {
+                    format!("{base}/messages")
+                }
                 (Wire::Anthropic, other) => {
                     return Err(UpstreamError::Client {
                         status: axum::http::StatusCode::BAD_REQUEST,

@@ -17,13 +17,16 @@ pub enum Endpoint {
     Chat,
     /// Embeddings (OpenAI-format targets only).
     Embeddings,
+    /// Anthropic Messages (as sent to an Anthropic target; an OpenAI-format target gets
+    /// chat completions, translated both ways).
+    Messages,
 }
 
 impl Endpoint {
     /// The path under an OpenAI-format base URL.
     pub fn openai_path(self) -> &'static str {
         match self {
-            Self::Chat => "chat/completions",
+            Self::Chat | Self::Messages => "chat/completions",
             Self::Embeddings => "embeddings",
         }
     }
@@ -32,6 +35,7 @@ impl Endpoint {
         match self {
             Self::Chat => "chat completions",
             Self::Embeddings => "embeddings",
+            Self::Messages => "messages",
         }
     }
 }

@@ -10,8 +10,12 @@ use super::{
     stream,
 };
 use crate::actors::breaker::{Breaker, Permit, UpstreamsMsg};
+use crate::billing::Usage;
 use crate::plan::{self, Mode, Plan, Target};
 use crate::tokens;
+
+/// How the built-in mock answers one endpoint.
+type MockAnswer = fn(&Map<String, Value>) -> Result<(Value, Usage), String>;
 
 impl Upstreams {
     /// Runs `plan` with the built-in router.
@@ -138,11 +142,12 @@ impl Upstreams {
         model: String,
         out: &Outbound<'_>,
     ) -> Result<Answer, UpstreamError> {
-        let answer = match out.endpoint {
-            Endpoint::Chat => mock::complete,
-            Endpoint::Embeddings => mock::embed,
+        let answer: MockAnswer = match out.endpoint {
+            Endpoint::Chat => |r| Ok(mock::complete(r)),
+            Endpoint::Embeddings => |r| Ok(mock::embed(r)),
+            Endpoint::Messages => mock::message,
         };
-        let (answer, usage) = if mock::prompt_bytes(req) > tokens::INLINE_BYTES {
+        let answered = if mock::prompt_bytes(req) > tokens::INLINE_BYTES {
             // A large prompt is counted off the async workers.
             let owned = req.clone();
             tokens::off_thread(move || answer(&owned))
@@ -151,6 +156,10 @@ impl Upstreams {
         } else {
             answer(req)
         };
+        let (answer, usage) = answered.map_err(|message| UpstreamError::Client {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            message,
+        })?;
         if out.stream {
             return Ok(Answer::Stream(StreamReply {
                 provider: "mock".into(),

@@ -13,7 +13,7 @@ use super::providers::Resolved;
 use super::reply::{status_error, transport_error};
 use super::{
     Answer, Endpoint, Outbound, StreamReply, UpstreamError, UpstreamReply, Upstreams, Wire,
-    anthropic,
+    anthropic, messages,
 };
 use crate::billing::Usage;
 
@@ -79,13 +79,25 @@ pub(super) async fn answer(
     }
     let bytes = response.bytes().await.map_err(transport_error)?;
     let invalid = |_| UpstreamError::failed("the upstream answered with invalid JSON");
-    let (body, usage) = match to.wire {
+    let (body, usage) = match (to.wire, out.endpoint) {
+        (Wire::OpenAi, Endpoint::Messages) => {
+            let parsed: Value = serde_json::from_slice(&bytes).map_err(invalid)?;
+            let (message, usage) = messages::from_chat(&parsed, out.model);
+            (
+                Bytes::from(serde_json::to_vec(&message).unwrap_or_default()),
+                usage,
+            )
+        }
         // Only the usage is read; the rest is checked to be JSON and passed on as is.
-        Wire::OpenAi => {
+        (Wire::OpenAi, _) => {
             let usage = reported_usage(&bytes, out.endpoint).map_err(invalid)?;
             (bytes, usage)
         }
-        Wire::Anthropic => {
+        (Wire::Anthropic, Endpoint::Messages) => {
+            let parsed: Value = serde_json::from_slice(&bytes).map_err(invalid)?;
+            (bytes, messages::usage(&parsed))
+        }
+        (Wire::Anthropic, _) => {
             let parsed: Value = serde_json::from_slice(&bytes).map_err(invalid)?;
             let (openai, usage) = anthropic::response(&parsed);
             (
@@ -112,15 +124,28 @@ impl Upstreams {
         timeout: Duration,
     ) -> Result<Answer, UpstreamError> {
         let stream = out.stream;
-        let payload = match to.wire {
-            Wire::OpenAi if stream => {
+        let client_error = |message| UpstreamError::Client {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            message,
+        };
+        let payload = match (to.wire, out.endpoint) {
+            (Wire::OpenAi, Endpoint::Messages) => {
+                let mut chat = messages::to_chat(req).map_err(client_error)?;
+                if stream {
+                    streaming_with_usage(&mut chat);
+                }
+                encode(&chat)?
+            }
+            (Wire::OpenAi, _) if stream => {
                 let mut req = req.clone();
                 streaming_with_usage(&mut req);
                 encode(&req)?
             }
             // The request as built for this target, serialised without another copy.
-            Wire::OpenAi => encode(req)?,
-            Wire::Anthropic => {
+            (Wire::OpenAi, _) => encode(req)?,
+            // Messages to Anthropic: as the client sent them.
+            (Wire::Anthropic, Endpoint::Messages) => encode(req)?,
+            (Wire::Anthropic, _) => {
                 let payload = anthropic::request(req, self.default_max_tokens, stream).map_err(
                     |message| UpstreamError::Client {
                         status: axum::http::StatusCode::BAD_REQUEST,
@@ -177,7 +202,7 @@ impl Reported {
     fn usage(&self, endpoint: Endpoint) -> Option<Usage> {
         let u = self.usage.as_ref()?;
         let output = match endpoint {
-            Endpoint::Chat => u.completion_tokens?,
+            Endpoint::Chat | Endpoint::Messages => u.completion_tokens?,
             // Embeddings produce no tokens: their usage has prompt and total only.
             Endpoint::Embeddings => u.completion_tokens.unwrap_or(0),
         };

@@ -224,6 +224,8 @@ pub struct MockState {
     pub chunk_delay_ms: AtomicU64,
     /// Streams: chunks fully sent (counted as they leave).
     pub chunks_sent: AtomicUsize,
+    /// Chat answers call the tool `weather` (with `{"city": "Oslo"}`) instead of answering.
+    pub tool_call: AtomicBool,
 }
 
 /// The answer's words, one stream chunk each.
@@ -356,6 +358,18 @@ async fn mock_chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: By
         s.prompt_tokens.load(Ordering::SeqCst),
         s.completion_tokens.load(Ordering::SeqCst),
     );
+    if s.tool_call.load(Ordering::SeqCst) {
+        return axum::Json(json!({
+            "id": "chatcmpl-tool", "object": "chat.completion", "created": 1,
+            "model": req.get("model").cloned().unwrap_or(Value::Null),
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+                    "type": "function", "function": {"name": "weather",
+                    "arguments": "{\"city\":\"Oslo\"}"}}]}}],
+            "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        }))
+        .into_response();
+    }
     axum::Json(json!({
         "id": format!("chatcmpl-{}", Uuid::new_v4()),
         "object": "chat.completion",
