@@ -382,12 +382,34 @@ async fn anthropic_targets_are_translated_both_ways() {
     mock.state.fail_status.store(529, Ordering::SeqCst);
     assert_eq!(app.chat(&key, &body).await.status(), 502);
     mock.state.fail_status.store(0, Ordering::SeqCst);
-    let tools =
-        json!({"model": "claude", "messages": [{"role": "user", "content": "x"}], "tools": []});
-    assert_eq!(app.chat(&key, &tools).await.status(), 400);
+    // Tools and images go as Anthropic's tools, tool_use and image blocks, and a tool call
+    // comes back as OpenAI's tool_calls.
+    mock.state.tool_call.store(true, Ordering::SeqCst);
+    let tools = json!({"model": "claude", "tool_choice": "auto",
+        "tools": [{"type": "function", "function": {"name": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Weather here?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}}]}]});
+    let r = app.chat(&key, &tools).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.expect("json");
+    let call = &answer["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(
+        (&call["function"]["name"], &call["function"]["arguments"]),
+        (&json!("weather"), &json!("{\"city\":\"Oslo\"}"))
+    );
+    assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+    let sent = mock.state.bodies.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(sent["tools"][0]["name"], "weather");
+    assert_eq!(sent["tool_choice"], json!({"type": "auto"}));
+    assert_eq!(sent["messages"][0]["content"][1]["source"]["data"], "QUJD");
+    mock.state.tool_call.store(false, Ordering::SeqCst);
+    let audio = json!({"model": "claude",
+        "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]});
+    assert_eq!(app.chat(&key, &audio).await.status(), 400);
     assert_eq!(
         usage_rows(&app, user).await.len(),
-        2,
+        3,
         "failed calls are not billed"
     );
     app.stop().await;

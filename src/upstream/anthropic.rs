@@ -2,9 +2,12 @@
 //!
 //! Requests: system messages become `system`, `stop` becomes `stop_sequences`,
 //! `max_tokens` (required by Anthropic) defaults to the gateway's default, temperature is
-//! clamped to Anthropic's 0..1. Text content only: tool calls and images are refused with
-//! a 400 rather than silently dropped. Answers and stream events come back as OpenAI
-//! `chat.completion` / `chat.completion.chunk` objects with OpenAI usage.
+//! clamped to Anthropic's 0..1. Image parts become image blocks (data URLs as base64, other
+//! URLs as url sources); tool definitions, `tool_choice`, an assistant's `tool_calls` and
+//! `tool` messages become tools, `tool_use` and `tool_result` blocks (adjacent turns of one
+//! role merged, as Anthropic requires them to alternate). Answers and stream events come
+//! back as OpenAI `chat.completion` / `chat.completion.chunk` objects (tool calls
+//! included) with OpenAI usage.
 
 use serde_json::{Map, Value, json};
 
@@ -15,26 +18,124 @@ pub const VERSION: &str = "2023-06-01";
 fn text_of(content: &Value) -> Result<String, String> {
     match content {
         Value::String(s) => Ok(s.clone()),
-        Value::Array(parts) => {
-            let mut out = String::new();
-            for p in parts {
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") => {
-                        out.push_str(p.get("text").and_then(Value::as_str).unwrap_or(""))
-                    }
-                    other => {
-                        return Err(format!(
-                            "content parts of type {:?} are not supported on Anthropic targets",
-                            other.unwrap_or("unknown")
-                        ));
-                    }
-                }
-            }
-            Ok(out)
-        }
+        Value::Array(parts) => Ok(parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect()),
         Value::Null => Ok(String::new()),
-        _ => Err("message content must be a string or text parts".into()),
+        _ => Err("message content must be a string or content parts".into()),
     }
+}
+
+/// A user's OpenAI content as Anthropic blocks (text and images).
+fn blocks_of(content: &Value) -> Result<Value, String> {
+    let Value::Array(parts) = content else {
+        return text_of(content).map(Value::String);
+    };
+    let mut blocks = Vec::new();
+    for p in parts {
+        match p.get("type").and_then(Value::as_str) {
+            Some("text") => blocks.push(json!({"type": "text", "text": p.get("text")})),
+            Some("image_url") => {
+                let url = p
+                    .pointer("/image_url/url")
+                    .or_else(|| p.get("image_url"))
+                    .and_then(Value::as_str)
+                    .ok_or("an image_url part needs a url")?;
+                blocks.push(image_block(url)?);
+            }
+            other => {
+                return Err(format!(
+                    "content parts of type {:?} are not supported on Anthropic targets",
+                    other.unwrap_or("unknown")
+                ));
+            }
+        }
+    }
+    Ok(Value::Array(blocks))
+}
+
+fn image_block(url: &str) -> Result<Value, String> {
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (media_type, data) = rest
+            .split_once(";base64,")
+            .ok_or("an image data URL must be base64")?;
+        return Ok(json!({"type": "image", "source": {"type": "base64",
+            "media_type": media_type, "data": data}}));
+    }
+    Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
+}
+
+/// An assistant turn: its text, then a `tool_use` block per tool call.
+fn assistant_blocks(m: &Value) -> Result<Value, String> {
+    let text = text_of(m.get("content").unwrap_or(&Value::Null))?;
+    let Some(calls) = m.get("tool_calls").and_then(Value::as_array) else {
+        return Ok(Value::String(text));
+    };
+    let mut blocks = Vec::new();
+    if !text.is_empty() {
+        blocks.push(json!({"type": "text", "text": text}));
+    }
+    for c in calls {
+        let f = c.get("function").unwrap_or(&Value::Null);
+        let input = f
+            .get("arguments")
+            .and_then(Value::as_str)
+            .map_or(Ok(json!({})), serde_json::from_str::<Value>)
+            .map_err(|_| "tool call arguments must be JSON".to_owned())?;
+        blocks.push(
+            json!({"type": "tool_use", "id": c.get("id"), "name": f.get("name"),
+            "input": input}),
+        );
+    }
+    Ok(Value::Array(blocks))
+}
+
+/// Appends a turn, merged into the previous one when it has the same role.
+fn push_turn(messages: &mut Vec<Value>, role: &str, content: Value) {
+    let as_blocks = |c: Value| match c {
+        Value::Array(blocks) => blocks,
+        Value::String(t) => vec![json!({"type": "text", "text": t})],
+        other => vec![other],
+    };
+    if let Some(last) = messages.last_mut()
+        && last["role"] == role
+    {
+        let mut blocks = as_blocks(last["content"].take());
+        blocks.extend(as_blocks(content));
+        last["content"] = Value::Array(blocks);
+        return;
+    }
+    messages.push(json!({"role": role, "content": content}));
+}
+
+fn tools(body: &Map<String, Value>) -> Option<Value> {
+    let from_tools = body.get("tools").and_then(Value::as_array).map(|list| {
+        list.iter()
+            .map(|t| t.get("function").cloned().unwrap_or(Value::Null))
+            .collect::<Vec<_>>()
+    });
+    let functions =
+        from_tools.or_else(|| body.get("functions").and_then(Value::as_array).cloned())?;
+    Some(Value::Array(
+        functions
+            .iter()
+            .map(|f| {
+                json!({"name": f.get("name"), "description": f.get("description").cloned().unwrap_or(json!("")),
+                    "input_schema": f.get("parameters").cloned().unwrap_or(json!({"type": "object"}))})
+            })
+            .collect(),
+    ))
+}
+
+fn tool_choice(choice: &Value) -> Result<Value, String> {
+    Ok(match choice {
+        Value::String(c) if c == "auto" => json!({"type": "auto"}),
+        Value::String(c) if c == "required" => json!({"type": "any"}),
+        Value::String(c) if c == "none" => json!({"type": "none"}),
+        Value::Object(_) => json!({"type": "tool", "name": choice.pointer("/function/name")}),
+        _ => return Err("tool_choice must be auto, required, none or a function".into()),
+    })
 }
 
 /// The Messages request for an OpenAI chat request (already carrying the target's model
@@ -53,19 +154,22 @@ pub fn request(
         .flatten()
     {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-        let text = text_of(m.get("content").unwrap_or(&Value::Null))?;
+        let content = m.get("content").unwrap_or(&Value::Null);
         match role {
-            "system" | "developer" => system.push(text),
-            "user" | "assistant" => messages.push(json!({"role": role, "content": text})),
+            "system" | "developer" => system.push(text_of(content)?),
+            "user" => push_turn(&mut messages, "user", blocks_of(content)?),
+            "assistant" => push_turn(&mut messages, "assistant", assistant_blocks(m)?),
+            "tool" => {
+                let result = json!({"type": "tool_result", "tool_use_id": m.get("tool_call_id"),
+                    "content": text_of(content)?});
+                push_turn(&mut messages, "user", json!([result]));
+            }
             other => {
                 return Err(format!(
                     "messages with role {other:?} are not supported on Anthropic targets"
                 ));
             }
         }
-    }
-    if body.get("tools").is_some() || body.get("functions").is_some() {
-        return Err("tools are not supported on Anthropic targets".into());
     }
     let max_tokens = body
         .get("max_tokens")
@@ -93,6 +197,12 @@ pub fn request(
     }
     if let Some(user) = body.get("user").and_then(Value::as_str) {
         out["metadata"] = json!({"user_id": user});
+    }
+    if let Some(tools) = tools(body) {
+        out["tools"] = tools;
+    }
+    if let Some(choice) = body.get("tool_choice").filter(|c| !c.is_null()) {
+        out["tool_choice"] = tool_choice(choice)?;
     }
     if stream {
         out["stream"] = Value::Bool(true);
@@ -140,6 +250,17 @@ pub fn response(v: &Value) -> (Value, Option<Usage>) {
         .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
         .filter_map(|b| b.get("text").and_then(Value::as_str))
         .collect();
+    let calls: Vec<Value> = v
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
+        .map(|b| {
+            json!({"id": b.get("id"), "type": "function", "function": {"name": b.get("name"),
+                "arguments": b.get("input").map_or_else(|| "{}".to_owned(), Value::to_string)}})
+        })
+        .collect();
     let usage = v.get("usage").and_then(usage_of);
     let mut out = json!({
         "id": format!("chatcmpl-{}", v.get("id").and_then(Value::as_str).unwrap_or("anthropic")),
@@ -152,6 +273,9 @@ pub fn response(v: &Value) -> (Value, Option<Usage>) {
             "finish_reason": finish_reason(v.get("stop_reason").and_then(Value::as_str)),
         }],
     });
+    if !calls.is_empty() {
+        out["choices"][0]["message"]["tool_calls"] = Value::Array(calls);
+    }
     if let Some(u) = usage {
         out["usage"] = openai_usage(u);
     }
@@ -165,6 +289,8 @@ pub struct StreamTranslator {
     created: i64,
     input: Option<u64>,
     output: u64,
+    /// Tool calls started so far (their OpenAI index), by Anthropic block index.
+    tools: Vec<(u64, usize)>,
     pub done: bool,
 }
 
@@ -184,6 +310,7 @@ impl Default for StreamTranslator {
             created: now(),
             input: None,
             output: 0,
+            tools: Vec::new(),
             done: false,
         }
     }
@@ -233,12 +360,35 @@ impl StreamTranslator {
                     self.chunk(json!({"role": "assistant", "content": ""}), Value::Null),
                 ])
             }
-            Some("content_block_delta") => match v["delta"].get("text").and_then(Value::as_str) {
-                Some(text) => {
-                    Translated::Chunks(vec![self.chunk(json!({"content": text}), Value::Null)])
+            Some("content_block_start") if v["content_block"]["type"] == "tool_use" => {
+                let block = &v["content_block"];
+                let index = self.tools.len();
+                self.tools.push((v["index"].as_u64().unwrap_or(0), index));
+                let call = json!({"index": index, "id": block.get("id"), "type": "function",
+                    "function": {"name": block.get("name"), "arguments": ""}});
+                Translated::Chunks(vec![self.chunk(json!({"tool_calls": [call]}), Value::Null)])
+            }
+            Some("content_block_delta") => {
+                let delta = &v["delta"];
+                if let Some(text) = delta.get("text").and_then(Value::as_str) {
+                    return Translated::Chunks(vec![
+                        self.chunk(json!({"content": text}), Value::Null),
+                    ]);
                 }
-                None => Translated::Chunks(vec![]),
-            },
+                let block = v["index"].as_u64().unwrap_or(0);
+                match (
+                    delta.get("partial_json").and_then(Value::as_str),
+                    self.tools.iter().find(|(b, _)| *b == block),
+                ) {
+                    (Some(json), Some((_, index))) => {
+                        let call = json!({"index": index, "function": {"arguments": json}});
+                        Translated::Chunks(vec![
+                            self.chunk(json!({"tool_calls": [call]}), Value::Null),
+                        ])
+                    }
+                    _ => Translated::Chunks(vec![]),
+                }
+            }
             Some("message_delta") => {
                 if let Some(out) = v["usage"].get("output_tokens").and_then(Value::as_u64) {
                     self.output = out;
@@ -285,18 +435,87 @@ mod tests {
         assert_eq!(r["stop_sequences"], json!(["END"]));
         assert_eq!(
             r["messages"],
-            json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+            json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                {"role": "assistant", "content": "hello"}])
         );
         assert_eq!(
             (r["stream"].as_bool(), r["metadata"]["user_id"].as_str()),
             (Some(true), Some("u1"))
         );
-        let tools = obj(json!({"model": "m", "messages": [], "tools": []}));
-        assert!(request(&tools, 1, false).is_err());
-        let image = obj(
-            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+        let audio = obj(
+            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
         );
-        assert!(request(&image, 1, false).is_err());
+        assert!(request(&audio, 1, false).is_err());
+    }
+
+    #[test]
+    fn tools_and_images_are_translated() {
+        let body = obj(json!({"model": "m", "tool_choice": "required",
+            "tools": [{"type": "function", "function": {"name": "weather",
+                "parameters": {"type": "object"}}}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "here"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}},
+                    {"type": "image_url", "image_url": {"url": "https://x.io/a.jpg"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                    "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+                {"role": "user", "content": "and tomorrow?"}]}));
+        let r = request(&body, 64, false).expect("translated");
+        let m = &r["messages"];
+        assert_eq!(
+            m[0]["content"][1]["source"],
+            json!({"type": "base64", "media_type": "image/png", "data": "QUJD"})
+        );
+        assert_eq!(m[0]["content"][2]["source"]["url"], "https://x.io/a.jpg");
+        assert_eq!(
+            m[1]["content"][0],
+            json!({"type": "tool_use", "id": "c1", "name": "weather", "input": {"city": "Oslo"}})
+        );
+        assert_eq!(
+            m[2]["content"][0]["type"], "tool_result",
+            "the result and the next user turn merge"
+        );
+        assert_eq!(
+            m[2]["content"][1],
+            json!({"type": "text", "text": "and tomorrow?"})
+        );
+        assert_eq!(r["tools"][0]["input_schema"], json!({"type": "object"}));
+        assert_eq!(r["tool_choice"], json!({"type": "any"}));
+
+        let (o, _) = response(
+            &json!({"content": [{"type": "tool_use", "id": "t9", "name": "weather",
+            "input": {"city": "Bergen"}}], "stop_reason": "tool_use",
+            "usage": {"input_tokens": 1, "output_tokens": 1}}),
+        );
+        let call = &o["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(
+            (&call["id"], &call["function"]["arguments"]),
+            (&json!("t9"), &json!("{\"city\":\"Bergen\"}"))
+        );
+        assert_eq!(o["choices"][0]["finish_reason"], "tool_calls");
+
+        let mut t = StreamTranslator::default();
+        let mut chunks = vec![];
+        for e in [
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t1", "name": "weather"}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\""}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ":\"Oslo\"}"}}),
+        ] {
+            if let Translated::Chunks(c) = t.event(&e.to_string()) {
+                chunks.extend(c);
+            }
+        }
+        let args: String = chunks
+            .iter()
+            .filter_map(|c| serde_json::from_str::<Value>(c).ok())
+            .filter_map(|c| {
+                c.pointer("/choices/0/delta/tool_calls/0/function/arguments")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(args, "{\"city\":\"Oslo\"}");
     }
 
     #[test]

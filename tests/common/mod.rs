@@ -492,6 +492,16 @@ async fn mock_messages(
         events.push(ev("message_stop", json!({"type": "message_stop"})));
         return sse_body(s.clone(), events);
     }
+    if s.tool_call.load(Ordering::SeqCst) {
+        return axum::Json(
+            json!({"id": "msg_tool", "type": "message", "role": "assistant",
+            "model": model, "content": [{"type": "tool_use", "id": "toolu_1", "name": "weather",
+                "input": {"city": "Oslo"}}],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": p, "output_tokens": c}}),
+        )
+        .into_response();
+    }
     axum::Json(json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
         "content": [{"type": "text", "text": ANSWER}], "stop_reason": "end_turn", "stop_sequence": null,
         "usage": {"input_tokens": p, "output_tokens": c}}))
