@@ -17,24 +17,60 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Tokens an answer used, as reported by the upstream or estimated by the gateway.
+/// `input_tokens` counts every input token, cached reads and cache writes included;
+/// `output_tokens` every output token, reasoning included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub input_tokens: u32,
     pub output_tokens: u32,
+    /// Of the input, tokens read from the provider's prompt cache.
+    pub cached_input_tokens: u32,
+    /// Of the input, tokens written to the provider's prompt cache.
+    pub cache_write_tokens: u32,
+    /// Of the output, reasoning tokens.
+    pub reasoning_tokens: u32,
 }
 
 impl Usage {
+    /// Plain input and output, nothing cached and no reasoning told apart.
+    pub fn new(input_tokens: u32, output_tokens: u32) -> Self {
+        Self {
+            input_tokens,
+            output_tokens,
+            ..Self::default()
+        }
+    }
+
     pub fn total(&self) -> u64 {
         u64::from(self.input_tokens) + u64::from(self.output_tokens)
     }
 }
 
-/// The wholesale price of one (provider, model), per token.
+/// The wholesale price of one (provider, model), per token. The optional rates apply to
+/// cached input (reads), cache writes and reasoning output where a provider prices them
+/// apart; unset, the plain input or output rate applies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rate {
     pub input_rate: Decimal,
     pub output_rate: Decimal,
     pub currency: String,
+    pub cached_input_rate: Option<Decimal>,
+    pub cache_write_rate: Option<Decimal>,
+    pub reasoning_output_rate: Option<Decimal>,
+}
+
+impl Rate {
+    /// Plain input and output rates only.
+    pub fn plain(input_rate: Decimal, output_rate: Decimal, currency: &str) -> Self {
+        Self {
+            input_rate,
+            output_rate,
+            currency: currency.to_owned(),
+            cached_input_rate: None,
+            cache_write_rate: None,
+            reasoning_output_rate: None,
+        }
+    }
 }
 
 /// What one customer pays for one (provider, model): the rate plus the markup that applies
@@ -44,6 +80,9 @@ pub struct Price {
     pub input_rate: Decimal,
     pub output_rate: Decimal,
     pub markup_percent: Decimal,
+    pub cached_input_rate: Option<Decimal>,
+    pub cache_write_rate: Option<Decimal>,
+    pub reasoning_output_rate: Option<Decimal>,
 }
 
 /// A computed charge: both the wholesale cost and what the customer pays.
@@ -59,14 +98,41 @@ impl Price {
             input_rate: rate.input_rate,
             output_rate: rate.output_rate,
             markup_percent,
+            cached_input_rate: rate.cached_input_rate,
+            cache_write_rate: rate.cache_write_rate,
+            reasoning_output_rate: rate.reasoning_output_rate,
         }
     }
 
-    /// The exact charge for `usage`. Inputs are validated at the API (bounded scale and
-    /// magnitude), so the products stay well inside `Decimal`'s 28 digits.
+    /// Nothing: for a charge whose rates are unknown.
+    pub fn free() -> Self {
+        Self {
+            input_rate: Decimal::ZERO,
+            output_rate: Decimal::ZERO,
+            markup_percent: Decimal::ZERO,
+            cached_input_rate: None,
+            cache_write_rate: None,
+            reasoning_output_rate: None,
+        }
+    }
+
+    /// The exact charge for `usage`: plain input, cached input, cache writes, plain output
+    /// and reasoning, each at its rate (a split the usage does not report, or a rate the
+    /// provider does not set, falls back to the plain rate). Inputs are validated at the
+    /// API (bounded scale and magnitude), so the products stay well inside `Decimal`'s 28
+    /// digits.
     pub fn charge(&self, usage: Usage) -> Charge {
-        let platform_cost = Decimal::from(usage.input_tokens) * self.input_rate
-            + Decimal::from(usage.output_tokens) * self.output_rate;
+        let tokens = |n: u32| Decimal::from(n);
+        let cached = usage.cached_input_tokens.min(usage.input_tokens);
+        let written = usage.cache_write_tokens.min(usage.input_tokens - cached);
+        let plain_input = usage.input_tokens - cached - written;
+        let reasoning = usage.reasoning_tokens.min(usage.output_tokens);
+        let plain_output = usage.output_tokens - reasoning;
+        let platform_cost = tokens(plain_input) * self.input_rate
+            + tokens(cached) * self.cached_input_rate.unwrap_or(self.input_rate)
+            + tokens(written) * self.cache_write_rate.unwrap_or(self.input_rate)
+            + tokens(plain_output) * self.output_rate
+            + tokens(reasoning) * self.reasoning_output_rate.unwrap_or(self.output_rate);
         let amount = platform_cost * (Decimal::ONE + self.markup_percent / Decimal::ONE_HUNDRED);
         Charge {
             platform_cost,
@@ -281,19 +347,46 @@ mod tests {
 
     #[test]
     fn charge_follows_the_formula_exactly() {
-        let price = Price {
+        let mut price = Price {
             input_rate: d("0.0000008"),
             output_rate: d("0.000002"),
             markup_percent: d("15"),
+            ..Price::free()
         };
-        let c = price.charge(Usage {
-            input_tokens: 1234,
-            output_tokens: 567,
-        });
+        let c = price.charge(Usage::new(1234, 567));
         // 1234 * 0.0000008 + 567 * 0.000002 = 0.0009872 + 0.001134 = 0.0021212
         assert_eq!(c.platform_cost, d("0.0021212"));
         // * 1.15 = 0.00243938
         assert_eq!(c.amount, d("0.00243938"));
+
+        // A split without rates of its own costs what plain tokens cost.
+        let split = Usage {
+            cached_input_tokens: 1000,
+            cache_write_tokens: 34,
+            reasoning_tokens: 67,
+            ..Usage::new(1234, 567)
+        };
+        assert_eq!(price.charge(split), c);
+        // 200 plain * 0.0000008 + 1000 cached * 0.0000002 + 34 written * 0.000001
+        // + 500 plain * 0.000002 + 67 reasoning * 0.000003
+        // = 0.00016 + 0.0002 + 0.000034 + 0.001 + 0.000201 = 0.001595
+        price.cached_input_rate = Some(d("0.0000002"));
+        price.cache_write_rate = Some(d("0.000001"));
+        price.reasoning_output_rate = Some(d("0.000003"));
+        let c = price.charge(split);
+        assert_eq!(c.platform_cost, d("0.001595"));
+        assert_eq!(c.amount, d("0.00183425"));
+        // A split larger than its total is bounded by it.
+        let odd = Usage {
+            cached_input_tokens: 5000,
+            cache_write_tokens: 5000,
+            reasoning_tokens: 5000,
+            ..Usage::new(10, 10)
+        };
+        assert_eq!(
+            price.charge(odd).platform_cost,
+            d("10") * d("0.0000002") + d("10") * d("0.000003")
+        );
     }
 
     #[test]

@@ -107,11 +107,7 @@ pub async fn seed(app: &AppState, addr: SocketAddr) -> Result<Seeded, String> {
     let tenant = db::tenants::ensure(pool, "demo", d("20")?)
         .await
         .map_err(err)?;
-    let rate = Rate {
-        input_rate: d("0.000001")?,
-        output_rate: d("0.000002")?,
-        currency: "USD".into(),
-    };
+    let rate = Rate::plain(d("0.000001")?, d("0.000002")?, "USD");
     for model in [DEMO_MODEL, DEMO_EMBED_MODEL] {
         db::config::upsert_rate(pool, "mock", model, &rate)
             .await

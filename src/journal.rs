@@ -38,6 +38,10 @@ pub struct UsageRecord {
     pub input_rate: Decimal,
     pub output_rate: Decimal,
     pub markup_percent: Decimal,
+    /// The split's own rates, where the provider sets them (`None`: plain rates applied).
+    pub cached_input_rate: Option<Decimal>,
+    pub cache_write_rate: Option<Decimal>,
+    pub reasoning_output_rate: Option<Decimal>,
     pub platform_cost: Decimal,
     /// `upstream` when the upstream reported usage, `estimated` when the gateway counted.
     pub usage_source: &'static str,

@@ -209,11 +209,7 @@ mod tests {
         let mut models = HashMap::new();
         models.insert(
             "m".to_string(),
-            Rate {
-                input_rate: Decimal::ONE,
-                output_rate: Decimal::TWO,
-                currency: "USD".into(),
-            },
+            Rate::plain(Decimal::ONE, Decimal::TWO, "USD"),
         );
         s.rates.insert("p".into(), models);
         assert_eq!(s.markup(tenant, u1), Decimal::from(20));

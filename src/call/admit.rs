@@ -79,10 +79,7 @@ pub(super) async fn admit<O: Operation>(
     } else {
         op.prompt_tokens(image_tokens).await
     };
-    let worst = Usage {
-        input_tokens: prompt_tokens,
-        output_tokens: op.max_output(limits)?,
-    };
+    let worst = Usage::new(prompt_tokens, op.max_output(limits)?);
 
     let checked = app
         .keys

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::admit::Admitted;
 use super::{CallError, Operation};
 use crate::actors::balances::ChargeRequest;
-use crate::billing::{Charge, Decimal, Price, Usage};
+use crate::billing::{Charge, Price, Usage};
 use crate::config::Durability;
 use crate::journal::UsageRecord;
 
@@ -18,10 +18,7 @@ impl<O: Operation> Admitted<O> {
     /// The usage of an answer whose upstream reported none: the prompt as estimated at
     /// admission, and the answer's counted tokens.
     pub(super) fn estimated(&self, output_tokens: u32) -> Usage {
-        Usage {
-            input_tokens: self.prompt_tokens,
-            output_tokens,
-        }
+        Usage::new(self.prompt_tokens, output_tokens)
     }
 
     pub(super) fn strict(&self) -> bool {
@@ -57,6 +54,9 @@ impl<O: Operation> Admitted<O> {
                         input_rate: price.input_rate,
                         output_rate: price.output_rate,
                         markup_percent: price.markup_percent,
+                        cached_input_rate: price.cached_input_rate,
+                        cache_write_rate: price.cache_write_rate,
+                        reasoning_output_rate: price.reasoning_output_rate,
                         platform_cost: charge.platform_cost,
                         usage_source: source,
                     },
@@ -94,11 +94,7 @@ impl<O: Operation> Admitted<O> {
             None => {
                 tracing::error!(request_id = %self.request_id, %provider, %model,
                     "no rate for the target that answered; charging the reservation");
-                let free = Price {
-                    input_rate: Decimal::ZERO,
-                    output_rate: Decimal::ZERO,
-                    markup_percent: Decimal::ZERO,
-                };
+                let free = Price::free();
                 let whole = Charge {
                     platform_cost: self.reserve,
                     amount: self.reserve,

@@ -17,7 +17,9 @@ pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
     let mut snap = Snapshot::default();
 
     let rows = sqlx::query(
-        "SELECT provider, model, input_rate, output_rate, currency FROM data.provider_rate",
+        "SELECT provider, model, input_rate, output_rate, currency, cached_input_rate,
+                cache_write_rate, reasoning_output_rate
+         FROM data.provider_rate",
     )
     .fetch_all(pool)
     .await?;
@@ -28,6 +30,9 @@ pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
             input_rate: r.try_get("input_rate")?,
             output_rate: r.try_get("output_rate")?,
             currency: r.try_get("currency")?,
+            cached_input_rate: r.try_get("cached_input_rate")?,
+            cache_write_rate: r.try_get("cache_write_rate")?,
+            reasoning_output_rate: r.try_get("reasoning_output_rate")?,
         };
         snap.rates
             .entry(provider)
@@ -151,17 +156,23 @@ pub async fn upsert_rate(
     rate: &Rate,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO data.provider_rate (provider, model, input_rate, output_rate, currency)
-         VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO data.provider_rate (provider, model, input_rate, output_rate, currency,
+             cached_input_rate, cache_write_rate, reasoning_output_rate)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (provider, model) DO UPDATE SET
              input_rate = EXCLUDED.input_rate, output_rate = EXCLUDED.output_rate,
-             currency = EXCLUDED.currency, updated_at = now()",
+             currency = EXCLUDED.currency, cached_input_rate = EXCLUDED.cached_input_rate,
+             cache_write_rate = EXCLUDED.cache_write_rate,
+             reasoning_output_rate = EXCLUDED.reasoning_output_rate, updated_at = now()",
     )
     .bind(provider)
     .bind(model)
     .bind(rate.input_rate)
     .bind(rate.output_rate)
     .bind(&rate.currency)
+    .bind(rate.cached_input_rate)
+    .bind(rate.cache_write_rate)
+    .bind(rate.reasoning_output_rate)
     .execute(pool)
     .await?;
     Ok(())

@@ -296,6 +296,12 @@ async fn insert_usage(
     let mut costs = Vec::with_capacity(n);
     let mut sources = Vec::with_capacity(n);
     let mut times = Vec::with_capacity(n);
+    let mut cached = Vec::with_capacity(n);
+    let mut written = Vec::with_capacity(n);
+    let mut reasoning = Vec::with_capacity(n);
+    let mut cached_rates = Vec::with_capacity(n);
+    let mut write_rates = Vec::with_capacity(n);
+    let mut reasoning_rates = Vec::with_capacity(n);
     for (e, u) in &charges {
         ids.push(e.request_id.as_str());
         users.push(e.user_id);
@@ -313,16 +319,24 @@ async fn insert_usage(
         costs.push(-e.delta);
         sources.push(u.usage_source);
         times.push(e.created_at);
+        cached.push(tokens(u.usage.cached_input_tokens));
+        written.push(tokens(u.usage.cache_write_tokens));
+        reasoning.push(tokens(u.usage.reasoning_tokens));
+        cached_rates.push(u.cached_input_rate);
+        write_rates.push(u.cache_write_rate);
+        reasoning_rates.push(u.reasoning_output_rate);
     }
     let done = sqlx::query(
         "INSERT INTO data.usage_log
              (request_id, user_id, tenant_id, virtual_key_id, provider, model, input_tokens,
               output_tokens, tokens, input_rate, output_rate, markup_percent, platform_cost, cost,
-              usage_source, created_at)
+              usage_source, created_at, cached_input_tokens, cache_write_tokens,
+              reasoning_tokens, cached_input_rate, cache_write_rate, reasoning_output_rate)
          SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
                               $6::text[], $7::int4[], $8::int4[], $9::int4[], $10::numeric[],
                               $11::numeric[], $12::numeric[], $13::numeric[], $14::numeric[],
-                              $15::text[], $16::timestamptz[])
+                              $15::text[], $16::timestamptz[], $17::int4[], $18::int4[],
+                              $19::int4[], $20::numeric[], $21::numeric[], $22::numeric[])
          ON CONFLICT (request_id) DO NOTHING",
     )
     .bind(&ids)
@@ -341,6 +355,12 @@ async fn insert_usage(
     .bind(&costs)
     .bind(&sources)
     .bind(&times)
+    .bind(&cached)
+    .bind(&written)
+    .bind(&reasoning)
+    .bind(&cached_rates)
+    .bind(&write_rates)
+    .bind(&reasoning_rates)
     .execute(&mut **tx)
     .await?;
     outcome.usage_rows = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);

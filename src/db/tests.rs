@@ -78,13 +78,13 @@ fn charge(
         virtual_key_id: key_id,
         provider: "mock".into(),
         model: "m".into(),
-        usage: Usage {
-            input_tokens: 10,
-            output_tokens: 5,
-        },
+        usage: Usage::new(10, 5),
         input_rate: d("0.001"),
         output_rate: d("0.002"),
         markup_percent: Decimal::ZERO,
+        cached_input_rate: None,
+        cache_write_rate: None,
+        reasoning_output_rate: None,
         platform_cost: d(amount),
         usage_source: "upstream",
     }));

@@ -50,6 +50,24 @@ pub struct PutRate {
     /// ISO 4217, default `USD`.
     #[schema(example = "USD")]
     pub currency: Option<String>,
+    /// Per input token read from the provider's prompt cache (unset: `input_rate`).
+    #[serde(default, deserialize_with = "de_opt_money")]
+    #[schema(value_type = Option<String>, example = "0.0000002")]
+    pub cached_input_rate: Option<Decimal>,
+    /// Per input token written to the provider's prompt cache (unset: `input_rate`).
+    #[serde(default, deserialize_with = "de_opt_money")]
+    #[schema(value_type = Option<String>, example = "0.000001")]
+    pub cache_write_rate: Option<Decimal>,
+    /// Per reasoning output token (unset: `output_rate`).
+    #[serde(default, deserialize_with = "de_opt_money")]
+    #[schema(value_type = Option<String>, example = "0.000003")]
+    pub reasoning_output_rate: Option<Decimal>,
+}
+
+fn de_opt_money<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrapped(#[serde(deserialize_with = "de_money")] Decimal);
+    Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -61,16 +79,36 @@ pub struct RateView {
     #[schema(value_type = String, example = "0.000002")]
     pub output_rate: String,
     pub currency: String,
+    #[schema(value_type = Option<String>)]
+    pub cached_input_rate: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub cache_write_rate: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub reasoning_output_rate: Option<String>,
 }
 
 fn rate_view(provider: &str, model: &str, rate: &Rate) -> RateView {
+    let text = |r: Option<Decimal>| r.map(|r| r.normalize().to_string());
     RateView {
         provider: provider.to_owned(),
         model: model.to_owned(),
         input_rate: rate.input_rate.normalize().to_string(),
         output_rate: rate.output_rate.normalize().to_string(),
         currency: rate.currency.clone(),
+        cached_input_rate: text(rate.cached_input_rate),
+        cache_write_rate: text(rate.cache_write_rate),
+        reasoning_output_rate: text(rate.reasoning_output_rate),
     }
+}
+
+fn optional_rate(rate: Option<Decimal>, name: &'static str) -> Result<Option<Decimal>, ApiError> {
+    rate.map(|r| {
+        AmountRule::RATE
+            .named(name)
+            .check(r)
+            .map_err(ApiError::bad_request)
+    })
+    .transpose()
 }
 
 /// Sets the wholesale rate of a (provider, model); the next call is billed with it.
@@ -96,6 +134,9 @@ pub async fn put_rate(
             .check(body.output_rate)
             .map_err(ApiError::bad_request)?,
         currency: body.currency.unwrap_or_else(|| "USD".into()),
+        cached_input_rate: optional_rate(body.cached_input_rate, "cached_input_rate")?,
+        cache_write_rate: optional_rate(body.cache_write_rate, "cache_write_rate")?,
+        reasoning_output_rate: optional_rate(body.reasoning_output_rate, "reasoning_output_rate")?,
     };
     let c = &rate.currency;
     if c.len() != 3 || !c.chars().all(|ch| ch.is_ascii_uppercase()) {

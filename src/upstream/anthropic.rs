@@ -220,14 +220,27 @@ fn finish_reason(stop: Option<&str>) -> Value {
     }
 }
 
-fn usage_of(u: &Value) -> Option<Usage> {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let input = u.get("input_tokens").and_then(Value::as_u64)?
-        + n("cache_creation_input_tokens")
-        + n("cache_read_input_tokens");
+/// The usage in an Anthropic `usage` object: cache reads and writes are input too (told
+/// apart, for their own rates).
+pub(super) fn usage_of(u: &Value) -> Option<Usage> {
+    let n = |k: &str| {
+        u.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0)
+    };
+    let plain = u32::try_from(u.get("input_tokens").and_then(Value::as_u64)?).ok()?;
+    let (read, written) = (
+        n("cache_read_input_tokens"),
+        n("cache_creation_input_tokens"),
+    );
     Some(Usage {
-        input_tokens: u32::try_from(input).unwrap_or(u32::MAX),
-        output_tokens: u32::try_from(n("output_tokens")).unwrap_or(u32::MAX),
+        cached_input_tokens: read,
+        cache_write_tokens: written,
+        ..Usage::new(
+            plain.saturating_add(read).saturating_add(written),
+            n("output_tokens"),
+        )
     })
 }
 
@@ -287,7 +300,8 @@ pub struct StreamTranslator {
     id: String,
     model: Value,
     created: i64,
-    input: Option<u64>,
+    /// The input as `message_start` reported it (cache reads and writes told apart).
+    input: Option<Usage>,
     output: u64,
     /// Tool calls started so far (their OpenAI index), by Anthropic block index.
     tools: Vec<(u64, usize)>,
@@ -326,8 +340,8 @@ impl StreamTranslator {
     /// Usage so far (complete once `message_delta` arrived).
     pub fn usage(&self) -> Option<Usage> {
         self.input.map(|i| Usage {
-            input_tokens: u32::try_from(i).unwrap_or(u32::MAX),
             output_tokens: u32::try_from(self.output).unwrap_or(u32::MAX),
+            ..i
         })
     }
 
@@ -353,7 +367,7 @@ impl StreamTranslator {
                 }
                 self.model = m.get("model").cloned().unwrap_or(Value::Null);
                 if let Some(u) = m.get("usage") {
-                    self.input = usage_of(u).map(|u| u64::from(u.input_tokens));
+                    self.input = usage_of(u);
                     self.output = u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0);
                 }
                 Translated::Chunks(vec![
@@ -528,13 +542,7 @@ mod tests {
         );
         assert_eq!(o["choices"][0]["message"]["content"], "Hi there");
         assert_eq!(o["choices"][0]["finish_reason"], "length");
-        assert_eq!(
-            u,
-            Some(Usage {
-                input_tokens: 12,
-                output_tokens: 4
-            })
-        );
+        assert_eq!(u, Some(Usage::new(12, 4)));
         assert_eq!(o["usage"]["total_tokens"], 16);
     }
 
@@ -556,13 +564,7 @@ mod tests {
             }
         }
         assert!(t.done);
-        assert_eq!(
-            t.usage(),
-            Some(Usage {
-                input_tokens: 9,
-                output_tokens: 5
-            })
-        );
+        assert_eq!(t.usage(), Some(Usage::new(9, 5)));
         let joined: String = texts
             .iter()
             .filter_map(|c| serde_json::from_str::<Value>(c).ok())

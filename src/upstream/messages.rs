@@ -208,12 +208,9 @@ pub fn from_chat(answer: &Value, model: &str) -> (Value, Option<Usage>) {
             "input": input}),
         );
     }
-    let usage = answer.get("usage").and_then(|u| {
-        Some(Usage {
-            input_tokens: u32::try_from(u.get("prompt_tokens")?.as_u64()?).ok()?,
-            output_tokens: u32::try_from(u.get("completion_tokens")?.as_u64()?).ok()?,
-        })
-    });
+    let usage = answer
+        .get("usage")
+        .and_then(|u| super::reply::openai_usage(u, super::Endpoint::Chat));
     let id = answer
         .get("id")
         .and_then(Value::as_str)
@@ -226,25 +223,26 @@ pub fn from_chat(answer: &Value, model: &str) -> (Value, Option<Usage>) {
         "content": content,
         "stop_reason": stop_reason(choice.get("finish_reason").and_then(Value::as_str)),
         "stop_sequence": null,
-        "usage": {
-            "input_tokens": usage.map_or(0, |u| u.input_tokens),
-            "output_tokens": usage.map_or(0, |u| u.output_tokens),
-        },
+        "usage": anthropic_usage(usage.unwrap_or_default()),
     });
     (out, usage)
 }
 
+/// A usage as Anthropic reports it: `input_tokens` without the cache reads (and writes).
+fn anthropic_usage(u: Usage) -> Value {
+    let mut out = json!({
+        "input_tokens": u.input_tokens - u.cached_input_tokens.min(u.input_tokens),
+        "output_tokens": u.output_tokens,
+    });
+    if u.cached_input_tokens > 0 {
+        out["cache_read_input_tokens"] = json!(u.cached_input_tokens);
+    }
+    out
+}
+
 /// The usage a Messages response reports: cache reads and writes count as input.
 pub fn usage(message: &Value) -> Option<Usage> {
-    let u = message.get("usage")?;
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let input = u.get("input_tokens").and_then(Value::as_u64)?
-        + n("cache_creation_input_tokens")
-        + n("cache_read_input_tokens");
-    Some(Usage {
-        input_tokens: u32::try_from(input).ok()?,
-        output_tokens: u32::try_from(n("output_tokens")).ok()?,
-    })
+    super::anthropic::usage_of(message.get("usage")?)
 }
 
 /// A whole Messages response as Anthropic's stream of events (for a client that asked to

@@ -43,10 +43,7 @@ pub fn complete(body: &Map<String, Value>) -> (Value, Usage) {
         text.push(' ');
         text.push_str(word);
     }
-    let usage = Usage {
-        input_tokens: tokens::prompt(&messages, 0),
-        output_tokens: tokens::count(&text),
-    };
+    let usage = Usage::new(tokens::prompt(&messages, 0), tokens::count(&text));
     let response = json!({
         "id": "chatcmpl-mock",
         "object": "chat.completion",
@@ -116,10 +113,7 @@ pub fn embed(body: &Map<String, Value>) -> (Value, Usage) {
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    let usage = Usage {
-        input_tokens: tokens::embedding_input(&input),
-        output_tokens: 0,
-    };
+    let usage = Usage::new(tokens::embedding_input(&input), 0);
     let response = json!({
         "object": "list",
         "data": data,

@@ -40,6 +40,26 @@ impl Endpoint {
     }
 }
 
+/// The usage in an OpenAI-shaped `usage` object: prompt and completion tokens, with the
+/// cached prompt tokens (`prompt_tokens_details.cached_tokens`) and reasoning tokens
+/// (`completion_tokens_details.reasoning_tokens`) told apart when reported. Embeddings
+/// report no completion.
+pub fn openai_usage(u: &Value, endpoint: Endpoint) -> Option<Usage> {
+    let n = |v: Option<&Value>| {
+        v.and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    let output = match endpoint {
+        Endpoint::Embeddings => n(u.get("completion_tokens")).unwrap_or(0),
+        Endpoint::Chat | Endpoint::Messages => n(u.get("completion_tokens"))?,
+    };
+    Some(Usage {
+        cached_input_tokens: n(u.pointer("/prompt_tokens_details/cached_tokens")).unwrap_or(0),
+        reasoning_tokens: n(u.pointer("/completion_tokens_details/reasoning_tokens")).unwrap_or(0),
+        ..Usage::new(n(u.get("prompt_tokens"))?, output)
+    })
+}
+
 /// The wire protocol of a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {

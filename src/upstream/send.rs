@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde_json::{Map, Value};
 
 use super::providers::Resolved;
-use super::reply::{status_error, transport_error};
+use super::reply::{openai_usage, status_error, transport_error};
 use super::{
     Answer, Endpoint, Outbound, StreamReply, UpstreamError, UpstreamReply, Upstreams, Wire,
     anthropic, messages,
@@ -185,37 +185,17 @@ pub(super) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, UpstreamErro
     serde_json::to_vec(v).map_err(|e| UpstreamError::failed(e.to_string()))
 }
 
-/// The part of an OpenAI-shaped answer the gateway reads.
+/// The part of an OpenAI-shaped answer the gateway reads (the rest is skipped unparsed).
 #[derive(serde::Deserialize)]
 struct Reported {
     #[serde(default)]
-    usage: Option<ReportedUsage>,
-}
-
-#[derive(serde::Deserialize)]
-struct ReportedUsage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-}
-
-impl Reported {
-    fn usage(&self, endpoint: Endpoint) -> Option<Usage> {
-        let u = self.usage.as_ref()?;
-        let output = match endpoint {
-            Endpoint::Chat | Endpoint::Messages => u.completion_tokens?,
-            // Embeddings produce no tokens: their usage has prompt and total only.
-            Endpoint::Embeddings => u.completion_tokens.unwrap_or(0),
-        };
-        Some(Usage {
-            input_tokens: u32::try_from(u.prompt_tokens?).ok()?,
-            output_tokens: u32::try_from(output).ok()?,
-        })
-    }
+    usage: Option<Value>,
 }
 
 /// The usage an OpenAI-shaped answer reports, if whole; `Err` if it is not JSON.
 fn reported_usage(bytes: &[u8], endpoint: Endpoint) -> Result<Option<Usage>, serde_json::Error> {
-    serde_json::from_slice::<Reported>(bytes).map(|r| r.usage(endpoint))
+    serde_json::from_slice::<Reported>(bytes)
+        .map(|r| r.usage.and_then(|u| openai_usage(&u, endpoint)))
 }
 
 #[cfg(test)]
@@ -230,9 +210,19 @@ mod tests {
             reported_usage(v.to_string().as_bytes(), Endpoint::Chat)
                 .ok()
                 .flatten(),
+            Some(Usage::new(7, 3))
+        );
+        let detailed = json!({"usage": {"prompt_tokens": 100, "completion_tokens": 50,
+            "prompt_tokens_details": {"cached_tokens": 80},
+            "completion_tokens_details": {"reasoning_tokens": 30}}});
+        assert_eq!(
+            reported_usage(detailed.to_string().as_bytes(), Endpoint::Chat)
+                .ok()
+                .flatten(),
             Some(Usage {
-                input_tokens: 7,
-                output_tokens: 3
+                cached_input_tokens: 80,
+                reasoning_tokens: 30,
+                ..Usage::new(100, 50)
             })
         );
         assert_eq!(reported_usage(b"{}", Endpoint::Chat).ok().flatten(), None);
@@ -247,10 +237,7 @@ mod tests {
             reported_usage(embedded, Endpoint::Embeddings)
                 .ok()
                 .flatten(),
-            Some(Usage {
-                input_tokens: 7,
-                output_tokens: 0
-            })
+            Some(Usage::new(7, 0))
         );
         assert!(
             reported_usage(b"{\"usage\": ", Endpoint::Chat).is_err(),

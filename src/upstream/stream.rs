@@ -57,15 +57,7 @@ fn error_event(message: &str) -> Bytes {
 
 fn openai_usage(v: &Value) -> Option<Usage> {
     let u = v.get("usage").filter(|u| !u.is_null())?;
-    let get = |k: &str| {
-        u.get(k)
-            .and_then(Value::as_u64)
-            .and_then(|n| u32::try_from(n).ok())
-    };
-    Some(Usage {
-        input_tokens: get("prompt_tokens")?,
-        output_tokens: get("completion_tokens")?,
-    })
+    super::reply::openai_usage(u, super::Endpoint::Chat)
 }
 
 fn delta_text(v: &Value, into: &mut String) {
@@ -281,13 +273,7 @@ mod tests {
             tx,
         )
         .await;
-        assert_eq!(
-            out.usage,
-            Some(Usage {
-                input_tokens: 5,
-                output_tokens: 2
-            })
-        );
+        assert_eq!(out.usage, Some(Usage::new(5, 2)));
         assert_eq!(out.text, "Hello");
         let sent = collect(rx).await;
         assert!(sent.contains("Hel") && sent.ends_with("data: [DONE]\n\n"));
@@ -339,13 +325,6 @@ mod tests {
         )
         .await;
         assert!(out.client_gone);
-        assert_eq!(
-            out.usage,
-            Some(Usage {
-                input_tokens: 5,
-                output_tokens: 2
-            }),
-            "read to the end"
-        );
+        assert_eq!(out.usage, Some(Usage::new(5, 2)), "read to the end");
     }
 }

@@ -226,6 +226,46 @@ pub struct MockState {
     pub chunks_sent: AtomicUsize,
     /// Chat answers call the tool `weather` (with `{"city": "Oslo"}`) instead of answering.
     pub tool_call: AtomicBool,
+    /// Of the prompt tokens, reported as read from the prompt cache (0: no details).
+    pub cached_tokens: AtomicU64,
+    /// Anthropic only: input tokens reported as written to the prompt cache.
+    pub cache_write_tokens: AtomicU64,
+    /// Of the completion tokens, reported as reasoning (0: no details).
+    pub reasoning_tokens: AtomicU64,
+}
+
+/// The usage an OpenAI-format mock answer reports, details included when set.
+fn openai_usage(s: &MockState) -> Value {
+    let (p, c) = (
+        s.prompt_tokens.load(Ordering::SeqCst),
+        s.completion_tokens.load(Ordering::SeqCst),
+    );
+    let mut u = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+    let cached = s.cached_tokens.load(Ordering::SeqCst);
+    if cached > 0 {
+        u["prompt_tokens_details"] = json!({"cached_tokens": cached});
+    }
+    let reasoning = s.reasoning_tokens.load(Ordering::SeqCst);
+    if reasoning > 0 {
+        u["completion_tokens_details"] = json!({"reasoning_tokens": reasoning});
+    }
+    u
+}
+
+/// The usage an Anthropic mock answer reports: `input_tokens` without the cache reads and
+/// writes, which come apart.
+fn anthropic_usage(s: &MockState, output: u64) -> Value {
+    let mut u =
+        json!({"input_tokens": s.prompt_tokens.load(Ordering::SeqCst), "output_tokens": output});
+    let (read, written) = (
+        s.cached_tokens.load(Ordering::SeqCst),
+        s.cache_write_tokens.load(Ordering::SeqCst),
+    );
+    if read + written > 0 {
+        u["cache_read_input_tokens"] = json!(read);
+        u["cache_creation_input_tokens"] = json!(written);
+    }
+    u
 }
 
 /// The answer's words, one stream chunk each.
@@ -297,15 +337,11 @@ fn openai_stream(s: Arc<MockState>, req: &Value) -> Response {
         .and_then(Value::as_bool)
         == Some(true);
     if wants && !s.stream_without_usage.load(Ordering::SeqCst) {
-        let (p, c) = (
-            s.prompt_tokens.load(Ordering::SeqCst),
-            s.completion_tokens.load(Ordering::SeqCst),
-        );
         events.push(format!(
             "data: {}\n\n",
             json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
             "created": 1, "model": model, "choices": [],
-            "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
+            "usage": openai_usage(&s)})
         ));
     }
     events.push("data: [DONE]\n\n".into());
@@ -354,10 +390,6 @@ async fn mock_chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: By
     if stream {
         return openai_stream(s.clone(), &req);
     }
-    let (p, c) = (
-        s.prompt_tokens.load(Ordering::SeqCst),
-        s.completion_tokens.load(Ordering::SeqCst),
-    );
     if s.tool_call.load(Ordering::SeqCst) {
         return axum::Json(json!({
             "id": "chatcmpl-tool", "object": "chat.completion", "created": 1,
@@ -366,7 +398,7 @@ async fn mock_chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: By
                 "role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
                     "type": "function", "function": {"name": "weather",
                     "arguments": "{\"city\":\"Oslo\"}"}}]}}],
-            "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+            "usage": openai_usage(&s)
         }))
         .into_response();
     }
@@ -378,7 +410,7 @@ async fn mock_chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: By
         "system_fingerprint": null,
         "choices": [{"index": 0, "finish_reason": "stop",
             "message": {"role": "assistant", "content": "Hello from the mock."}}],
-        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        "usage": openai_usage(&s)
     }))
     .into_response()
 }
@@ -456,10 +488,7 @@ async fn mock_messages(
         let body = json!({"type": "error", "error": {"type": kind, "message": format!("mock failure {fail}")}});
         return (StatusCode::from_u16(fail).unwrap(), axum::Json(body)).into_response();
     }
-    let (p, c) = (
-        s.prompt_tokens.load(Ordering::SeqCst),
-        s.completion_tokens.load(Ordering::SeqCst),
-    );
+    let c = s.completion_tokens.load(Ordering::SeqCst);
     let model = req.get("model").cloned().unwrap_or(Value::Null);
     if req.get("stream").and_then(Value::as_bool) == Some(true) {
         let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
@@ -467,7 +496,7 @@ async fn mock_messages(
             ev(
                 "message_start",
                 json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
-                "role": "assistant", "model": model, "content": [], "usage": {"input_tokens": p, "output_tokens": 1}}}),
+                "role": "assistant", "model": model, "content": [], "usage": anthropic_usage(&s, 1)}}),
             ),
             ev(
                 "content_block_start",
@@ -498,13 +527,13 @@ async fn mock_messages(
             "model": model, "content": [{"type": "tool_use", "id": "toolu_1", "name": "weather",
                 "input": {"city": "Oslo"}}],
             "stop_reason": "tool_use", "stop_sequence": null,
-            "usage": {"input_tokens": p, "output_tokens": c}}),
+            "usage": anthropic_usage(&s, c)}),
         )
         .into_response();
     }
     axum::Json(json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
         "content": [{"type": "text", "text": ANSWER}], "stop_reason": "end_turn", "stop_sequence": null,
-        "usage": {"input_tokens": p, "output_tokens": c}}))
+        "usage": anthropic_usage(&s, c)}))
     .into_response()
 }
 

@@ -1,0 +1,146 @@
+//! Prices that match providers' bills: cached input, cache writes and reasoning output at
+//! their own rates, exact to the last decimal, whole and streamed, OpenAI- and
+//! Anthropic-format; usage rows record the split and the rates used.
+#![expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::*;
+use neuropia::billing::Decimal;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+type Row = (
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    Option<Decimal>,
+    Option<Decimal>,
+    Decimal,
+);
+
+async fn last_row(app: &TestApp, user: uuid::Uuid) -> Row {
+    app.settle_journal().await;
+    sqlx::query_as(
+        "SELECT input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
+                reasoning_tokens, cached_input_rate, reasoning_output_rate, cost
+         FROM data.usage_log WHERE user_id = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(user)
+    .fetch_one(app.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_and_reasoning_tokens_are_billed_at_their_own_rates() {
+    let mock = mock_upstream().await;
+    let app = TestApp::spawn().await;
+    app.route_to_mock("reasoner", &mock, "0.001", "0.002").await;
+    let (status, view) = app
+        .send(
+            Method::PUT,
+            "/api/admin/provider-rates",
+            &app.admin_token,
+            Some(
+                json!({"provider": "dashscope", "model": "qwen-turbo", "input_rate": "0.001",
+                "output_rate": "0.002", "cached_input_rate": "0.0001",
+                "reasoning_output_rate": "0.004"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        (
+            &view["cached_input_rate"],
+            &view["cache_write_rate"],
+            &view["reasoning_output_rate"]
+        ),
+        (&json!("0.0001"), &Value::Null, &json!("0.004"))
+    );
+    app.set_model(
+        "claude",
+        json!({"targets": [{"provider": "anthropic", "custom_host": format!("http://{}/v1", mock.addr),
+            "api_key": "sk-ant"}]}),
+    )
+    .await;
+    let (status, _) = app
+        .send(
+            Method::PUT,
+            "/api/admin/provider-rates",
+            &app.admin_token,
+            Some(
+                json!({"provider": "anthropic", "model": "claude", "input_rate": "0.003",
+                "output_rate": "0.015", "cached_input_rate": "0.0003",
+                "cache_write_rate": "0.00375"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let Customer { user, key, .. } = app
+        .customer("cache@example.com", "10", json!({"name": "c"}))
+        .await;
+
+    // 12 prompt tokens of which 8 cached, 8 completion tokens of which 5 reasoning:
+    // 4 * 0.001 + 8 * 0.0001 + 3 * 0.002 + 5 * 0.004 = 0.004 + 0.0008 + 0.006 + 0.02.
+    mock.state.cached_tokens.store(8, Ordering::SeqCst);
+    mock.state.reasoning_tokens.store(5, Ordering::SeqCst);
+    let r = app.chat(&key, &chat_body("reasoner")).await;
+    assert_eq!(r.status(), 200);
+    let expected = (
+        12,
+        8,
+        8,
+        0,
+        5,
+        Some(d("0.0001")),
+        Some(d("0.004")),
+        d("0.0308"),
+    );
+    assert_eq!(last_row(&app, user).await, expected);
+    // The same, streamed: the usage chunk carries the details.
+    let mut streamed = chat_body("reasoner");
+    streamed["stream"] = json!(true);
+    let r = app.chat(&key, &streamed).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    assert_eq!(last_row(&app, user).await, expected);
+
+    // Anthropic: 12 plain input tokens, 100 read from the cache, 20 written to it, 8 output:
+    // 12 * 0.003 + 100 * 0.0003 + 20 * 0.00375 + 8 * 0.015 = 0.036 + 0.03 + 0.075 + 0.12.
+    mock.state.cached_tokens.store(100, Ordering::SeqCst);
+    mock.state.cache_write_tokens.store(20, Ordering::SeqCst);
+    mock.state.reasoning_tokens.store(0, Ordering::SeqCst);
+    let r = app.chat(&key, &chat_body("claude")).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["usage"]["prompt_tokens"], 132,
+        "every input token is reported"
+    );
+    assert_eq!(
+        last_row(&app, user).await,
+        (132, 8, 100, 20, 0, Some(d("0.0003")), None, d("0.261"))
+    );
+    let (balance, _) = app.db_balance(user).await;
+    assert_eq!(balance, d("10") - d("0.0308") - d("0.0308") - d("0.261"));
+
+    // A negative or over-precise split rate is refused.
+    for bad in [json!("-0.1"), json!("0.0000000000001")] {
+        let (status, body) = app
+            .send(
+                Method::PUT,
+                "/api/admin/provider-rates",
+                &app.admin_token,
+                Some(json!({"provider": "p", "model": "m", "input_rate": "0.1",
+                    "output_rate": "0.1", "cached_input_rate": bad})),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+    }
+    app.stop().await;
+}
