@@ -245,8 +245,12 @@ pub(super) fn usage_of(u: &Value) -> Option<Usage> {
 }
 
 fn openai_usage(u: Usage) -> Value {
-    json!({"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
-        "total_tokens": u.total()})
+    let mut out = json!({"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
+        "total_tokens": u.total()});
+    if u.cached_input_tokens > 0 {
+        out["prompt_tokens_details"] = json!({"cached_tokens": u.cached_input_tokens});
+    }
+    out
 }
 
 fn now() -> i64 {
@@ -542,7 +546,13 @@ mod tests {
         );
         assert_eq!(o["choices"][0]["message"]["content"], "Hi there");
         assert_eq!(o["choices"][0]["finish_reason"], "length");
-        assert_eq!(u, Some(Usage::new(12, 4)));
+        assert_eq!(
+            u,
+            Some(Usage {
+                cached_input_tokens: 2,
+                ..Usage::new(12, 4)
+            })
+        );
         assert_eq!(o["usage"]["total_tokens"], 16);
     }
 
