@@ -21,7 +21,8 @@
 //! # One paid call ([`call`])
 //!
 //! ```text
-//! http::chat      key known? (before the body is read) -> body -> call::Chat
+//! http::calls     key known? (before the body is read) -> body -> an Operation
+//!                 (call::Chat, Embeddings, Messages, Responses)
 //! call::admit     snapshot (model, plan, price) -> prompt counted -> key actor (+ Redis)
 //!                 and balance actor reserve the worst case, side by side -> Hold
 //! call::run       upstream::Upstreams::execute: router (fallback, loadbalance, retries,
@@ -37,7 +38,7 @@
 //!   [`cli`] talks to a running one; [`demo`] seeds `serve --demo`.
 //! - [`http`]: routes, extractors, the one error type, the handlers, the server loop.
 //! - [`call`]: one paid call, admit -> run -> settle, generic over an operation (chat,
-//!   embeddings).
+//!   embeddings, Anthropic Messages, Responses).
 //! - [`state`]: [`state::AppState`], the handles every request shares.
 //! - [`upstream`]: the router, providers, the send path, Portkey mode, the `mock`.
 //! - [`actors`]: the supervision tree above, the child client, fault injection.

@@ -181,6 +181,30 @@ async fn demo_seed_gives_a_working_key_on_the_mock_provider_and_an_operator() {
         body["choices"][0]["message"]["content"],
         "Mock answer: Hello, Neuropia!"
     );
+    // The Responses API on the built-in mock, whole and streamed.
+    for stream in [false, true] {
+        let r = app
+            .client
+            .post(app.url("/v1/responses"))
+            .header("x-virtual-key", &seeded.virtual_key)
+            .json(
+                &json!({"model": neuropia::demo::DEMO_MODEL, "input": "Hello, Neuropia!",
+                "stream": stream}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains("Mock answer: Hello, Neuropia!") || text.contains("Neuropia!"),
+            "{text}"
+        );
+        if stream {
+            assert!(text.contains("event: response.completed"), "{text}");
+        }
+    }
+
     // The demo's embeddings model, on the built-in mock: one vector, billed on its input.
     let r = app
         .client

@@ -56,6 +56,10 @@ async fn the_official_openai_python_sdk_works_unchanged() {
     assert_eq!(seen["retrieved"], "qwen-turbo");
     assert_eq!(seen["missing_model"], 404);
     assert_eq!(seen["embeddings"], json!([8, 8]), "decoded from base64");
+    assert_eq!(seen["responses"], ANSWER);
+    assert_eq!(seen["responses_usage"], json!([12, 8]));
+    assert_eq!(seen["responses_stream"], ANSWER);
+    assert_eq!(seen["responses_stream_usage"], 20);
     assert_eq!(seen["embedding_usage"], 12);
     assert_eq!(seen["bad_key"], 401);
     assert_eq!(seen["bad_model"], 404);
@@ -66,8 +70,8 @@ async fn the_official_openai_python_sdk_works_unchanged() {
         .await
         .expect("count");
     assert_eq!(
-        calls, 3,
-        "the plain, the streamed and the embeddings call were billed"
+        calls, 5,
+        "two chat calls, two responses and the embeddings were billed"
     );
     let embedded: Decimal = sqlx::query_scalar(
         "SELECT cost FROM data.usage_log WHERE user_id = $1 AND model = 'text-embedding-v3'",

@@ -24,6 +24,7 @@ pub mod chat;
 pub mod embeddings;
 mod hold;
 pub mod messages;
+pub mod responses;
 mod run;
 mod settle;
 
@@ -42,6 +43,7 @@ pub use admit::Admitted;
 pub use chat::Chat;
 pub use embeddings::Embeddings;
 pub use messages::Messages;
+pub use responses::Responses;
 
 use crate::actors::balances::BalanceError;
 use crate::actors::keys::AdmitError;

@@ -71,9 +71,10 @@ impl<O: Operation> Admitted<O> {
         };
         let billed = self.settle(provider, model, usage, source).await;
         if out.done_held && !out.client_gone {
-            // Strict: `[DONE]` only once the charge is durable.
+            // Strict: the last event (`[DONE]`, or a Responses stream's `response.completed`)
+            // only once the charge is durable.
             let last = match billed {
-                Ok(()) => sse::data("[DONE]"),
+                Ok(()) => out.held.unwrap_or_else(|| sse::data("[DONE]")),
                 Err(e) => {
                     let message = match e {
                         CallError::NotConfirmed(m) => m,

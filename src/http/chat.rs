@@ -13,7 +13,7 @@ use super::extract::VirtualKey;
 use super::types::ErrorBody;
 use crate::actors::keys::KeyView;
 use crate::auth::KeyHash;
-use crate::call::{Chat, Embeddings};
+use crate::call::{Chat, Embeddings, Responses};
 use crate::state::AppState;
 
 /// OpenAI-compatible chat completion, billed to the key's owner.
@@ -76,6 +76,27 @@ pub async fn embeddings(
     req: Request,
 ) -> Result<Response, ApiError> {
     Ok(response(sell(&app, hash, req, Embeddings::parse).await?))
+}
+
+/// OpenAI's Responses API, to OpenAI-format targets, whole or streamed.
+#[utoipa::path(post, path = "/v1/responses", tag = "chat",
+    request_body(content = Object, description = "an OpenAI Responses request: model, input, \
+        instructions, max_output_tokens, stream, tools ..."),
+    security(("virtual_key" = []), ("virtual_key_bearer" = [])),
+    responses(
+        (status = 200, description = "the upstream's response object, or its event stream"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 402, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, description = "rpm or tpm; see Retry-After", body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 504, body = ErrorBody)))]
+pub async fn responses(
+    State(app): State<AppState>,
+    VirtualKey(hash): VirtualKey,
+    req: Request,
+) -> Result<Response, ApiError> {
+    Ok(response(sell(&app, hash, req, Responses::parse).await?))
 }
 
 /// The models this key may call, OpenAI-shaped.

@@ -93,6 +93,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(chat::completions))
         .routes(routes!(chat::completions_alias))
         .routes(routes!(chat::embeddings))
+        .routes(routes!(chat::responses))
         .routes(routes!(messages::create))
         .routes(routes!(messages::count_tokens))
         .routes(routes!(chat::models))

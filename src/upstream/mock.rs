@@ -72,6 +72,56 @@ pub fn message(body: &Map<String, Value>) -> Result<(Value, Usage), String> {
     Ok((message, usage.unwrap_or_default()))
 }
 
+/// Answers a Responses request (as chat: `instructions` as the system message, `input` a
+/// string or messages).
+pub fn respond(body: &Map<String, Value>) -> Result<(Value, Usage), String> {
+    let mut messages = Vec::new();
+    if let Some(i) = body.get("instructions").and_then(Value::as_str) {
+        messages.push(json!({"role": "system", "content": i}));
+    }
+    match body.get("input") {
+        Some(Value::String(s)) => messages.push(json!({"role": "user", "content": s})),
+        Some(Value::Array(items)) => {
+            for item in items {
+                let text = match item.get("content") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Array(parts)) => parts
+                        .iter()
+                        .filter_map(|p| p.get("text").and_then(Value::as_str))
+                        .collect(),
+                    _ => continue,
+                };
+                let role = item.get("role").and_then(Value::as_str).unwrap_or("user");
+                messages.push(json!({"role": role, "content": text}));
+            }
+        }
+        _ => return Err("input must be a string or an array of messages".into()),
+    }
+    let mut chat = body.clone();
+    chat.insert("messages".into(), Value::Array(messages));
+    if let Some(max) = body.get("max_output_tokens") {
+        chat.insert("max_tokens".into(), max.clone());
+    }
+    let (answer, usage) = complete(&chat);
+    let text = answer
+        .pointer("/choices/0/message/content")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let response = json!({
+        "id": "resp_mock", "object": "response", "created_at": 0, "status": "completed",
+        "model": body.get("model").cloned().unwrap_or(Value::Null),
+        "output": [{"type": "message", "id": "msg_mock", "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "usage": {"input_tokens": usage.input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": usage.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": usage.total()},
+    });
+    Ok((response, usage))
+}
+
 /// The text the mock reads from a request (chat messages or embeddings input), in bytes.
 pub fn prompt_bytes(body: &Map<String, Value>) -> usize {
     tokens::chat_prompt_bytes(body) + body.get("input").map_or(0, tokens::embedding_bytes)

@@ -20,6 +20,8 @@ pub enum Endpoint {
     /// Anthropic Messages (as sent to an Anthropic target; an OpenAI-format target gets
     /// chat completions, translated both ways).
     Messages,
+    /// OpenAI's Responses API (OpenAI-format targets only).
+    Responses,
 }
 
 impl Endpoint {
@@ -28,6 +30,7 @@ impl Endpoint {
         match self {
             Self::Chat | Self::Messages => "chat/completions",
             Self::Embeddings => "embeddings",
+            Self::Responses => "responses",
         }
     }
 
@@ -36,6 +39,7 @@ impl Endpoint {
             Self::Chat => "chat completions",
             Self::Embeddings => "embeddings",
             Self::Messages => "messages",
+            Self::Responses => "responses",
         }
     }
 }
@@ -49,9 +53,17 @@ pub fn openai_usage(u: &Value, endpoint: Endpoint) -> Option<Usage> {
         v.and_then(Value::as_u64)
             .and_then(|n| u32::try_from(n).ok())
     };
+    if endpoint == Endpoint::Responses {
+        // The Responses API names them input and output tokens.
+        return Some(Usage {
+            cached_input_tokens: n(u.pointer("/input_tokens_details/cached_tokens")).unwrap_or(0),
+            reasoning_tokens: n(u.pointer("/output_tokens_details/reasoning_tokens")).unwrap_or(0),
+            ..Usage::new(n(u.get("input_tokens"))?, n(u.get("output_tokens"))?)
+        });
+    }
     let output = match endpoint {
         Endpoint::Embeddings => n(u.get("completion_tokens")).unwrap_or(0),
-        Endpoint::Chat | Endpoint::Messages => n(u.get("completion_tokens"))?,
+        _ => n(u.get("completion_tokens"))?,
     };
     Some(Usage {
         cached_input_tokens: n(u.pointer("/prompt_tokens_details/cached_tokens")).unwrap_or(0),
@@ -85,6 +97,8 @@ pub struct StreamReply {
     pub body: BoxStream<'static, Result<Bytes, String>>,
     /// Longest silence tolerated between two chunks.
     pub idle_timeout: Duration,
+    /// The API the stream speaks (chat chunks or Responses events).
+    pub endpoint: Endpoint,
 }
 
 pub enum Answer {

@@ -146,6 +146,7 @@ impl Upstreams {
             Endpoint::Chat => |r| Ok(mock::complete(r)),
             Endpoint::Embeddings => |r| Ok(mock::embed(r)),
             Endpoint::Messages => mock::message,
+            Endpoint::Responses => mock::respond,
         };
         let answered = if mock::prompt_bytes(req) > tokens::INLINE_BYTES {
             // A large prompt is counted off the async workers.
@@ -165,7 +166,11 @@ impl Upstreams {
                 provider: "mock".into(),
                 model,
                 wire: Wire::OpenAi,
-                body: stream::mock_chunks(&answer, usage, self.mock_pace),
+                endpoint: out.endpoint,
+                body: match out.endpoint {
+                    Endpoint::Responses => stream::mock_events(&answer, self.mock_pace),
+                    _ => stream::mock_chunks(&answer, usage, self.mock_pace),
+                },
                 idle_timeout: self.default_timeout,
             }));
         }

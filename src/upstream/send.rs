@@ -70,6 +70,7 @@ pub(super) async fn answer(
             provider: to.provider.clone(),
             model: to.model.clone(),
             wire: to.wire,
+            endpoint: out.endpoint,
             body: response
                 .bytes_stream()
                 .map(|c| c.map_err(|e| e.to_string()))
@@ -136,7 +137,7 @@ impl Upstreams {
                 }
                 encode(&chat)?
             }
-            (Wire::OpenAi, _) if stream => {
+            (Wire::OpenAi, endpoint) if stream && endpoint != Endpoint::Responses => {
                 let mut req = req.clone();
                 streaming_with_usage(&mut req);
                 encode(&req)?

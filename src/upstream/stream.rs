@@ -32,6 +32,34 @@ pub struct StreamOutcome {
     pub client_gone: bool,
     /// The upstream's `[DONE]` came and was held back (see `pump`'s `hold_done`).
     pub done_held: bool,
+    /// The held-back last event when it is not `[DONE]` (a Responses stream's
+    /// `response.completed`).
+    pub held: Option<Bytes>,
+}
+
+/// A Responses API event, passed on with its name; its text and final usage are noted.
+fn responses_event(event: &sse::Event, out: &mut StreamOutcome) -> Option<Bytes> {
+    let bytes = match &event.event {
+        Some(name) => Bytes::from(format!("event: {name}\ndata: {}\n\n", event.data)),
+        None => sse::data(&event.data),
+    };
+    let v: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+    match v.get("type").and_then(Value::as_str) {
+        Some("response.output_text.delta") => {
+            if let Some(d) = v.get("delta").and_then(Value::as_str) {
+                out.text.push_str(d);
+            }
+        }
+        Some("response.completed") => {
+            out.usage = v
+                .pointer("/response/usage")
+                .and_then(|u| super::reply::openai_usage(u, super::Endpoint::Responses));
+            return None;
+        }
+        Some("response.failed" | "response.incomplete" | "error") => out.broke = true,
+        _ => {}
+    }
+    Some(bytes)
 }
 
 /// Sends to the client; after the first failure (client gone) sends nothing more.
@@ -115,6 +143,23 @@ pub async fn pump(
             }
         };
         for event in events {
+            if reply.endpoint == super::Endpoint::Responses {
+                // The final event carries the usage: held back under strict durability.
+                match responses_event(&event, &mut out) {
+                    Some(bytes) => client.send(bytes).await,
+                    None => {
+                        let name = event.event.as_deref().unwrap_or("response.completed");
+                        let last = Bytes::from(format!("event: {name}\ndata: {}\n\n", event.data));
+                        if hold_done {
+                            out.done_held = true;
+                            out.held = Some(last);
+                        } else {
+                            client.send(last).await;
+                        }
+                    }
+                }
+                continue;
+            }
             match reply.wire {
                 Wire::OpenAi => {
                     if event.data.trim() == "[DONE]" {
@@ -187,6 +232,47 @@ pub async fn pump(
     out
 }
 
+/// A Responses event stream for the in-process mock provider: `response.created`, a
+/// `response.output_text.delta` per word, then `response.completed` with the whole response.
+pub fn mock_events(
+    response: &Value,
+    pace: Duration,
+) -> futures::stream::BoxStream<'static, Result<Bytes, String>> {
+    let text = response
+        .pointer("/output/0/content/0/text")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let mut created = response.clone();
+    created["status"] = json!("in_progress");
+    created["output"] = json!([]);
+    created["usage"] = Value::Null;
+    let mut events = vec![(
+        "response.created",
+        json!({"type": "response.created", "sequence_number": 0, "response": created}),
+    )];
+    for (i, w) in text.split_inclusive(' ').enumerate() {
+        events.push((
+            "response.output_text.delta",
+            json!({"type": "response.output_text.delta", "sequence_number": i + 1,
+                "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": w}),
+        ));
+    }
+    events.push((
+        "response.completed",
+        json!({"type": "response.completed", "sequence_number": events.len(),
+            "response": response}),
+    ));
+    futures::stream::iter(events)
+        .then(move |(name, data)| async move {
+            if !pace.is_zero() {
+                tokio::time::sleep(pace).await;
+            }
+            Ok(Bytes::from(format!("event: {name}\ndata: {data}\n\n")))
+        })
+        .boxed()
+}
+
 /// A stream of chunks for the in-process mock provider: one chunk per word, then the usage
 /// chunk, then `[DONE]`.
 pub fn mock_chunks(
@@ -240,6 +326,7 @@ mod tests {
             provider: "p".into(),
             model: "m".into(),
             wire,
+            endpoint: crate::upstream::Endpoint::Chat,
             body: futures::stream::iter(chunks.into_iter().map(|c| {
                 c.map(|s| Bytes::from_static(s.as_bytes()))
                     .map_err(str::to_owned)

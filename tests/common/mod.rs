@@ -457,6 +457,65 @@ async fn mock_embeddings(
     .into_response()
 }
 
+/// OpenAI's Responses API, as documented: a response object with `output` items and usage
+/// in input/output tokens (with details); streamed as named events ending with
+/// `response.completed`, which carries the usage.
+async fn mock_responses(
+    State(s): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.calls.fetch_add(1, Ordering::SeqCst);
+    if let Some(a) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        s.authorizations.lock().unwrap().push(a.to_owned());
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    s.bodies.lock().unwrap().push(req.clone());
+    if let Some(fail) = status_now(&s) {
+        let body = json!({"error": {"message": format!("mock failure {fail}"),
+            "type": "invalid_request_error", "code": "mock_error"}});
+        return (StatusCode::from_u16(fail).unwrap(), axum::Json(body)).into_response();
+    }
+    let (p, c) = (
+        s.prompt_tokens.load(Ordering::SeqCst),
+        s.completion_tokens.load(Ordering::SeqCst),
+    );
+    let usage = json!({"input_tokens": p,
+        "input_tokens_details": {"cached_tokens": s.cached_tokens.load(Ordering::SeqCst)},
+        "output_tokens": c,
+        "output_tokens_details": {"reasoning_tokens": s.reasoning_tokens.load(Ordering::SeqCst)},
+        "total_tokens": p + c});
+    let response = json!({"id": "resp_1", "object": "response", "created_at": 1,
+        "status": "completed", "model": req.get("model").cloned().unwrap_or(Value::Null),
+        "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": ANSWER, "annotations": []}]}],
+        "usage": usage});
+    if req.get("stream").and_then(Value::as_bool) == Some(true) {
+        let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+        let mut created = response.clone();
+        created["status"] = json!("in_progress");
+        created["output"] = json!([]);
+        let mut events = vec![ev(
+            "response.created",
+            json!({"type": "response.created", "sequence_number": 0, "response": created}),
+        )];
+        for (i, w) in ANSWER.split_inclusive(' ').enumerate() {
+            events.push(ev(
+                "response.output_text.delta",
+                json!({"type": "response.output_text.delta",
+                "sequence_number": i + 1, "item_id": "msg_1", "output_index": 0,
+                "content_index": 0, "delta": w}),
+            ));
+        }
+        events.push(ev(
+            "response.completed",
+            json!({"type": "response.completed", "sequence_number": 99, "response": response}),
+        ));
+        return sse_body(s.clone(), events);
+    }
+    axum::Json(response).into_response()
+}
+
 /// Anthropic Messages, as documented: `x-api-key`, `anthropic-version`, usage in
 /// `input_tokens`/`output_tokens`, errors as `{"type": "error", "error": {...}}`, and the
 /// `message_start` ... `message_stop` stream.
@@ -547,6 +606,8 @@ pub async fn mock_upstream() -> MockUpstream {
         .route("/v1/chat/completions", post(mock_chat))
         .route("/compatible-mode/v1/embeddings", post(mock_embeddings))
         .route("/v1/embeddings", post(mock_embeddings))
+        .route("/v1/responses", post(mock_responses))
+        .route("/compatible-mode/v1/responses", post(mock_responses))
         .route("/v1/messages", post(mock_messages))
         // As large as any body the gateway forwards.
         .layer(axum::extract::DefaultBodyLimit::max(16 << 20))

@@ -38,6 +38,18 @@ try:
 except openai.NotFoundError as e:
     out["missing_model"] = e.status_code
 
+r = client.responses.create(model=model, input="Hello from the SDK", instructions="Be brief.")
+out["responses"] = r.output_text
+out["responses_usage"] = [r.usage.input_tokens, r.usage.output_tokens]
+deltas, completed = [], None
+for event in client.responses.create(model=model, input="Hello from the SDK", stream=True):
+    if event.type == "response.output_text.delta":
+        deltas.append(event.delta)
+    elif event.type == "response.completed":
+        completed = event.response.usage.total_tokens
+out["responses_stream"] = "".join(deltas)
+out["responses_stream_usage"] = completed
+
 # The SDK asks for base64 vectors by default and decodes them.
 e = client.embeddings.create(model=os.environ["EMBED_MODEL"], input=["hello", "world"])
 out["embeddings"] = [len(d.embedding) for d in e.data]
