@@ -120,3 +120,37 @@ async fn responses_are_billed_whole_and_streamed() {
     app.no_reservation_left(user).await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_strict_durability_the_completed_event_follows_the_commit() {
+    let mock = mock_upstream().await;
+    let app = TestApp::spawn_with(|c| {
+        c.billing_durability = neuropia::config::Durability::Strict;
+    })
+    .await;
+    app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
+        .await;
+    let Customer { user, key, .. } = app
+        .customer("strict-responses@example.com", "100", json!({"name": "s"}))
+        .await;
+    let r = app
+        .client
+        .post(app.url("/v1/responses"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "qwen-turbo", "input": "Hello", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let last = text.trim_end().rsplit("\n\n").next().unwrap_or_default();
+    assert!(last.starts_with("event: response.completed"), "{last}");
+    // The event came after the commit: the row is there without waiting for the ledger.
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM data.usage_log WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    app.stop().await;
+}
