@@ -99,6 +99,27 @@ impl Snapshot {
         Some((route.plan.clone(), PlanSource::Model))
     }
 
+    /// Refuses a plan whose targets are priced in different currencies (a balance is in
+    /// one currency, and the gateway does not convert); targets not priced yet pass.
+    pub fn one_currency(&self, plan: &crate::plan::Plan, requested: &str) -> Result<(), String> {
+        let mut seen: Vec<&str> = plan
+            .targets
+            .iter()
+            .filter_map(|t| self.rate(&t.provider, t.model(requested)))
+            .map(|r| r.currency.as_str())
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() > 1 {
+            return Err(format!(
+                "the plan's targets are priced in different currencies ({}): a plan's targets \
+                 must share one currency",
+                seen.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
     pub fn rate(&self, provider: &str, model: &str) -> Option<&Rate> {
         self.rates.get(provider)?.get(model)
     }

@@ -129,6 +129,36 @@ async fn cached_and_reasoning_tokens_are_billed_at_their_own_rates() {
     let (balance, _) = app.db_balance(user).await;
     assert_eq!(balance, d("10") - d("0.0308") - d("0.0308") - d("0.261"));
 
+    // One plan, one currency: a fallback from a USD-priced target to a CNY-priced one is
+    // refused (a balance is in one currency; the gateway does not convert).
+    let (status, _) = app
+        .send(
+            Method::PUT,
+            "/api/admin/provider-rates",
+            &app.admin_token,
+            Some(
+                json!({"provider": "dashscope", "model": "qwen-cny", "input_rate": "0.01",
+                "output_rate": "0.02", "currency": "CNY"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mixed = json!({"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "dashscope", "custom_host": mock.dashscope_host(),
+         "override_params": {"model": "qwen-turbo"}},
+        {"provider": "dashscope", "custom_host": mock.dashscope_host(),
+         "override_params": {"model": "qwen-cny"}}]});
+    let (status, body) = app
+        .send(
+            Method::PUT,
+            "/api/admin/model-configs",
+            &app.admin_token,
+            Some(json!({"model": "mixed", "config": mixed})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("CNY, USD"), "{body}");
+
     // A negative or over-precise split rate is refused.
     for bad in [json!("-0.1"), json!("0.0000000000001")] {
         let (status, body) = app

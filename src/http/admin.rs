@@ -256,6 +256,10 @@ pub async fn put_model_config(
     };
     plan.check_hosts(app.config.allow_private_upstreams)
         .map_err(ApiError::bad_request)?;
+    app.snapshot
+        .load()
+        .one_currency(&plan, &body.model)
+        .map_err(ApiError::bad_request)?;
     let limits = db::config::ModelLimits {
         default_max_tokens: token_setting(
             body.default_max_tokens,

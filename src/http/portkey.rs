@@ -38,8 +38,14 @@ fn sql_error(e: DbError) -> ApiError {
 }
 
 fn check_plan(app: &AppState, config: &Value) -> Result<(), ApiError> {
-    Plan::from_json(config)
-        .and_then(|plan| plan.check_hosts(app.config.allow_private_upstreams))
+    let plan = Plan::from_json(config).map_err(ApiError::bad_request)?;
+    plan.check_hosts(app.config.allow_private_upstreams)
+        .map_err(ApiError::bad_request)?;
+    // Targets that name their model are checked now; the others take the model a call
+    // asks for.
+    app.snapshot
+        .load()
+        .one_currency(&plan, "")
         .map_err(ApiError::bad_request)
 }
 
