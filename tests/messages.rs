@@ -148,24 +148,47 @@ async fn streams_errors_and_counts_come_in_anthropics_shape() {
     let (_mock, app, Customer { user, key, .. }) = setup().await;
     let streamed = json!({"model": "qwen-turbo", "max_tokens": 50, "stream": true,
         "messages": [{"role": "user", "content": "Hello"}]});
-    let (status, text) = messages(&app, &key, &streamed).await;
-    assert_eq!(status, 200, "{text}");
-    let events: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("event: "))
-        .collect();
-    assert_eq!(
-        events,
-        [
-            "message_start",
-            "content_block_start",
-            "content_block_delta",
-            "content_block_stop",
-            "message_delta",
-            "message_stop"
-        ]
-    );
-    assert!(text.contains(ANSWER), "{text}");
+    // Streamed from an OpenAI-format target (chunks translated as they come) and from an
+    // Anthropic one (its events as they are): the same sequence, the same text.
+    for model in ["qwen-turbo", "claude-native"] {
+        let mut body = streamed.clone();
+        body["model"] = json!(model);
+        let (status, text) = messages(&app, &key, &body).await;
+        assert_eq!(status, 200, "{text}");
+        let mut events: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .filter(|e| *e != "ping")
+            .collect();
+        events.dedup();
+        assert_eq!(
+            events,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ],
+            "{model}: {text}"
+        );
+        let said: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| {
+                v.pointer("/delta/text")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(said, ANSWER, "{model}");
+        assert!(
+            text.contains("\"output_tokens\":8"),
+            "{model}: the usage is told: {text}"
+        );
+    }
 
     let r = app
         .client
@@ -214,8 +237,8 @@ async fn streams_errors_and_counts_come_in_anthropics_shape() {
         (got, json_of(&text)["error"]["type"].clone()),
         (401, json!("authentication_error"))
     );
-    // Only the streamed call was billed.
-    assert_eq!(charges(&app, user).await, vec![d("0.028")]);
+    // Only the two streamed calls were billed.
+    assert_eq!(charges(&app, user).await, vec![d("0.028"), d("0.028")]);
     app.stop().await;
 }
 

@@ -1,7 +1,6 @@
 //! Anthropic Messages: the [`Operation`] behind `POST /v1/messages`. To an Anthropic target
 //! the request goes as sent; to an OpenAI-format target it is translated to chat and the
-//! answer back ([`crate::upstream::messages`]). The upstream call is always whole: a client
-//! that asks to stream gets the answer as Anthropic's event sequence once it is complete.
+//! answer back ([`crate::upstream::messages`]), streams included, event by event.
 
 use serde_json::{Map, Value};
 
@@ -60,11 +59,6 @@ impl Messages {
         })
     }
 
-    /// The client asked for a stream.
-    pub fn streamed(&self) -> bool {
-        self.streamed
-    }
-
     /// The prompt's tokens as the gateway estimates them (`/v1/messages/count_tokens`).
     pub fn estimate(&self, image_tokens: u32) -> u32 {
         tokens::chat_prompt(&self.as_chat, image_tokens)
@@ -85,7 +79,7 @@ impl Operation for Messages {
     }
 
     fn stream(&self) -> bool {
-        false
+        self.streamed
     }
 
     fn prompt_bytes(&self) -> usize {
@@ -149,7 +143,7 @@ mod tests {
         let ok = parse(json!({"model": "c", "max_tokens": 10, "stream": true,
             "messages": [{"role": "user", "content": "hi"}]}));
         let ok = ok.expect("valid");
-        assert!(ok.streamed() && !ok.body().contains_key("stream"));
+        assert!(ok.stream() && !ok.body().contains_key("stream"));
         assert!(ok.estimate(0) > 0);
         for bad in [
             json!({"model": "c", "messages": [{"role": "user", "content": "hi"}]}),

@@ -12,9 +12,8 @@ use super::calls::{admit_error, response, sell};
 use super::error::ApiError;
 use super::extract::{VirtualKey, body_bytes, parse_json};
 use crate::actors::keys::AdmitError;
-use crate::call::{Messages, Operation, Reply};
+use crate::call::{Messages, Operation};
 use crate::state::AppState;
-use crate::upstream::messages;
 
 /// Anthropic Messages, billed to the key's owner: to an Anthropic target as sent, to an
 /// OpenAI-format target translated both ways.
@@ -37,17 +36,8 @@ pub async fn create(
 ) -> Response {
     let answered = async {
         let VirtualKey(hash) = key?;
-        let mut streamed = false;
-        let reply = sell(&app, hash, req, |body| {
-            let m = Messages::parse(body)?;
-            streamed = m.streamed();
-            Ok(m)
-        })
-        .await?;
-        Ok::<_, ApiError>(match (reply, streamed) {
-            (Reply::Whole(body), true) => events(&body),
-            (reply, _) => response(reply),
-        })
+        let reply = sell(&app, hash, req, Messages::parse).await?;
+        Ok::<_, ApiError>(response(reply))
     }
     .await;
     match answered {
@@ -96,20 +86,6 @@ pub async fn count_tokens(
         Ok(r) => r,
         Err(e) => anthropic_error(e).await,
     }
-}
-
-/// A whole message as Anthropic's event stream.
-fn events(message: &[u8]) -> Response {
-    let message: Value = serde_json::from_slice(message).unwrap_or(Value::Null);
-    let body: String = messages::as_events(&message).concat();
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
 }
 
 /// An error in Anthropic's shape, with the status, headers (`Retry-After`, `x-request-id`)

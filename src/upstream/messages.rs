@@ -245,67 +245,6 @@ pub fn usage(message: &Value) -> Option<Usage> {
     super::anthropic::usage_of(message.get("usage")?)
 }
 
-/// A whole Messages response as Anthropic's stream of events (for a client that asked to
-/// stream: the answer arrives whole, then goes out in Anthropic's event sequence).
-pub fn as_events(message: &Value) -> Vec<String> {
-    let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
-    let mut start = message.clone();
-    start["content"] = json!([]);
-    start["stop_reason"] = Value::Null;
-    let input = message
-        .pointer("/usage/input_tokens")
-        .cloned()
-        .unwrap_or(json!(0));
-    start["usage"] = json!({"input_tokens": input, "output_tokens": 0});
-    let mut events = vec![ev(
-        "message_start",
-        json!({"type": "message_start", "message": start}),
-    )];
-    for (index, block) in message
-        .get("content")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let (empty, delta) = match block.get("type").and_then(Value::as_str) {
-            Some("tool_use") => (
-                json!({"type": "tool_use", "id": block.get("id"), "name": block.get("name"),
-                    "input": {}}),
-                json!({"type": "input_json_delta",
-                    "partial_json": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string)}),
-            ),
-            _ => (
-                json!({"type": "text", "text": ""}),
-                json!({"type": "text_delta", "text": block.get("text")}),
-            ),
-        };
-        events.push(ev(
-            "content_block_start",
-            json!({"type": "content_block_start",
-            "index": index, "content_block": empty}),
-        ));
-        events.push(ev(
-            "content_block_delta",
-            json!({"type": "content_block_delta",
-            "index": index, "delta": delta}),
-        ));
-        events.push(ev(
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": index}),
-        ));
-    }
-    let output = message
-        .pointer("/usage/output_tokens")
-        .cloned()
-        .unwrap_or(json!(0));
-    events.push(ev("message_delta", json!({"type": "message_delta",
-        "delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")},
-        "usage": {"output_tokens": output}})));
-    events.push(ev("message_stop", json!({"type": "message_stop"})));
-    events
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,9 +313,5 @@ mod tests {
             ),
             (json!(30), Some(7))
         );
-        let events = as_events(&m);
-        assert!(events[0].starts_with("event: message_start"));
-        assert!(events.iter().any(|e| e.contains("input_json_delta")));
-        assert!(events.last().is_some_and(|e| e.contains("message_stop")));
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod anthropic;
 pub mod messages;
+mod messages_stream;
 pub mod mock;
 pub mod portkey;
 pub mod providers;

@@ -148,6 +148,14 @@ impl Upstreams {
             Endpoint::Messages => mock::message,
             Endpoint::Responses => mock::respond,
         };
+        // A streamed Messages answer is made as chat chunks, which the pump translates.
+        let answer: MockAnswer = match out.endpoint {
+            Endpoint::Messages if out.stream => |r| {
+                let chat = super::messages::to_chat(r)?;
+                Ok(mock::complete(&chat))
+            },
+            _ => answer,
+        };
         let answered = if mock::prompt_bytes(req) > tokens::INLINE_BYTES {
             // A large prompt is counted off the async workers.
             let owned = req.clone();

@@ -145,6 +145,11 @@ impl Upstreams {
             // The request as built for this target, serialised without another copy.
             (Wire::OpenAi, _) => encode(req)?,
             // Messages to Anthropic: as the client sent them.
+            (Wire::Anthropic, Endpoint::Messages) if stream => {
+                let mut req = req.clone();
+                req.insert("stream".into(), Value::Bool(true));
+                encode(&req)?
+            }
             (Wire::Anthropic, Endpoint::Messages) => encode(req)?,
             (Wire::Anthropic, _) => {
                 let payload = anthropic::request(req, self.default_max_tokens, stream).map_err(

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::anthropic::{StreamTranslator, Translated};
+use super::messages_stream::{MessagesStream, Step};
 use super::sse::{self, Parser};
 use super::{StreamReply, Wire};
 use crate::billing::Usage;
@@ -115,6 +116,15 @@ pub async fn pump(
     let mut client = Client { tx, gone: false };
     let mut parser = Parser::default();
     let mut anthropic = StreamTranslator::default();
+    let mut messages = MessagesStream::new(&reply.model);
+    let is_messages = reply.endpoint == super::Endpoint::Messages;
+    let error_event = |m: &str| {
+        if is_messages {
+            super::messages_stream::error_event(m)
+        } else {
+            error_event(m)
+        }
+    };
     let mut done = false;
     loop {
         let next = tokio::time::timeout(reply.idle_timeout, reply.body.next()).await;
@@ -143,6 +153,31 @@ pub async fn pump(
             }
         };
         for event in events {
+            if is_messages {
+                match messages.event(reply.wire, &event) {
+                    Step::Send(list) => {
+                        for b in list {
+                            client.send(b).await;
+                        }
+                    }
+                    Step::Last(list, last) => {
+                        for b in list {
+                            client.send(b).await;
+                        }
+                        if hold_done {
+                            out.done_held = true;
+                            out.held = Some(last);
+                        } else {
+                            client.send(last).await;
+                        }
+                    }
+                    Step::Error(m) => {
+                        out.broke = true;
+                        client.send(error_event(&m)).await;
+                    }
+                }
+                continue;
+            }
             if reply.endpoint == super::Endpoint::Responses {
                 // The final event carries the usage: held back under strict durability.
                 match responses_event(&event, &mut out) {
@@ -224,7 +259,10 @@ pub async fn pump(
             break;
         }
     }
-    if reply.wire == Wire::Anthropic && !anthropic.done {
+    if is_messages {
+        out.usage = messages.final_usage(reply.wire);
+        out.text = std::mem::take(&mut messages.text);
+    } else if reply.wire == Wire::Anthropic && !anthropic.done {
         // The usage of an unfinished Anthropic stream has no final output count.
         out.usage = None;
     }
