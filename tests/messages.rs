@@ -78,6 +78,22 @@ async fn messages_go_natively_to_anthropic_and_translated_elsewhere_and_are_bill
     assert_eq!(sent["messages"], ask("x")["messages"]);
     let headers = mock.state.anthropic_headers.lock().unwrap().last().cloned();
     assert_eq!(headers, Some(("sk-ant-test".into(), "2023-06-01".into())));
+    // The client's version and beta flags reach an Anthropic target.
+    let r = app
+        .client
+        .post(app.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2024-10-22")
+        .header("anthropic-beta", "prompt-caching-2024-07-31")
+        .json(&ask("claude-native"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let version = mock.state.anthropic_headers.lock().unwrap().last().cloned();
+    assert_eq!(version.map(|h| h.1), Some("2024-10-22".into()));
+    let beta = mock.state.anthropic_beta.lock().unwrap().last().cloned();
+    assert_eq!(beta.as_deref(), Some("prompt-caching-2024-07-31"));
 
     // An OpenAI-format target gets chat, and the answer comes back as a message.
     let (status, text) = messages(&app, &key, &ask("qwen-turbo")).await;
@@ -95,7 +111,7 @@ async fn messages_go_natively_to_anthropic_and_translated_elsewhere_and_are_bill
     );
 
     // 12 input and 8 output tokens at 0.001 / 0.002, each time.
-    assert_eq!(charges(&app, user).await, vec![d("0.028"), d("0.028")]);
+    assert_eq!(charges(&app, user).await, vec![d("0.028"); 3]);
     app.no_reservation_left(user).await;
     app.stop().await;
 }

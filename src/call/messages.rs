@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::{CallError, Operation, OutputLimits};
 use crate::tokens;
-use crate::upstream::{Endpoint, messages};
+use crate::upstream::{AnthropicHeaders, Endpoint, messages};
 
 /// A parsed Messages request.
 pub struct Messages {
@@ -18,6 +18,8 @@ pub struct Messages {
     /// The request as chat: what its prompt is counted on.
     as_chat: Map<String, Value>,
     prompt_bytes: usize,
+    /// The client's `anthropic-version` and `anthropic-beta`.
+    headers: AnthropicHeaders,
 }
 
 impl Messages {
@@ -56,7 +58,14 @@ impl Messages {
             streamed,
             as_chat,
             prompt_bytes,
+            headers: AnthropicHeaders::default(),
         })
+    }
+
+    /// Passes the client's `anthropic-version` and `anthropic-beta` on to Anthropic targets.
+    pub fn with_headers(mut self, headers: AnthropicHeaders) -> Self {
+        self.headers = headers;
+        self
     }
 
     /// The prompt's tokens as the gateway estimates them (`/v1/messages/count_tokens`).
@@ -126,6 +135,10 @@ impl Operation for Messages {
 
     fn wants_stream_usage(&self) -> bool {
         false
+    }
+
+    fn anthropic_headers(&self) -> &AnthropicHeaders {
+        &self.headers
     }
 }
 

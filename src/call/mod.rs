@@ -49,7 +49,7 @@ use crate::actors::balances::BalanceError;
 use crate::actors::keys::AdmitError;
 use crate::auth::KeyHash;
 use crate::state::AppState;
-use crate::upstream::{Endpoint, UpstreamError};
+use crate::upstream::{AnthropicHeaders, Endpoint, UpstreamError};
 
 /// An endpoint the gateway sells: what a call needs to know of its request and its answer.
 pub trait Operation: Send + Sync + 'static {
@@ -74,6 +74,14 @@ pub trait Operation: Send + Sync + 'static {
     fn answer_text(&self, answer: &[u8]) -> String;
     /// Whether a streamed answer ends with the client's usage chunk.
     fn wants_stream_usage(&self) -> bool;
+    /// Headers an Anthropic client sent, passed on to Anthropic targets.
+    fn anthropic_headers(&self) -> &AnthropicHeaders {
+        static NONE: AnthropicHeaders = AnthropicHeaders {
+            version: None,
+            beta: None,
+        };
+        &NONE
+    }
 }
 
 /// The model's bounds on one answer.

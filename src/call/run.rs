@@ -27,6 +27,7 @@ impl<O: Operation> Admitted<O> {
             model: self.op.model(),
             request_id: &rid,
             stream: self.op.stream(),
+            anthropic: self.op.anthropic_headers(),
         };
         let answer = self.app.upstreams.execute(&self.plan, &out).await;
         self.seen.upstream(started.elapsed());

@@ -14,6 +14,7 @@ use super::extract::{VirtualKey, body_bytes, parse_json};
 use crate::actors::keys::AdmitError;
 use crate::call::{Messages, Operation};
 use crate::state::AppState;
+use crate::upstream::AnthropicHeaders;
 
 /// Anthropic Messages, billed to the key's owner: to an Anthropic target as sent, to an
 /// OpenAI-format target translated both ways.
@@ -36,7 +37,11 @@ pub async fn create(
 ) -> Response {
     let answered = async {
         let VirtualKey(hash) = key?;
-        let reply = sell(&app, hash, req, Messages::parse).await?;
+        let headers = anthropic_headers(req.headers());
+        let reply = sell(&app, hash, req, |body| {
+            Messages::parse(body).map(|m| m.with_headers(headers))
+        })
+        .await?;
         Ok::<_, ApiError>(response(reply))
     }
     .await;
@@ -85,6 +90,21 @@ pub async fn count_tokens(
     match counted {
         Ok(r) => r,
         Err(e) => anthropic_error(e).await,
+    }
+}
+
+/// The client's `anthropic-version` and `anthropic-beta` (bounded), for Anthropic targets.
+fn anthropic_headers(headers: &axum::http::HeaderMap) -> AnthropicHeaders {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 256)
+            .map(str::to_owned)
+    };
+    AnthropicHeaders {
+        version: header("anthropic-version"),
+        beta: header("anthropic-beta"),
     }
 }
 

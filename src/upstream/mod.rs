@@ -49,6 +49,16 @@ pub struct Outbound<'a> {
     /// Sent upstream as `x-request-id`.
     pub request_id: &'a str,
     pub stream: bool,
+    /// The client's `anthropic-version` and `anthropic-beta`, for Anthropic targets.
+    pub anthropic: &'a AnthropicHeaders,
+}
+
+/// What an Anthropic client asked for in its headers: passed on to Anthropic targets
+/// (unset: the gateway's version, no beta).
+#[derive(Debug, Clone, Default)]
+pub struct AnthropicHeaders {
+    pub version: Option<String>,
+    pub beta: Option<String>,
 }
 
 /// Everything needed to call upstreams: one pooled HTTP client, the platform keys, the

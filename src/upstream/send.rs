@@ -165,9 +165,17 @@ impl Upstreams {
         if let Some(key) = &to.key {
             call = match to.wire {
                 Wire::OpenAi => call.bearer_auth(key.expose()),
-                Wire::Anthropic => call
-                    .header("x-api-key", key.expose())
-                    .header("anthropic-version", anthropic::VERSION),
+                Wire::Anthropic => {
+                    let asked = out.anthropic;
+                    let version = asked.version.as_deref().unwrap_or(anthropic::VERSION);
+                    let call = call
+                        .header("x-api-key", key.expose())
+                        .header("anthropic-version", version);
+                    match &asked.beta {
+                        Some(beta) => call.header("anthropic-beta", beta),
+                        None => call,
+                    }
+                }
             };
         }
         let response = send(call, stream, timeout).await?;

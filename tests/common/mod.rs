@@ -214,6 +214,8 @@ pub struct MockState {
     pub request_ids: Mutex<Vec<String>>,
     /// Headers of Anthropic calls: (x-api-key, anthropic-version).
     pub anthropic_headers: Mutex<Vec<(String, String)>>,
+    /// `anthropic-beta` of Anthropic calls ("" when absent).
+    pub anthropic_beta: Mutex<Vec<String>>,
     /// Fail this many calls (with `fail_status`, default 503) before answering normally.
     pub fail_next: AtomicUsize,
     /// Streams: leave the usage out even when asked for it.
@@ -536,6 +538,7 @@ async fn mock_messages(
         .lock()
         .unwrap()
         .push((h("x-api-key"), h("anthropic-version")));
+    s.anthropic_beta.lock().unwrap().push(h("anthropic-beta"));
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     s.bodies.lock().unwrap().push(req.clone());
     if let Some(fail) = status_now(&s) {
