@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs (once, cached outside the clone) what some tests drive from outside Rust: the
-# official OpenAI and Anthropic Python SDKs in a virtualenv, and the Portkey gateway from
-# npm. Prints the variables the tests read.
+# official OpenAI and Anthropic Python SDKs in a virtualenv, the OpenAI Node SDK and the
+# Portkey gateway from npm. Prints the variables the tests read.
 set -euo pipefail
 TOOLS="${NEUROPIA_TOOLS_DIR:-$HOME/.cache/neuropia}"
 PORTKEY_VERSION=1.15.2
+OPENAI_NODE_VERSION=7.59.0
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 missing=()
@@ -33,5 +34,13 @@ if [ ! -f "$server" ]; then
   (cd "$TOOLS/portkey" && npm install --no-audit --no-fund --silent "@portkey-ai/gateway@$PORTKEY_VERSION" \
     >"$TOOLS/npm.log" 2>&1) || fail "could not install the Portkey gateway from npm (see $TOOLS/npm.log)"
 fi
+node_sdk="$TOOLS/node-sdk/node_modules/openai"
+if [ ! -f "$node_sdk/package.json" ]; then
+  echo "installing the OpenAI Node SDK (openai@$OPENAI_NODE_VERSION) into $TOOLS/node-sdk" >&2
+  mkdir -p "$TOOLS/node-sdk"
+  (cd "$TOOLS/node-sdk" && npm install --no-audit --no-fund --silent "openai@$OPENAI_NODE_VERSION" \
+    >"$TOOLS/npm-sdk.log" 2>&1) || fail "could not install the OpenAI Node SDK from npm (see $TOOLS/npm-sdk.log)"
+fi
 echo "export NEUROPIA_TEST_PYTHON=$TOOLS/venv/bin/python"
+echo "export NEUROPIA_TEST_OPENAI_NODE=$node_sdk"
 echo "export NEUROPIA_TEST_PORTKEY=$server"

@@ -84,6 +84,66 @@ async fn the_official_openai_python_sdk_works_unchanged() {
     app.stop().await;
 }
 
+/// The official OpenAI Node SDK works unchanged too: chat, a stream with usage, embeddings,
+/// `models.retrieve`, Responses, and its typed errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_node_sdk_works_unchanged() {
+    let sdk = std::env::var("NEUROPIA_TEST_OPENAI_NODE")
+        .expect("NEUROPIA_TEST_OPENAI_NODE: run scripts/test, which installs the Node SDK");
+    let mock = mock_upstream().await;
+    let app = TestApp::spawn().await;
+    app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
+        .await;
+    app.set_model(
+        "text-embedding-v3",
+        json!({"targets": [{"provider": "dashscope", "custom_host": mock.dashscope_host(),
+            "use_platform_key": true}]}),
+    )
+    .await;
+    app.set_rate("dashscope", "text-embedding-v3", "0.0005", "0")
+        .await;
+    let Customer { user, key, .. } = app
+        .customer("node@example.com", "10", json!({"name": "node"}))
+        .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk.cjs");
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .env("OPENAI_NODE", &sdk)
+        .env("GW", &app.base)
+        .env("KEY", &key)
+        .env("MODEL", "qwen-turbo")
+        .env("EMBED_MODEL", "text-embedding-v3")
+        .output()
+        .await
+        .expect("node runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the Node SDK script failed:\n{stderr}"
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("the script prints JSON");
+    assert_eq!(seen["plain"], ANSWER, "{seen}");
+    assert_eq!(seen["plain_usage"], 20);
+    assert_eq!(seen["stream"], ANSWER);
+    assert_eq!(seen["stream_usage"], 20);
+    assert_eq!(seen["embeddings"], json!([8, 8]));
+    assert_eq!(seen["retrieved"], "qwen-turbo");
+    assert_eq!(seen["responses"], ANSWER);
+    assert_eq!(seen["missing_model"], 404);
+    assert_eq!(seen["bad_key"], 401);
+    app.settle_journal().await;
+    let calls: i64 = sqlx::query_scalar("SELECT count(*) FROM data.usage_log WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(app.pool())
+        .await
+        .expect("count");
+    assert_eq!(
+        calls, 4,
+        "two chat calls, the embeddings and the response were billed"
+    );
+    app.stop().await;
+}
+
 /// The OpenAPI document passes a standard validator (client generators and documentation
 /// viewers refuse an invalid one), and `/docs` renders it for a reader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
