@@ -160,6 +160,43 @@ async fn a_tool_round_trip_through_an_openai_format_target() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_round_trip_through_an_anthropic_target_goes_natively() {
+    let (mock, app, Customer { user, key, .. }) = setup().await;
+    let tools = json!([{"name": "weather", "input_schema": {"type": "object"}}]);
+    mock.state.tool_call.store(true, Ordering::SeqCst);
+    let first = json!({"model": "claude-native", "max_tokens": 100, "tools": tools,
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}]});
+    let (status, text) = messages(&app, &key, &first).await;
+    assert_eq!(status, 200, "{text}");
+    let m = json_of(&text);
+    assert_eq!(m["stop_reason"], "tool_use");
+    let call = m["content"][0].clone();
+    assert_eq!(
+        (&call["name"], &call["input"]),
+        (&json!("weather"), &json!({"city": "Oslo"}))
+    );
+    let sent = mock.state.bodies.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(sent["tools"], tools, "Anthropic tools as sent");
+
+    mock.state.tool_call.store(false, Ordering::SeqCst);
+    let result = json!([{"type": "tool_result", "tool_use_id": call["id"], "content": "rain"}]);
+    let second = json!({"model": "claude-native", "max_tokens": 100, "tools": tools,
+        "messages": [{"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": [call]},
+            {"role": "user", "content": result}]});
+    let (status, text) = messages(&app, &key, &second).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(json_of(&text)["content"][0]["text"], ANSWER);
+    let sent = mock.state.bodies.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        sent["messages"][2]["content"], result,
+        "the tool result as sent"
+    );
+    assert_eq!(charges(&app, user).await, vec![d("0.028"), d("0.028")]);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_errors_and_counts_come_in_anthropics_shape() {
     let (_mock, app, Customer { user, key, .. }) = setup().await;
     let streamed = json!({"model": "qwen-turbo", "max_tokens": 50, "stream": true,
