@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs (once, cached outside the clone) what some tests drive from outside Rust: the
-# official OpenAI and Anthropic Python SDKs in a virtualenv, the OpenAI Node SDK and the
-# Portkey gateway from npm. Prints the variables the tests read.
+# official OpenAI and Anthropic Python SDKs in a virtualenv, the OpenAI Node SDK,
+# playwright-core (driving Debian's Chromium) and the Portkey gateway from npm. Prints the
+# variables the tests read.
 set -euo pipefail
 TOOLS="${NEUROPIA_TOOLS_DIR:-$HOME/.cache/neuropia}"
 PORTKEY_VERSION=1.15.2
 OPENAI_NODE_VERSION=7.59.0
+PLAYWRIGHT_VERSION=1.65.1
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 missing=()
@@ -13,6 +15,8 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# The console's browser tests drive Debian's Chromium.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   $SUDO apt-get update -q >&2
@@ -41,6 +45,15 @@ if [ ! -f "$node_sdk/package.json" ]; then
   (cd "$TOOLS/node-sdk" && npm install --no-audit --no-fund --silent "openai@$OPENAI_NODE_VERSION" \
     >"$TOOLS/npm-sdk.log" 2>&1) || fail "could not install the OpenAI Node SDK from npm (see $TOOLS/npm-sdk.log)"
 fi
+playwright="$TOOLS/playwright/node_modules/playwright-core"
+if [ ! -f "$playwright/package.json" ]; then
+  echo "installing playwright-core@$PLAYWRIGHT_VERSION into $TOOLS/playwright" >&2
+  mkdir -p "$TOOLS/playwright"
+  (cd "$TOOLS/playwright" && npm install --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT_VERSION" \
+    >"$TOOLS/npm-playwright.log" 2>&1) || fail "could not install playwright-core from npm (see $TOOLS/npm-playwright.log)"
+fi
 echo "export NEUROPIA_TEST_PYTHON=$TOOLS/venv/bin/python"
+echo "export NEUROPIA_TEST_PLAYWRIGHT=$playwright"
+echo "export NEUROPIA_TEST_CHROMIUM=$(command -v chromium)"
 echo "export NEUROPIA_TEST_OPENAI_NODE=$node_sdk"
 echo "export NEUROPIA_TEST_PORTKEY=$server"

@@ -42,7 +42,8 @@ impl Seeded {
              curl -s http://{addr}/v1/embeddings \\\n  \
              -H 'Content-Type: application/json' \\\n  \
              -H 'x-virtual-key: {key}' \\\n  \
-             -d '{{\"model\": \"{DEMO_EMBED_MODEL}\", \"input\": \"Hello, Neuropia!\"}}'\n",
+             -d '{{\"model\": \"{DEMO_EMBED_MODEL}\", \"input\": \"Hello, Neuropia!\"}}'\n\n\
+             the console: http://{addr}/console (sign in as {DEMO_EMAIL} / {DEMO_PASSWORD})\n",
             user = self.user_id,
             balance = self.balance.normalize(),
             key = self.virtual_key,
@@ -75,7 +76,7 @@ fn operator_instructions(
     );
     let mut out = format!(
         "\noperator (platform admin; a new password at every start, loopback only):\n  \
-         {DEMO_OPERATOR} / {password}\n\n\
+         {DEMO_OPERATOR} / {password} (in the console: rates and the actor tree)\n\n\
          the live supervision tree (`cargo install --path .` puts `neuropia` on PATH):\n  \
          NEUROPIA_URL=http://{addr} NEUROPIA_ADMIN_EMAIL={DEMO_OPERATOR} \\\n    \
          NEUROPIA_ADMIN_PASSWORD='{password}' {exe} actors\n\n\

@@ -248,6 +248,10 @@ async fn demo_seed_gives_a_working_key_on_the_mock_provider_and_an_operator() {
         printed.contains(&password) && printed.contains(" actors"),
         "{printed}"
     );
+    assert!(
+        printed.contains(&format!("http://{addr}/console")) && printed.contains("demo-password"),
+        "the console and the demo sign-in: {printed}"
+    );
     let token = app.login(neuropia::demo::DEMO_OPERATOR, &password).await;
     let (status, tree) = app.get("/api/admin/actors", &token).await;
     assert_eq!(status, 200, "{tree}");

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod calls;
 pub mod chat;
+pub mod console;
 pub mod docs;
 pub mod error;
 pub mod extract;
@@ -51,6 +52,7 @@ use error::ApiError;
         (name = "tenants", description = "Tenants, their users and usage"),
         (name = "pricing", description = "Provider rates, model plans, markups"),
         (name = "operations", description = "Health, metrics, the actor tree and fault injection"),
+        (name = "console", description = "The web console (static files over this API)"),
     )
 )]
 struct ApiDoc;
@@ -131,6 +133,9 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::inject_fault))
         .routes(routes!(ops::actors))
         .routes(routes!(ops::actors_view))
+        .routes(routes!(console::index))
+        .routes(routes!(console::app))
+        .routes(routes!(console::style))
         .routes(routes!(observe::metrics))
         .split_for_parts()
 }

@@ -1,0 +1,255 @@
+// The Neuropia console: plain ES module over the gateway's HTTP API. The token lives in
+// memory only (a reload asks to sign in again) and is refreshed before it expires.
+
+const state = { token: null, user: null, role: null, tenant: null, refresh: null };
+const main = document.getElementById("main");
+const nav = document.getElementById("nav");
+
+// Pages by hash, with the roles that may open them (the API checks again).
+const PAGES = {
+  "#/home": { title: "Overview", roles: ["user", "tenant_admin", "platform_admin"], show: home },
+  "#/keys": { title: "Keys", roles: ["user", "tenant_admin", "platform_admin"], show: keys },
+  "#/usage": { title: "Usage", roles: ["user", "tenant_admin", "platform_admin"], show: usage },
+  "#/admin/rates": { title: "Rates", roles: ["platform_admin"], show: rates },
+  "#/ops/tree": { title: "Actors", roles: ["platform_admin"], show: tree },
+};
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "on") for (const [ev, f] of Object.entries(v)) e.addEventListener(ev, f);
+    else if (v !== undefined && v !== null) e.setAttribute(k, v);
+  }
+  for (const c of children.flat()) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+async function api(method, path, body) {
+  const headers = { "content-type": "application/json" };
+  if (state.token) headers.authorization = `Bearer ${state.token}`;
+  const r = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    const err = new Error(data?.error?.message || `${r.status}`);
+    err.status = r.status;
+    throw err;
+  }
+  return data;
+}
+
+function say(text, bad = false) {
+  const s = document.getElementById("status");
+  s.textContent = text;
+  s.className = bad ? "error" : "ok";
+}
+
+function signIn() {
+  nav.replaceChildren();
+  document.getElementById("sign-out").hidden = true;
+  document.getElementById("who").textContent = "";
+  const email = el("input", { id: "email", type: "email", autocomplete: "username", required: "" });
+  const password = el("input", { id: "password", type: "password", autocomplete: "current-password", required: "" });
+  const error = el("p", { class: "error", role: "alert" });
+  const form = el("form", { class: "stack", "aria-labelledby": "sign-in-title" },
+    el("label", { for: "email" }, "Email", email),
+    el("label", { for: "password" }, "Password", password),
+    el("button", { type: "submit" }, "Sign in"), error);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      const t = await api("POST", "/api/auth/login", { email: email.value, password: password.value });
+      start(t);
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+  main.replaceChildren(el("h1", { id: "sign-in-title" }, "Sign in"), form);
+  email.focus();
+}
+
+function start(t) {
+  state.token = t.token;
+  state.user = t.user_id;
+  state.role = t.role;
+  state.tenant = t.tenant_id;
+  clearTimeout(state.refresh);
+  // Refreshed a minute before it expires.
+  const ms = Math.max(10_000, t.expires_at * 1000 - Date.now() - 60_000);
+  state.refresh = setTimeout(async () => {
+    try { start(await api("POST", "/api/auth/refresh", {})); } catch { signOut(); }
+  }, ms);
+  document.getElementById("who").textContent = `${state.role.replace("_", " ")}`;
+  document.getElementById("sign-out").hidden = false;
+  if (!PAGES[location.hash]) location.hash = "#/home";
+  else route();
+}
+
+function signOut() {
+  clearTimeout(state.refresh);
+  Object.assign(state, { token: null, user: null, role: null, tenant: null });
+  location.hash = "";
+  signIn();
+}
+
+function route() {
+  if (!state.token) return signIn();
+  const page = PAGES[location.hash] || PAGES["#/home"];
+  nav.replaceChildren(...Object.entries(PAGES)
+    .filter(([, p]) => p.roles.includes(state.role))
+    .map(([hash, p]) => el("a", { href: hash, "aria-current": hash === location.hash ? "page" : null }, p.title)));
+  if (!page.roles.includes(state.role)) {
+    main.replaceChildren(el("h1", {}, "Forbidden"),
+      el("p", { id: "forbidden" }, "Your role may not open this page."));
+    return;
+  }
+  main.replaceChildren(el("h1", {}, page.title));
+  page.show().catch((err) => {
+    if (err.status === 401) return signOut();
+    if (err.status === 403) {
+      main.replaceChildren(el("h1", {}, "Forbidden"), el("p", { id: "forbidden" }, err.message));
+      return;
+    }
+    main.append(el("p", { class: "error", role: "alert" }, err.message));
+  });
+  main.focus();
+}
+
+async function home() {
+  const b = await api("GET", `/api/users/${state.user}/balance`);
+  const p = await api("GET", `/api/users/${state.user}`);
+  main.append(el("div", { class: "figures" },
+    el("div", {}, el("div", { class: "dim" }, "Balance"), el("div", { class: "figure", id: "balance" }, b.balance)),
+    el("div", {}, el("div", { class: "dim" }, "Status"), el("div", { class: "figure", id: "account-status" }, b.status)),
+    el("div", {}, el("div", { class: "dim" }, "Reserved"), el("div", { class: "figure" }, b.reserved))),
+    el("p", { class: "dim" }, `${p.email} · tenant ${p.tenant_id}`));
+  const code = el("input", { id: "code", autocomplete: "off" });
+  const form = el("form", { class: "stack" }, el("label", { for: "code" }, "Redeem a code", code),
+    el("button", { type: "submit" }, "Redeem"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      await api("POST", `/api/users/${state.user}/redemptions`, { code: code.value });
+      say("Redeemed");
+      route();
+    } catch (err) { say(err.message, true); }
+  });
+  main.append(el("h2", {}, "Redeem"), form);
+}
+
+async function keys() {
+  const list = await api("GET", `/api/users/${state.user}/virtual-keys`);
+  const name = el("input", { id: "key-name", required: "" });
+  const models = el("input", { id: "key-models", placeholder: "all models" });
+  const rpm = el("input", { id: "key-rpm", type: "number", min: "1" });
+  const shown = el("div", { id: "new-key", "aria-live": "polite" });
+  const form = el("form", { class: "stack" },
+    el("label", { for: "key-name" }, "Name", name),
+    el("label", { for: "key-models" }, "Allowed models (comma-separated)", models),
+    el("label", { for: "key-rpm" }, "Requests per minute", rpm),
+    el("button", { type: "submit" }, "Create key"), shown);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const body = { name: name.value };
+    const allowed = models.value.split(",").map((m) => m.trim()).filter(Boolean);
+    if (allowed.length) body.allowed_models = allowed;
+    if (rpm.value) body.rate_limit_rpm = Number(rpm.value);
+    try {
+      const k = await api("POST", `/api/users/${state.user}/virtual-keys`, body);
+      const copy = el("button", { type: "button" }, "Copy");
+      copy.addEventListener("click", () => navigator.clipboard?.writeText(k.virtual_key));
+      shown.replaceChildren(el("p", {}, "Your new key, shown once:"),
+        el("p", { class: "secret", id: "plaintext" }, k.virtual_key), copy);
+      table.replaceWith(keyTable((await api("GET", `/api/users/${state.user}/virtual-keys`)).data));
+    } catch (err) { say(err.message, true); }
+  });
+  let table = keyTable(list.data);
+  main.append(el("h2", {}, "New key"), form, el("h2", {}, "Your keys"), table);
+
+  function keyTable(rows) {
+    const t = el("table", { id: "keys" },
+      el("thead", {}, el("tr", {}, ["Name", "Key", "Models", "rpm", "Active", ""].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, rows.map((k) => {
+        const toggle = el("button", { type: "button" }, k.is_active ? "Deactivate" : "Activate");
+        toggle.addEventListener("click", async () => {
+          try {
+            await api("POST", `/api/virtual-keys/${k.id}/${k.is_active ? "deactivate" : "activate"}`, {});
+            t.replaceWith(table = keyTable((await api("GET", `/api/users/${state.user}/virtual-keys`)).data));
+          } catch (err) { say(err.message, true); }
+        });
+        return el("tr", {}, el("td", {}, k.name), el("td", {}, k.masked_key),
+          el("td", {}, (k.allowed_models || []).join(", ") || "all"), el("td", {}, k.rate_limit_rpm ?? "—"),
+          el("td", {}, k.is_active ? "yes" : "no"), el("td", {}, toggle));
+      })));
+    return t;
+  }
+}
+
+async function usage() {
+  const u = await api("GET", `/api/users/${state.user}/usage?limit=100`);
+  const t = u.totals;
+  main.append(el("div", { class: "figures" },
+    el("div", {}, el("div", { class: "dim" }, "Calls"), el("div", { class: "figure", id: "calls" }, t.requests)),
+    el("div", {}, el("div", { class: "dim" }, "Tokens in / out"), el("div", { class: "figure" }, `${t.input_tokens} / ${t.output_tokens}`)),
+    el("div", {}, el("div", { class: "dim" }, "Cost"), el("div", { class: "figure", id: "cost" }, t.cost))));
+  const rows = u.data || [];
+  const csv = ["request_id,model,input_tokens,output_tokens,cost,created_at",
+    ...rows.map((r) => [r.request_id, r.model, r.input_tokens, r.output_tokens, r.cost, r.created_at].join(","))].join("\n");
+  const download = el("a", { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })), download: "usage.csv" }, "Download CSV");
+  main.append(el("table", { id: "usage" },
+    el("thead", {}, el("tr", {}, ["When", "Model", "In", "Out", "Cost"].map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, rows.map((r) => el("tr", {}, el("td", {}, r.created_at), el("td", {}, r.model),
+      el("td", {}, r.input_tokens), el("td", {}, r.output_tokens), el("td", {}, r.cost))))), download);
+}
+
+async function rates() {
+  const list = await api("GET", "/api/admin/provider-rates");
+  const f = (id, label) => el("label", { for: id }, label, el("input", { id, required: "" }));
+  const form = el("form", { class: "stack" }, f("rate-provider", "Provider"), f("rate-model", "Model"),
+    f("rate-input", "Input rate (per token)"), f("rate-output", "Output rate (per token)"),
+    el("button", { type: "submit" }, "Save rate"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const v = (id) => document.getElementById(id).value;
+    try {
+      await api("PUT", "/api/admin/provider-rates", { provider: v("rate-provider"), model: v("rate-model"),
+        input_rate: v("rate-input"), output_rate: v("rate-output") });
+      say("Rate saved");
+      route();
+    } catch (err) { say(err.message, true); }
+  });
+  const rows = list.data || list;
+  main.append(el("table", { id: "rates" },
+    el("thead", {}, el("tr", {}, ["Provider", "Model", "Input", "Output", "Currency"].map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, rows.map((r) => el("tr", {}, el("td", {}, r.provider), el("td", {}, r.model),
+      el("td", {}, r.input_rate), el("td", {}, r.output_rate), el("td", {}, r.currency))))),
+  el("h2", {}, "Set a rate"), form);
+}
+
+async function tree() {
+  const root = await api("GET", "/api/admin/actors?limit=200");
+  const node = (n) => el("li", { "data-name": n.name },
+    el("span", { class: "name" }, n.name), ` ${n.status}`,
+    el("span", { class: "dim", "data-restarts": n.restarts }, ` restarts ${n.restarts}`),
+    n.children?.length ? el("ul", {}, n.children.map(node)) : "");
+  const fault = el("form", { class: "stack", id: "fault-form" },
+    el("label", { for: "fault-actor" }, "Actor", el("input", { id: "fault-actor", required: "" })),
+    el("label", { for: "fault-kind" }, "Fault", el("select", { id: "fault-kind" },
+      ["panic", "panic_next", "delay", "drop"].map((k) => el("option", { value: k }, k)))),
+    el("button", { type: "submit" }, "Inject"));
+  fault.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const actor = document.getElementById("fault-actor").value;
+    const kind = document.getElementById("fault-kind").value;
+    if (!confirm(`Inject ${kind} into ${actor}?`)) return;
+    try {
+      await api("POST", "/api/admin/faults", { actor, fault: kind });
+      say(`Injected ${kind} into ${actor}`);
+    } catch (err) { say(err.message, true); }
+  });
+  main.append(el("button", { type: "button", id: "refresh", on: { click: route } }, "Refresh"),
+    el("ul", { id: "tree" }, node(root)), el("h2", {}, "Inject a fault"), fault);
+}
+
+document.getElementById("sign-out").addEventListener("click", signOut);
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,111 @@
+//! The console in a real browser (Debian's Chromium, driven by playwright-core): a customer
+//! signs in, makes a key, calls with it and sees usage and balance move; a customer opening
+//! an admin page gets the forbidden view; the platform admin changes a rate; an operator
+//! panics a key actor and sees its restart count rise. Also the console's own headers.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_serves_its_files_with_a_strict_policy() {
+    let app = TestApp::spawn().await;
+    for (path, kind) in [
+        ("/console", "text/html"),
+        ("/console/app.js", "text/javascript"),
+        ("/console/style.css", "text/css"),
+    ] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+    }
+    let page = app
+        .client
+        .get(app.url("/console"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !page.contains("<script>") && !page.contains("style="),
+        "no inline script or style"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_admins_and_operators_use_the_console_in_a_browser() {
+    let playwright = std::env::var("NEUROPIA_TEST_PLAYWRIGHT")
+        .expect("NEUROPIA_TEST_PLAYWRIGHT: run scripts/test, which installs playwright-core");
+    let chromium =
+        std::env::var("NEUROPIA_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let mock = mock_upstream().await;
+    let app = TestApp::spawn().await;
+    app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
+        .await;
+    let (user, _) = app.register("console@example.com").await;
+    app.top_up(user, "10").await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/flow.cjs");
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(script)
+        .env("PLAYWRIGHT", &playwright)
+        .env("CHROMIUM", &chromium)
+        .env("GW", &app.base)
+        .env("MODEL", "qwen-turbo")
+        .env("CUSTOMER", "console@example.com")
+        .env("CUSTOMER_PASSWORD", USER_PASSWORD)
+        .env("ADMIN", ADMIN_EMAIL)
+        .env("ADMIN_PASSWORD", ADMIN_PASSWORD);
+    if let Ok(dir) = std::env::var("NEUROPIA_CONSOLE_SHOTS") {
+        cmd.env("SHOTS", dir);
+    }
+    let out = cmd.output().await.expect("node runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the browser script failed:\n{stderr}");
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("the script prints JSON");
+    assert_eq!(seen["balance_before"], "10", "{seen}");
+    assert_eq!(seen["key_shown"], true);
+    assert_eq!(seen["keys_listed"], 1);
+    assert_eq!(seen["chat_status"], 200);
+    assert_eq!(
+        (&seen["calls"], &seen["usage_rows"]),
+        (&json!("1"), &json!(1))
+    );
+    // 12 input and 8 output tokens at 0.001 / 0.002.
+    assert_eq!(seen["balance_after"], "9.972", "{seen}");
+    assert_eq!(
+        (&seen["admin_link"], &seen["forbidden"]),
+        (&json!(0), &json!(true))
+    );
+    assert_eq!(seen["rate_shown"], true);
+    let (before, after) = (
+        seen["restarts_before"].as_u64(),
+        seen["restarts_after"].as_u64(),
+    );
+    assert!(after > before, "the restart shows in the tree: {seen}");
+    assert_eq!(
+        seen["problems"],
+        json!([]),
+        "no script errors, no CSP violations"
+    );
+    // The API refuses the customer too, whatever the page shows.
+    let token = app.login("console@example.com", USER_PASSWORD).await;
+    let (status, _) = app.get("/api/admin/provider-rates", &token).await;
+    assert_eq!(status, 403);
+    app.stop().await;
+}

@@ -1,0 +1,107 @@
+// Drives the console in Debian's Chromium (playwright-core), as its users would. Run by
+// tests/console.rs with PLAYWRIGHT, CHROMIUM, GW, MODEL, the customer's and the platform
+// admin's sign-ins; SHOTS (optional) is where to save a screenshot of each page.
+const { chromium } = require(process.env.PLAYWRIGHT);
+
+const { GW, MODEL, CUSTOMER, CUSTOMER_PASSWORD, ADMIN, ADMIN_PASSWORD, SHOTS } = process.env;
+const out = {};
+
+async function shot(page, name) {
+  if (SHOTS) await page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
+}
+
+async function signIn(page, email, password) {
+  await page.goto(`${GW}/console`);
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.locator("#balance").waitFor();
+}
+
+(async () => {
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM, args: ["--no-sandbox"] });
+  const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(e.message));
+  page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+  page.on("dialog", (d) => d.accept());
+
+  // A customer: balance, a new key (shown once), a call with it, usage and balance moved.
+  await page.goto(`${GW}/console`);
+  await shot(page, "sign-in");
+  await signIn(page, CUSTOMER, CUSTOMER_PASSWORD);
+  out.balance_before = await page.locator("#balance").textContent();
+  await shot(page, "overview");
+  await page.getByRole("link", { name: "Keys" }).click();
+  await page.getByLabel("Name").fill("from the console");
+  await page.getByRole("button", { name: "Create key" }).click();
+  const key = (await page.locator("#plaintext").textContent()).trim();
+  out.key_shown = key.startsWith("vk_");
+  out.keys_listed = await page.locator("#keys tbody tr").count();
+  await shot(page, "keys");
+  const r = await fetch(`${GW}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "Hello from the browser test" }] }),
+  });
+  out.chat_status = r.status;
+  // The charge reaches the usage log through the ledger: look again until it shows.
+  for (let i = 0; i < 50; i++) {
+    await page.goto(`${GW}/console#/usage`);
+    await page.locator("#calls").waitFor();
+    if ((await page.locator("#calls").textContent()) === "1") break;
+    await page.waitForTimeout(100);
+  }
+  out.calls = await page.locator("#calls").textContent();
+  out.usage_rows = await page.locator("#usage tbody tr").count();
+  await shot(page, "usage");
+  await page.getByRole("link", { name: "Overview" }).click();
+  await page.locator("#balance").waitFor();
+  out.balance_after = await page.locator("#balance").textContent();
+  // An admin page: not in the navigation, and the forbidden view when opened anyway.
+  out.admin_link = await page.getByRole("link", { name: "Rates" }).count();
+  await page.goto(`${GW}/console#/admin/rates`);
+  await page.locator("#forbidden").waitFor();
+  out.forbidden = true;
+  await shot(page, "forbidden");
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByLabel("Email").waitFor();
+
+  // The platform admin changes a rate.
+  await signIn(page, ADMIN, ADMIN_PASSWORD);
+  await page.getByRole("link", { name: "Rates" }).click();
+  await page.getByLabel("Provider").fill("dashscope");
+  await page.getByLabel("Model").fill("qwen-turbo");
+  await page.getByLabel("Input rate (per token)").fill("0.005");
+  await page.getByLabel("Output rate (per token)").fill("0.006");
+  await page.getByRole("button", { name: "Save rate" }).click();
+  await page.locator("#rates td", { hasText: "0.005" }).waitFor();
+  out.rate_shown = true;
+  await shot(page, "rates");
+
+  // The operator panics the key's actor and sees its restart count rise.
+  await page.getByRole("link", { name: "Actors" }).click();
+  const actor = page.locator("li[data-name^='key:']").first();
+  await actor.waitFor();
+  const name = await actor.getAttribute("data-name");
+  const restarts = async () =>
+    Number(await page.locator(`li[data-name='${name}'] > [data-restarts]`).getAttribute("data-restarts"));
+  out.restarts_before = await restarts();
+  await page.getByLabel("Actor").fill(name);
+  await page.getByLabel("Fault").selectOption("panic");
+  await page.getByRole("button", { name: "Inject" }).click();
+  await page.locator("#status", { hasText: "Injected" }).waitFor();
+  for (let i = 0; i < 50 && (await restarts()) <= out.restarts_before; i++) {
+    await page.waitForTimeout(100);
+    await page.getByRole("button", { name: "Refresh" }).click();
+    await page.locator(`li[data-name='${name}']`).waitFor();
+  }
+  out.restarts_after = await restarts();
+  await shot(page, "actors");
+  out.problems = problems;
+  await browser.close();
+  console.log(JSON.stringify(out));
+})().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
