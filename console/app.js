@@ -10,6 +10,7 @@ const PAGES = {
   "#/home": { title: "Overview", roles: ["user", "tenant_admin", "platform_admin"], show: home },
   "#/keys": { title: "Keys", roles: ["user", "tenant_admin", "platform_admin"], show: keys },
   "#/usage": { title: "Usage", roles: ["user", "tenant_admin", "platform_admin"], show: usage },
+  "#/prices": { title: "Prices", roles: ["user", "tenant_admin", "platform_admin"], show: prices },
   "#/admin/rates": { title: "Rates", roles: ["platform_admin"], show: rates },
   "#/ops/tree": { title: "Actors", roles: ["platform_admin"], show: tree },
 };
@@ -169,6 +170,16 @@ async function keys() {
     const t = el("table", { id: "keys" },
       el("thead", {}, el("tr", {}, ["Name", "Key", "Models", "rpm", "Active", ""].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, rows.map((k) => {
+        const rotate = el("button", { type: "button", "aria-label": `Rotate ${k.name}` }, "Rotate");
+        rotate.addEventListener("click", async () => {
+          if (!confirm(`Rotate ${k.name}? The current secret stops working at once.`)) return;
+          try {
+            const r = await api("POST", `/api/virtual-keys/${k.id}/rotate`, {});
+            shown.replaceChildren(el("p", {}, `New secret for ${k.name}, shown once:`),
+              el("p", { class: "secret", id: "plaintext" }, r.virtual_key));
+            t.replaceWith(table = keyTable((await api("GET", `/api/users/${state.user}/virtual-keys`)).data));
+          } catch (err) { say(err.message, true); }
+        });
         const toggle = el("button", { type: "button" }, k.is_active ? "Deactivate" : "Activate");
         toggle.addEventListener("click", async () => {
           try {
@@ -178,7 +189,7 @@ async function keys() {
         });
         return el("tr", {}, el("td", {}, k.name), el("td", {}, k.masked_key),
           el("td", {}, (k.allowed_models || []).join(", ") || "all"), el("td", {}, k.rate_limit_rpm ?? "—"),
-          el("td", {}, k.is_active ? "yes" : "no"), el("td", {}, toggle));
+          el("td", {}, k.is_active ? "yes" : "no"), el("td", {}, rotate, " ", toggle));
       })));
     return t;
   }
@@ -195,10 +206,34 @@ async function usage() {
   const csv = ["request_id,model,input_tokens,output_tokens,cost,created_at",
     ...rows.map((r) => [r.request_id, r.model, r.input_tokens, r.output_tokens, r.cost, r.created_at].join(","))].join("\n");
   const download = el("a", { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })), download: "usage.csv" }, "Download CSV");
-  main.append(el("table", { id: "usage" },
+  for (const by of ["day", "model", "key"]) {
+    const g = await api("GET", `/api/users/${state.user}/usage?group_by=${by}`);
+    const most = Math.max(1e-12, ...g.groups.map((x) => Number(x.cost)));
+    main.append(el("h2", {}, `Cost by ${by}`), el("table", { id: `by-${by}` },
+      el("tbody", {}, g.groups.map((x) => el("tr", {}, el("td", {}, x.group ?? "—"),
+        el("td", {}, el("meter", { min: "0", max: String(most), value: x.cost, "aria-label": `${x.group} cost` })),
+        el("td", {}, x.cost), el("td", { class: "dim" }, `${x.requests} calls`))))));
+  }
+  main.append(el("h2", {}, "Calls"), el("table", { id: "usage" },
     el("thead", {}, el("tr", {}, ["When", "Model", "In", "Out", "Cost"].map((h) => el("th", { scope: "col" }, h)))),
     el("tbody", {}, rows.map((r) => el("tr", {}, el("td", {}, r.created_at), el("td", {}, r.model),
       el("td", {}, r.input_tokens), el("td", {}, r.output_tokens), el("td", {}, r.cost))))), download);
+  const ledger = await api("GET", `/api/users/${state.user}/ledger?limit=50`);
+  main.append(el("h2", {}, "Ledger"), el("table", { id: "ledger" },
+    el("thead", {}, el("tr", {}, ["When", "Kind", "Amount", "Status after"].map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, ledger.data.map((e) => el("tr", {}, el("td", {}, e.created_at), el("td", {}, e.kind),
+      el("td", {}, e.amount), el("td", {}, e.status_after))))));
+}
+
+async function prices() {
+  const p = await api("GET", `/api/users/${state.user}/prices`);
+  main.append(el("p", { class: "dim" }, `Markup ${p.markup_percent} % (${p.markup_source})`),
+    el("table", { id: "prices" },
+      el("thead", {}, el("tr", {}, ["Model", "Provider", "Input / 1M tokens", "Output / 1M tokens", "Currency"]
+        .map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, p.models.flatMap((m) => m.targets.map((t) => el("tr", {}, el("td", {}, m.model),
+        el("td", {}, t.provider), el("td", {}, t.input_price_per_million ?? "—"),
+        el("td", {}, t.output_price_per_million ?? "—"), el("td", {}, t.currency ?? "—")))))));
 }
 
 async function rates() {
@@ -226,6 +261,11 @@ async function rates() {
 }
 
 async function tree() {
+  const health = await api("GET", "/health");
+  main.append(el("div", { class: "figures", id: "health" },
+    el("div", {}, el("div", { class: "dim" }, "Database"), el("div", { class: "figure" }, health.database)),
+    el("div", {}, el("div", { class: "dim" }, "Redis"), el("div", { class: "figure" }, health.redis?.state ?? health.redis ?? "—")),
+    el("div", {}, el("div", { class: "dim" }, "Journal depth"), el("div", { class: "figure" }, health.journal_depth))));
   const root = await api("GET", "/api/admin/actors?limit=200");
   const node = (n) => el("li", { "data-name": n.name },
     el("span", { class: "name" }, n.name), ` ${n.status}`,
@@ -247,7 +287,9 @@ async function tree() {
     } catch (err) { say(err.message, true); }
   });
   main.append(el("button", { type: "button", id: "refresh", on: { click: route } }, "Refresh"),
-    el("ul", { id: "tree" }, node(root)), el("h2", {}, "Inject a fault"), fault);
+    el("ul", { id: "tree" }, node(root)));
+  // Shown only when the gateway runs with NEUROPIA_FAULTS=1.
+  if (health.faults) main.append(el("h2", {}, "Inject a fault"), fault);
 }
 
 document.getElementById("sign-out").addEventListener("click", signOut);

@@ -81,10 +81,24 @@ async fn customers_admins_and_operators_use_the_console_in_a_browser() {
     assert_eq!(seen["balance_before"], "10", "{seen}");
     assert_eq!(seen["key_shown"], true);
     assert_eq!(seen["keys_listed"], 1);
+    assert_eq!(
+        (&seen["rotated"], &seen["old_key_status"]),
+        (&json!(true), &json!(401))
+    );
     assert_eq!(seen["chat_status"], 200);
     assert_eq!(
         (&seen["calls"], &seen["usage_rows"]),
         (&json!("1"), &json!(1))
+    );
+    assert!(
+        seen["by_model"].as_str().unwrap().contains("qwen-turbo"),
+        "{seen}"
+    );
+    // The top-up and the charge.
+    assert_eq!(seen["ledger_rows"], 2);
+    assert!(
+        seen["prices"].as_str().unwrap().contains("qwen-turbo"),
+        "{seen}"
     );
     // 12 input and 8 output tokens at 0.001 / 0.002.
     assert_eq!(seen["balance_after"], "9.972", "{seen}");
@@ -93,6 +107,7 @@ async fn customers_admins_and_operators_use_the_console_in_a_browser() {
         (&json!(0), &json!(true))
     );
     assert_eq!(seen["rate_shown"], true);
+    assert_eq!(seen["fault_form"], 1, "faults are on in the tests");
     let (before, after) = (
         seen["restarts_before"].as_u64(),
         seen["restarts_after"].as_u64(),

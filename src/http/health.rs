@@ -111,6 +111,7 @@ pub async fn health(
             "redis": redis,
             "actors": actors,
             "journal_depth": app.journal.depth(),
+            "faults": app.config.faults,
         })),
     )
 }

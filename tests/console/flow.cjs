@@ -35,9 +35,15 @@ async function signIn(page, email, password) {
   await page.getByRole("link", { name: "Keys" }).click();
   await page.getByLabel("Name").fill("from the console");
   await page.getByRole("button", { name: "Create key" }).click();
-  const key = (await page.locator("#plaintext").textContent()).trim();
-  out.key_shown = key.startsWith("vk_");
+  const first = (await page.locator("#plaintext").textContent()).trim();
+  out.key_shown = first.startsWith("vk_");
   out.keys_listed = await page.locator("#keys tbody tr").count();
+  // Rotated at once: a new secret shown once, the old one refused.
+  await page.getByRole("button", { name: "Rotate from the console" }).click();
+  await page.locator("#plaintext", { hasText: /^vk_/ }).filter({ hasNotText: first }).waitFor();
+  const key = (await page.locator("#plaintext").textContent()).trim();
+  out.rotated = key !== first && key.startsWith("vk_");
+  out.old_key_status = (await fetch(`${GW}/v1/models`, { headers: { authorization: `Bearer ${first}` } })).status;
   await shot(page, "keys");
   const r = await fetch(`${GW}/v1/chat/completions`, {
     method: "POST",
@@ -47,14 +53,23 @@ async function signIn(page, email, password) {
   out.chat_status = r.status;
   // The charge reaches the usage log through the ledger: look again until it shows.
   for (let i = 0; i < 50; i++) {
-    await page.goto(`${GW}/console#/usage`);
-    await page.locator("#calls").waitFor();
+    // Away and back: each visit renders the page afresh.
+    await page.getByRole("link", { name: "Overview" }).click();
+    await page.locator("#balance").waitFor();
+    await page.getByRole("link", { name: "Usage" }).click();
+    await page.locator("#ledger").waitFor();
     if ((await page.locator("#calls").textContent()) === "1") break;
     await page.waitForTimeout(100);
   }
   out.calls = await page.locator("#calls").textContent();
   out.usage_rows = await page.locator("#usage tbody tr").count();
+  out.by_model = await page.locator("#by-model").textContent();
+  out.ledger_rows = await page.locator("#ledger tbody tr").count();
   await shot(page, "usage");
+  await page.getByRole("link", { name: "Prices" }).click();
+  await page.locator("#prices tbody tr").first().waitFor();
+  out.prices = await page.locator("#prices").textContent();
+  await shot(page, "prices");
   await page.getByRole("link", { name: "Overview" }).click();
   await page.locator("#balance").waitFor();
   out.balance_after = await page.locator("#balance").textContent();
@@ -87,6 +102,7 @@ async function signIn(page, email, password) {
   const restarts = async () =>
     Number(await page.locator(`li[data-name='${name}'] > [data-restarts]`).getAttribute("data-restarts"));
   out.restarts_before = await restarts();
+  out.fault_form = await page.locator("#fault-form").count();
   await page.getByLabel("Actor").fill(name);
   await page.getByLabel("Fault").selectOption("panic");
   await page.getByRole("button", { name: "Inject" }).click();
