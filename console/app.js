@@ -11,7 +11,11 @@ const PAGES = {
   "#/keys": { title: "Keys", roles: ["user", "tenant_admin", "platform_admin"], show: keys },
   "#/usage": { title: "Usage", roles: ["user", "tenant_admin", "platform_admin"], show: usage },
   "#/prices": { title: "Prices", roles: ["user", "tenant_admin", "platform_admin"], show: prices },
+  "#/tenant": { title: "Tenant", roles: ["tenant_admin"], show: tenant },
+  "#/admin/tenants": { title: "Tenants", roles: ["platform_admin"], show: tenants },
   "#/admin/rates": { title: "Rates", roles: ["platform_admin"], show: rates },
+  "#/admin/models": { title: "Models", roles: ["platform_admin"], show: models },
+  "#/admin/codes": { title: "Codes", roles: ["platform_admin"], show: codes },
   "#/ops/tree": { title: "Actors", roles: ["platform_admin"], show: tree },
 };
 
@@ -258,6 +262,136 @@ async function rates() {
     el("tbody", {}, rows.map((r) => el("tr", {}, el("td", {}, r.provider), el("td", {}, r.model),
       el("td", {}, r.input_rate), el("td", {}, r.output_rate), el("td", {}, r.currency))))),
   el("h2", {}, "Set a rate"), form);
+}
+
+// A labelled input.
+function field(id, label, attrs = {}) {
+  return el("label", { for: id }, label, el("input", { id, ...attrs }));
+}
+
+const value = (id) => document.getElementById(id).value.trim();
+
+// A form whose refusal is shown inline, under it.
+function form(id, children, submit, onDone) {
+  const error = el("p", { class: "error", role: "alert", id: `${id}-error` });
+  const f = el("form", { class: "stack", id }, children, error);
+  f.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    error.textContent = "";
+    try {
+      await submit();
+      onDone();
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+  return f;
+}
+
+function table(id, heads, rows) {
+  return el("table", { id },
+    el("thead", {}, el("tr", {}, heads.map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, rows.map((cells) => el("tr", {}, cells.map((c) => el("td", {}, c ?? "—"))))));
+}
+
+async function tenant() {
+  const t = await api("GET", `/api/tenants/${state.tenant}`);
+  const users = await api("GET", `/api/tenants/${state.tenant}/users`);
+  main.append(el("p", {}, `${t.name}: markup ${t.markup_percent} %, overdue below ${t.overdue_threshold}`),
+    el("h2", {}, "Users"),
+    table("tenant-users", ["Email", "Role", "Status", "Balance"],
+      (users.data || users).map((u) => [u.email, u.role, u.status, u.balance])),
+    el("h2", {}, "Add a user"),
+    form("new-user", [field("user-email", "Email", { type: "email", required: "" }),
+      field("user-name", "Username", { required: "" }),
+      field("user-password", "Password", { type: "password", required: "", autocomplete: "new-password" }),
+      el("button", { type: "submit" }, "Add user")],
+    () => api("POST", `/api/tenants/${state.tenant}/users`,
+      { email: value("user-email"), username: value("user-name"), password: value("user-password") }),
+    () => { say("User added"); route(); }));
+}
+
+async function tenants() {
+  const list = await api("GET", "/api/admin/tenants");
+  main.append(table("tenants", ["Name", "Markup %", "Overdue below", "Overdraft"],
+    (list.data || list).map((t) => [t.name, t.markup_percent, t.overdue_threshold, t.overdraft_limit])),
+  el("h2", {}, "New tenant"),
+  form("new-tenant", [field("tenant-name", "Name", { required: "" }),
+    field("tenant-markup", "Markup (percent)", { inputmode: "decimal" }),
+    field("tenant-threshold", "Overdue threshold", { inputmode: "decimal" }),
+    el("button", { type: "submit" }, "Create tenant")],
+  () => {
+    const body = { name: value("tenant-name") };
+    if (value("tenant-markup")) body.markup_percent = value("tenant-markup");
+    if (value("tenant-threshold")) body.overdue_threshold = value("tenant-threshold");
+    return api("POST", "/api/admin/tenants", body);
+  }, () => { say("Tenant created"); route(); }));
+}
+
+async function codes() {
+  const list = await api("GET", "/api/admin/redemption-codes");
+  const minted = el("div", { id: "minted", "aria-live": "polite" });
+  const expires = new Date(Date.now() + 30 * 86400_000).toISOString().slice(0, 10);
+  main.append(el("h2", {}, "Mint codes"),
+    form("mint", [field("code-amount", "Amount each", { required: "", inputmode: "decimal" }),
+      field("code-count", "How many", { type: "number", min: "1", max: "100", value: "1" }),
+      field("code-expires", "Expires on", { type: "date", required: "", value: expires }),
+      el("button", { type: "submit" }, "Mint")],
+    async () => {
+      const r = await api("POST", "/api/admin/redemption-codes", { amount: value("code-amount"),
+        count: Number(value("code-count") || 1), expires_at: `${value("code-expires")}T00:00:00Z` });
+      minted.replaceChildren(el("p", {}, "Codes, shown once:"),
+        ...r.data.map((c) => el("p", { class: "secret" }, c.code)));
+    }, () => say("Minted")),
+    minted,
+    el("h2", {}, "Codes"),
+    table("codes", ["Code", "Amount", "Expires", "Redeemed by"],
+      (list.data || []).map((c) => [c.masked_code, c.amount, c.expires_at, c.redeemed_by])));
+}
+
+async function models() {
+  const list = await api("GET", "/api/admin/model-configs");
+  const targets = el("div", { id: "targets" });
+  let n = 0;
+  const addTarget = () => {
+    const i = n++;
+    const row = el("fieldset", { class: "stack", "data-target": String(i) },
+      el("legend", {}, `Target ${i + 1}`),
+      field(`t${i}-provider`, "Provider", { required: "" }),
+      field(`t${i}-model`, "Model at the provider (optional)"),
+      field(`t${i}-host`, "Custom host (optional)", { type: "url" }),
+      field(`t${i}-weight`, "Weight (load balance)", { inputmode: "decimal" }));
+    targets.append(row);
+  };
+  addTarget();
+  const json = el("textarea", { id: "plan-json", rows: "8", cols: "60", "aria-label": "The plan as JSON" });
+  const plan = () => {
+    const t = [...targets.querySelectorAll("fieldset")].map((f) => {
+      const i = f.dataset.target;
+      const target = { provider: value(`t${i}-provider`) };
+      if (value(`t${i}-model`)) target.override_params = { model: value(`t${i}-model`) };
+      if (value(`t${i}-host`)) target.custom_host = value(`t${i}-host`);
+      if (value(`t${i}-weight`)) target.weight = Number(value(`t${i}-weight`));
+      return target;
+    }).filter((t) => t.provider);
+    return { strategy: { mode: value("plan-mode") }, targets: t };
+  };
+  const show = () => { json.value = JSON.stringify(plan(), null, 2); };
+  const add = el("button", { type: "button" }, "Add a target");
+  add.addEventListener("click", () => { addTarget(); show(); });
+  // (The JSON view follows the form: shown once both are on the page.)
+  const f = form("plan", [field("plan-model", "Public model name", { required: "" }),
+    el("label", { for: "plan-mode" }, "Strategy", el("select", { id: "plan-mode" },
+      ["single", "fallback", "loadbalance"].map((m) => el("option", { value: m }, m)))),
+    targets, add, el("button", { type: "submit" }, "Save model")],
+  () => api("PUT", "/api/admin/model-configs", { model: value("plan-model"), config: plan() }),
+  () => { say("Model saved"); route(); });
+  f.addEventListener("input", show);
+  main.append(table("models", ["Model", "Strategy", "Targets"],
+    (list.data || []).map((m) => [m.model, m.config?.strategy?.mode ?? "single",
+      (m.config?.targets || []).map((t) => t.provider).join(", ")])),
+  el("h2", {}, "Set a model's plan"), f, el("h2", {}, "The plan as JSON"), json);
+  show();
 }
 
 async function tree() {

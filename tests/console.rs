@@ -59,6 +59,16 @@ async fn customers_admins_and_operators_use_the_console_in_a_browser() {
         .await;
     let (user, _) = app.register("console@example.com").await;
     app.top_up(user, "10").await;
+    let tenant = app.create_tenant("console-tenant", "10", "0").await;
+    let (status, body) = app
+        .post(
+            &format!("/api/tenants/{tenant}/users"),
+            &app.admin_token,
+            json!({"email": "tadmin@console.example", "password": USER_PASSWORD,
+                "username": "tadmin", "role": "tenant_admin"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/flow.cjs");
     let mut cmd = tokio::process::Command::new("node");
@@ -70,7 +80,8 @@ async fn customers_admins_and_operators_use_the_console_in_a_browser() {
         .env("CUSTOMER", "console@example.com")
         .env("CUSTOMER_PASSWORD", USER_PASSWORD)
         .env("ADMIN", ADMIN_EMAIL)
-        .env("ADMIN_PASSWORD", ADMIN_PASSWORD);
+        .env("ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("TENANT_ADMIN", "tadmin@console.example");
     if let Ok(dir) = std::env::var("NEUROPIA_CONSOLE_SHOTS") {
         cmd.env("SHOTS", dir);
     }
@@ -108,6 +119,21 @@ async fn customers_admins_and_operators_use_the_console_in_a_browser() {
     );
     assert_eq!(seen["rate_shown"], true);
     assert_eq!(seen["fault_form"], 1, "faults are on in the tests");
+    assert_eq!(
+        (&seen["tenant_created"], &seen["codes_minted"]),
+        (&json!(true), &json!(2))
+    );
+    assert!(
+        seen["plan_refused"].as_str().is_some_and(|e| !e.is_empty()),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["plan_json"],
+        json!({"strategy": {"mode": "fallback"}, "targets": [{"provider": "mock"},
+            {"provider": "mock", "override_params": {"model": "mock-large"}}]})
+    );
+    assert_eq!(seen["model_saved"], true);
+    assert_eq!(seen["tenant_users"], json!([1, 2]), "{seen}");
     let (before, after) = (
         seen["restarts_before"].as_u64(),
         seen["restarts_after"].as_u64(),

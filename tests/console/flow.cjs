@@ -3,7 +3,7 @@
 // admin's sign-ins; SHOTS (optional) is where to save a screenshot of each page.
 const { chromium } = require(process.env.PLAYWRIGHT);
 
-const { GW, MODEL, CUSTOMER, CUSTOMER_PASSWORD, ADMIN, ADMIN_PASSWORD, SHOTS } = process.env;
+const { GW, MODEL, CUSTOMER, CUSTOMER_PASSWORD, ADMIN, ADMIN_PASSWORD, TENANT_ADMIN, SHOTS } = process.env;
 const out = {};
 
 async function shot(page, name) {
@@ -23,7 +23,10 @@ async function signIn(page, email, password) {
   const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
   const problems = [];
   page.on("pageerror", (e) => problems.push(e.message));
-  page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+  // Script errors and CSP refusals; an API refusal the page shows (a 4xx) is not one.
+  page.on("console", (m) => {
+    if (m.type() === "error" && !/status of 4\d\d/.test(m.text())) problems.push(m.text());
+  });
   page.on("dialog", (d) => d.accept());
 
   // A customer: balance, a new key (shown once), a call with it, usage and balance moved.
@@ -94,6 +97,38 @@ async function signIn(page, email, password) {
   out.rate_shown = true;
   await shot(page, "rates");
 
+  // Tenants, codes, a model's plan (an invalid one refused inline).
+  await page.getByRole("link", { name: "Tenants" }).click();
+  await page.getByLabel("Name").fill("from-the-console");
+  await page.getByLabel("Markup (percent)").fill("12.5");
+  await page.getByRole("button", { name: "Create tenant" }).click();
+  await page.locator("#tenants td", { hasText: "from-the-console" }).waitFor();
+  out.tenant_created = true;
+  await shot(page, "tenants");
+  await page.getByRole("link", { name: "Codes" }).click();
+  await page.getByLabel("Amount each").fill("5");
+  await page.getByLabel("How many").fill("2");
+  await page.getByRole("button", { name: "Mint" }).click();
+  await page.locator("#minted .secret").nth(1).waitFor();
+  out.codes_minted = await page.locator("#minted .secret").count();
+  await shot(page, "codes");
+  await page.getByRole("link", { name: "Models" }).click();
+  await page.getByLabel("Public model name").fill("console-model");
+  await page.getByLabel("Strategy").selectOption("fallback");
+  await page.locator("#t0-provider").fill("bad provider!");
+  await page.getByRole("button", { name: "Save model" }).click();
+  await page.locator("#plan-error").filter({ hasText: /./ }).waitFor();
+  out.plan_refused = await page.locator("#plan-error").textContent();
+  await page.locator("#t0-provider").fill("mock");
+  await page.getByRole("button", { name: "Add a target" }).click();
+  await page.locator("#t1-provider").fill("mock");
+  await page.locator("#t1-model").fill("mock-large");
+  out.plan_json = JSON.parse(await page.locator("#plan-json").inputValue());
+  await page.getByRole("button", { name: "Save model" }).click();
+  await page.locator("#models td", { hasText: "console-model" }).waitFor();
+  out.model_saved = true;
+  await shot(page, "models");
+
   // The operator panics the key's actor and sees its restart count rise.
   await page.getByRole("link", { name: "Actors" }).click();
   const actor = page.locator("li[data-name^='key:']").first();
@@ -114,6 +149,20 @@ async function signIn(page, email, password) {
   }
   out.restarts_after = await restarts();
   await shot(page, "actors");
+  await page.getByRole("button", { name: "Sign out" }).click();
+
+  // A tenant admin sees the tenant's users and adds one.
+  await signIn(page, TENANT_ADMIN, CUSTOMER_PASSWORD);
+  await page.getByRole("link", { name: "Tenant" }).click();
+  await page.locator("#tenant-users tbody tr").first().waitFor();
+  const before = await page.locator("#tenant-users tbody tr").count();
+  await page.getByLabel("Email").fill("added@console.example");
+  await page.getByLabel("Username").fill("added");
+  await page.getByLabel("Password").fill("a-long-password-9");
+  await page.getByRole("button", { name: "Add user" }).click();
+  await page.locator("#tenant-users td", { hasText: "added@console.example" }).waitFor();
+  out.tenant_users = [before, await page.locator("#tenant-users tbody tr").count()];
+  await shot(page, "tenant");
   out.problems = problems;
   await browser.close();
   console.log(JSON.stringify(out));
