@@ -16,6 +16,7 @@ const PAGES = {
   "#/admin/rates": { title: "Rates", roles: ["platform_admin"], show: rates },
   "#/admin/models": { title: "Models", roles: ["platform_admin"], show: models },
   "#/admin/codes": { title: "Codes", roles: ["platform_admin"], show: codes },
+  "#/admin/portkey": { title: "Portkey", roles: ["platform_admin"], show: portkey },
   "#/ops/tree": { title: "Actors", roles: ["platform_admin"], show: tree },
 };
 
@@ -394,6 +395,37 @@ async function models() {
   show();
 }
 
+async function portkey() {
+  const list = await api("GET", "/api/admin/portkey-configs");
+  const rows = (list.data || []).map((c) => {
+    const toggle = el("button", { type: "button" }, c.is_active ? "Deactivate" : "Activate");
+    toggle.addEventListener("click", async () => {
+      try {
+        await api("POST", `/api/admin/portkey-configs/${c.id}/${c.is_active ? "deactivate" : "activate"}`, {});
+        route();
+      } catch (err) { say(err.message, true); }
+    });
+    return [c.config_name, c.tenant_id, c.user_id, c.is_active ? "active" : "inactive", toggle];
+  });
+  const json = el("textarea", { id: "portkey-json", rows: "8", cols: "60", required: "" },
+    JSON.stringify({ strategy: { mode: "fallback" }, targets: [{ provider: "mock" }] }, null, 2));
+  main.append(table("portkey-configs", ["Name", "Tenant", "User", "State", ""], rows),
+    el("h2", {}, "New config"),
+    form("new-portkey", [field("portkey-name", "Name", { required: "" }),
+      field("portkey-tenant", "Tenant id"),
+      field("portkey-user", "User id (overrides the tenant's)"),
+      el("label", { for: "portkey-json" }, "Plan (Portkey's JSON)", json),
+      el("button", { type: "submit" }, "Create config")],
+    () => {
+      let config;
+      try { config = JSON.parse(json.value); } catch { throw new Error("the plan is not valid JSON"); }
+      const body = { config_name: value("portkey-name"), config };
+      if (value("portkey-tenant")) body.tenant_id = value("portkey-tenant");
+      if (value("portkey-user")) body.user_id = value("portkey-user");
+      return api("POST", "/api/admin/portkey-configs", body);
+    }, () => { say("Config created"); route(); }));
+}
+
 async function tree() {
   const health = await api("GET", "/health");
   main.append(el("div", { class: "figures", id: "health" },
@@ -404,7 +436,19 @@ async function tree() {
   const node = (n) => el("li", { "data-name": n.name },
     el("span", { class: "name" }, n.name), ` ${n.status}`,
     el("span", { class: "dim", "data-restarts": n.restarts }, ` restarts ${n.restarts}`),
+    n.backlog ? el("span", { class: "dim" }, ` backlog ${n.backlog}`) : "",
+    n.children_total > (n.children?.length || 0)
+      ? el("span", { class: "dim" }, ` (${n.children.length} of ${n.children_total} shown)`) : "",
+    n.state && Object.keys(n.state).length
+      ? el("details", {}, el("summary", {}, "state"), el("pre", {}, JSON.stringify(n.state, null, 1))) : "",
     n.children?.length ? el("ul", {}, n.children.map(node)) : "");
+  const search = el("input", { id: "tree-search", type: "search", placeholder: "key id or user id" });
+  search.addEventListener("input", () => {
+    const q = search.value.trim();
+    for (const li of document.querySelectorAll("#tree li")) {
+      li.hidden = Boolean(q) && !li.dataset.name.includes(q) && !li.querySelector(`[data-name*="${CSS.escape(q)}"]`);
+    }
+  });
   const fault = el("form", { class: "stack", id: "fault-form" },
     el("label", { for: "fault-actor" }, "Actor", el("input", { id: "fault-actor", required: "" })),
     el("label", { for: "fault-kind" }, "Fault", el("select", { id: "fault-kind" },
@@ -420,7 +464,8 @@ async function tree() {
       say(`Injected ${kind} into ${actor}`);
     } catch (err) { say(err.message, true); }
   });
-  main.append(el("button", { type: "button", id: "refresh", on: { click: route } }, "Refresh"),
+  main.append(el("label", { for: "tree-search" }, "Find an actor", search),
+    el("button", { type: "button", id: "refresh", on: { click: route } }, "Refresh"),
     el("ul", { id: "tree" }, node(root)));
   // Shown only when the gateway runs with NEUROPIA_FAULTS=1.
   if (health.faults) main.append(el("h2", {}, "Inject a fault"), fault);

@@ -81,7 +81,8 @@ async fn customers_admins_and_operators_use_the_console_in_a_browser() {
         .env("CUSTOMER_PASSWORD", USER_PASSWORD)
         .env("ADMIN", ADMIN_EMAIL)
         .env("ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("TENANT_ADMIN", "tadmin@console.example");
+        .env("TENANT_ADMIN", "tadmin@console.example")
+        .env("TENANT_ID", tenant.to_string());
     if let Ok(dir) = std::env::var("NEUROPIA_CONSOLE_SHOTS") {
         cmd.env("SHOTS", dir);
     }
@@ -133,6 +134,9 @@ async fn customers_admins_and_operators_use_the_console_in_a_browser() {
             {"provider": "mock", "override_params": {"model": "mock-large"}}]})
     );
     assert_eq!(seen["model_saved"], true);
+    assert_eq!(seen["portkey_created"], true);
+    // neuropia > keys > key:<id>.
+    assert_eq!(seen["visible_after_search"], 3, "{seen}");
     assert_eq!(seen["tenant_users"], json!([1, 2]), "{seen}");
     let (before, after) = (
         seen["restarts_before"].as_u64(),

@@ -128,6 +128,13 @@ async function signIn(page, email, password) {
   await page.locator("#models td", { hasText: "console-model" }).waitFor();
   out.model_saved = true;
   await shot(page, "models");
+  await page.getByRole("link", { name: "Portkey" }).click();
+  await page.getByLabel("Name").fill("console-portkey");
+  await page.getByLabel("Tenant id").fill(process.env.TENANT_ID);
+  await page.getByRole("button", { name: "Create config" }).click();
+  await page.locator("#portkey-configs td", { hasText: "console-portkey" }).waitFor();
+  out.portkey_created = true;
+  await shot(page, "portkey");
 
   // The operator panics the key's actor and sees its restart count rise.
   await page.getByRole("link", { name: "Actors" }).click();
@@ -137,8 +144,12 @@ async function signIn(page, email, password) {
   const restarts = async () =>
     Number(await page.locator(`li[data-name='${name}'] > [data-restarts]`).getAttribute("data-restarts"));
   out.restarts_before = await restarts();
+  // The search leaves the key's actor (and its parents) in view, nothing else.
+  await page.getByLabel("Find an actor").fill(name.slice(4));
+  out.visible_after_search = await page.locator("#tree li:visible").count();
+  await page.getByLabel("Find an actor").fill("");
   out.fault_form = await page.locator("#fault-form").count();
-  await page.getByLabel("Actor").fill(name);
+  await page.getByLabel("Actor", { exact: true }).fill(name);
   await page.getByLabel("Fault").selectOption("panic");
   await page.getByRole("button", { name: "Inject" }).click();
   await page.locator("#status", { hasText: "Injected" }).waitFor();
