@@ -1,7 +1,7 @@
 // The Neuropia console: plain ES module over the gateway's HTTP API. The token lives in
 // memory only (a reload asks to sign in again) and is refreshed before it expires.
 
-const state = { token: null, user: null, role: null, tenant: null, refresh: null };
+const state = { token: null, user: null, role: null, tenant: null, refresh: null, live: null };
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 
@@ -92,12 +92,14 @@ function start(t) {
 
 function signOut() {
   clearTimeout(state.refresh);
+  clearInterval(state.live);
   Object.assign(state, { token: null, user: null, role: null, tenant: null });
   location.hash = "";
   signIn();
 }
 
 function route() {
+  clearInterval(state.live);
   if (!state.token) return signIn();
   const page = PAGES[location.hash] || PAGES["#/home"];
   nav.replaceChildren(...Object.entries(PAGES)
@@ -426,12 +428,85 @@ async function portkey() {
     }, () => { say("Config created"); route(); }));
 }
 
+// Prometheus text: every sample of `name`, as [labels, value].
+function samples(text, name) {
+  const out = [];
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(name)) continue;
+    const m = line.match(/^([a-z_]+)(\{(.*)\})? ([0-9.eE+-]+|NaN|\+Inf)$/);
+    if (!m || m[1] !== name) continue;
+    const labels = Object.fromEntries([...(m[3] || "").matchAll(/([a-z_]+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+    out.push([labels, Number(m[4])]);
+  }
+  return out;
+}
+
+// Figures since the previous sample: requests/s, server errors, p50/p99 of request time,
+// the journal's depth, the ledger's p99 flush time.
+function figures(prev, text, seconds) {
+  const reqs = samples(text, "neuropia_http_requests_total");
+  const total = reqs.reduce((s, [, v]) => s + v, 0);
+  const errors = reqs.filter(([l]) => l.status?.startsWith("5")).reduce((s, [, v]) => s + v, 0);
+  const buckets = {};
+  for (const [l, v] of samples(text, "neuropia_http_request_duration_seconds_bucket")) {
+    buckets[l.le] = (buckets[l.le] || 0) + v;
+  }
+  const now = { total, errors, buckets };
+  if (!prev) return { now };
+  const les = Object.keys(buckets).filter((le) => le !== "+Inf").map(Number).sort((a, b) => a - b);
+  const delta = (le) => (buckets[String(le)] || 0) - (prev.buckets[String(le)] || 0);
+  const count = (buckets["+Inf"] || 0) - (prev.buckets["+Inf"] || 0);
+  const quantile = (q) => {
+    if (count <= 0) return "—";
+    const le = les.find((b) => delta(b) >= q * count);
+    return le === undefined ? "> 60 s" : `≤ ${le * 1000} ms`;
+  };
+  // The ledger's flushes since start: the p99 from its buckets.
+  const flushes = samples(text, "neuropia_ledger_flush_seconds_bucket").map(([l, v]) => [l.le, v]);
+  const flushCount = flushes.find(([le]) => le === "+Inf")?.[1] || 0;
+  const flushLe = flushes.filter(([le]) => le !== "+Inf").map(([le, v]) => [Number(le), v])
+    .sort((x, y) => x[0] - y[0]).find(([, v]) => v >= 0.99 * flushCount)?.[0];
+  return {
+    now,
+    shown: {
+      "Requests/s": ((total - prev.total) / seconds).toFixed(1),
+      "Server errors": errors - prev.errors,
+      "p50": quantile(0.5),
+      "p99": quantile(0.99),
+      "Journal depth": samples(text, "neuropia_journal_depth")[0]?.[1] ?? 0,
+      "Ledger flush p99": flushCount && flushLe !== undefined ? `≤ ${flushLe * 1000} ms` : "—",
+    },
+  };
+}
+
+async function live(box) {
+  let prev = null;
+  let at = Date.now();
+  const tick = async () => {
+    const text = await (await fetch("/metrics")).text();
+    const seconds = Math.max(0.001, (Date.now() - at) / 1000);
+    at = Date.now();
+    const f = figures(prev, text, seconds);
+    prev = f.now;
+    if (f.shown) {
+      box.replaceChildren(...Object.entries(f.shown).map(([k, v]) =>
+        el("div", {}, el("div", { class: "dim" }, k), el("div", { class: "figure", "data-figure": k }, v))));
+    }
+  };
+  await tick();
+  state.live = setInterval(() => tick().catch(() => {}), 3000);
+}
+
 async function tree() {
   const health = await api("GET", "/health");
   main.append(el("div", { class: "figures", id: "health" },
     el("div", {}, el("div", { class: "dim" }, "Database"), el("div", { class: "figure" }, health.database)),
     el("div", {}, el("div", { class: "dim" }, "Redis"), el("div", { class: "figure" }, health.redis?.state ?? health.redis ?? "—")),
     el("div", {}, el("div", { class: "dim" }, "Journal depth"), el("div", { class: "figure" }, health.journal_depth))));
+  const liveBox = el("div", { class: "figures", id: "live", "aria-live": "off" },
+    el("p", { class: "dim" }, "Live figures in a few seconds…"));
+  main.append(liveBox);
+  await live(liveBox);
   const root = await api("GET", "/api/admin/actors?limit=200");
   const node = (n) => el("li", { "data-name": n.name },
     el("span", { class: "name" }, n.name), ` ${n.status}`,
@@ -453,6 +528,9 @@ async function tree() {
     el("label", { for: "fault-actor" }, "Actor", el("input", { id: "fault-actor", required: "" })),
     el("label", { for: "fault-kind" }, "Fault", el("select", { id: "fault-kind" },
       ["panic", "panic_next", "delay", "drop"].map((k) => el("option", { value: k }, k)))),
+    field("fault-count", "Count (panic_next, drop)", { type: "number", min: "1" }),
+    field("fault-ms", "Delay per message in ms (delay)", { type: "number", min: "1" }),
+    field("fault-seconds", "For how many seconds (delay)", { type: "number", min: "0.1", step: "0.1" }),
     el("button", { type: "submit" }, "Inject"));
   fault.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -460,7 +538,11 @@ async function tree() {
     const kind = document.getElementById("fault-kind").value;
     if (!confirm(`Inject ${kind} into ${actor}?`)) return;
     try {
-      await api("POST", "/api/admin/faults", { actor, fault: kind });
+      const body = { actor, fault: kind };
+      if (value("fault-count")) body.count = Number(value("fault-count"));
+      if (value("fault-ms")) body.ms = Number(value("fault-ms"));
+      if (value("fault-seconds")) body.seconds = Number(value("fault-seconds"));
+      await api("POST", "/api/admin/faults", body);
       say(`Injected ${kind} into ${actor}`);
     } catch (err) { say(err.message, true); }
   });

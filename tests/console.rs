@@ -120,6 +120,7 @@ async fn customers_admins_and_operators_use_the_console_in_a_browser() {
     );
     assert_eq!(seen["rate_shown"], true);
     assert_eq!(seen["fault_form"], 1, "faults are on in the tests");
+    assert_eq!(seen["live_figures"], 6, "{seen}");
     assert_eq!(
         (&seen["tenant_created"], &seen["codes_minted"]),
         (&json!(true), &json!(2))

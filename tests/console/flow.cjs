@@ -149,6 +149,9 @@ async function signIn(page, email, password) {
   out.visible_after_search = await page.locator("#tree li:visible").count();
   await page.getByLabel("Find an actor").fill("");
   out.fault_form = await page.locator("#fault-form").count();
+  // Live figures replace the placeholder within a refresh (every 3 s).
+  await page.locator("[data-figure='Requests/s']").waitFor({ timeout: 10000 });
+  out.live_figures = await page.locator("#live [data-figure]").count();
   await page.getByLabel("Actor", { exact: true }).fill(name);
   await page.getByLabel("Fault").selectOption("panic");
   await page.getByRole("button", { name: "Inject" }).click();
