@@ -194,7 +194,18 @@ async function keys() {
             t.replaceWith(table = keyTable((await api("GET", `/api/users/${state.user}/virtual-keys`)).data));
           } catch (err) { say(err.message, true); }
         });
-        return el("tr", {}, el("td", {}, k.name), el("td", {}, k.masked_key),
+        // Renamed in place: the name is an input saved on change.
+        const nameInput = el("input", { value: k.name, "aria-label": `Name of ${k.masked_key}`, "data-key-name": k.id });
+        nameInput.addEventListener("change", async () => {
+          try {
+            await api("PATCH", `/api/virtual-keys/${k.id}`, { name: nameInput.value.trim() });
+            say("Renamed");
+          } catch (err) {
+            nameInput.value = k.name;
+            say(err.message, true);
+          }
+        });
+        return el("tr", {}, el("td", {}, nameInput), el("td", {}, k.masked_key),
           el("td", {}, (k.allowed_models || []).join(", ") || "all"), el("td", {}, k.rate_limit_rpm ?? "—"),
           el("td", {}, k.is_active ? "yes" : "no"), el("td", {}, rotate, " ", toggle));
       })));

@@ -40,6 +40,8 @@ async function signIn(page, email, password) {
   await page.getByRole("button", { name: "Create key" }).click();
   const first = (await page.locator("#plaintext").textContent()).trim();
   out.key_shown = first.startsWith("vk_");
+  // The list is fetched again after the key is shown: wait for its row.
+  await page.locator("#keys tbody tr").first().waitFor();
   out.keys_listed = await page.locator("#keys tbody tr").count();
   // Rotated at once: a new secret shown once, the old one refused.
   await page.getByRole("button", { name: "Rotate from the console" }).click();
@@ -47,6 +49,15 @@ async function signIn(page, email, password) {
   const key = (await page.locator("#plaintext").textContent()).trim();
   out.rotated = key !== first && key.startsWith("vk_");
   out.old_key_status = (await fetch(`${GW}/v1/models`, { headers: { authorization: `Bearer ${first}` } })).status;
+  // Renamed in place.
+  const nameBox = page.locator("[data-key-name]").first();
+  await nameBox.fill("renamed in the console");
+  await nameBox.press("Enter");
+  await nameBox.blur();
+  await page.locator("#status", { hasText: "Renamed" }).waitFor();
+  await page.getByRole("link", { name: "Overview" }).click();
+  await page.getByRole("link", { name: "Keys" }).click();
+  out.renamed = await page.locator("[data-key-name]").first().inputValue();
   await shot(page, "keys");
   const r = await fetch(`${GW}/v1/chat/completions`, {
     method: "POST",
