@@ -17,15 +17,6 @@ use super::{Handle, Live, ResolveError};
 /// Builds a supervisor's "resolve this child" message.
 pub type ResolveMsg<K, M, S> = fn(K, RpcReplyPort<Result<Handle<M>, ResolveError>>) -> S;
 
-/// Why a child could not be called.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallError {
-    /// No such child (no such key, no such user).
-    NotFound,
-    /// The child or its supervisor did not answer in time, or kept dying.
-    Unavailable(String),
-}
-
 pub struct Children<K, M: Message, S: Message> {
     /// `key`, `balance`: how errors name the children.
     kind: &'static str,
@@ -77,8 +68,10 @@ where
         self.timeout
     }
 
-    /// The child's live actor, spawned (after loading its state) if need be.
-    pub async fn resolve(&self, key: K) -> Result<Handle<M>, CallError> {
+    /// The child's live actor, spawned (after loading its state) if need be. Errors are
+    /// the supervisor's own: no such child, or unavailable (also when the supervisor or the
+    /// child does not answer in time, or the child keeps stopping under a call).
+    pub async fn resolve(&self, key: K) -> Result<Handle<M>, ResolveError> {
         if let Some(child) = self.directory.get(&key) {
             return Ok(child.clone());
         }
@@ -89,16 +82,12 @@ where
             .call(|reply| make(key, reply), Some(self.timeout))
             .await
         {
-            Ok(CallResult::Success(Ok(child))) => Ok(child),
-            Ok(CallResult::Success(Err(ResolveError::NotFound))) => Err(CallError::NotFound),
-            Ok(CallResult::Success(Err(ResolveError::Unavailable(e)))) => {
-                Err(CallError::Unavailable(e))
-            }
-            Ok(CallResult::Timeout) => Err(CallError::Unavailable(format!(
+            Ok(CallResult::Success(answer)) => answer,
+            Ok(CallResult::Timeout) => Err(ResolveError::Unavailable(format!(
                 "{}s supervisor timed out",
                 self.kind
             ))),
-            Ok(CallResult::SenderError) | Err(_) => Err(CallError::Unavailable(format!(
+            Ok(CallResult::SenderError) | Err(_) => Err(ResolveError::Unavailable(format!(
                 "{}s supervisor is restarting",
                 self.kind
             ))),
@@ -113,13 +102,13 @@ where
         key: K,
         attempts: u32,
         mut make: impl FnMut(RpcReplyPort<T>) -> M,
-    ) -> Result<(T, Handle<M>), CallError> {
+    ) -> Result<(T, Handle<M>), ResolveError> {
         for attempt in 0..attempts {
             let child = self.resolve(key).await?;
             match child.call(&mut make, Some(self.timeout)).await {
                 Ok(CallResult::Success(answer)) => return Ok((answer, child)),
                 Ok(CallResult::Timeout) => {
-                    return Err(CallError::Unavailable(format!(
+                    return Err(ResolveError::Unavailable(format!(
                         "{} actor timed out",
                         self.kind
                     )));
@@ -133,7 +122,7 @@ where
                 }
             }
         }
-        Err(CallError::Unavailable(format!(
+        Err(ResolveError::Unavailable(format!(
             "{}:{key:?} kept stopping under the call",
             self.kind
         )))

@@ -25,7 +25,7 @@ pub use balance::{
 };
 
 use super::Live;
-use super::client::{CallError, Children, ResolveMsg};
+use super::client::{Children, ResolveMsg};
 use super::{
     ChildBook, ChildPage, Exit, Handle, Held, Probe, ResolveError, SupervisorStats, Traffic,
 };
@@ -310,10 +310,10 @@ pub struct Balances {
     pub shared: Option<crate::reservations::GlobalReservations>,
 }
 
-fn balance_error(e: CallError) -> BalanceError {
+fn balance_error(e: ResolveError) -> BalanceError {
     match e {
-        CallError::NotFound => BalanceError::UnknownUser,
-        CallError::Unavailable(e) => BalanceError::Unavailable(e),
+        ResolveError::NotFound => BalanceError::UnknownUser,
+        ResolveError::Unavailable(e) => BalanceError::Unavailable(e),
     }
 }
 

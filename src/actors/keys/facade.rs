@@ -5,8 +5,8 @@ use std::time::Duration;
 use ractor::RpcReplyPort;
 
 use super::{Admission, Denied, KeyDirectory, KeyHandle, KeyMsg, KeyView, KeysMsg};
-use crate::actors::client::{CallError, Children, ResolveMsg};
-use crate::actors::{Live, SupervisorStats};
+use crate::actors::client::{Children, ResolveMsg};
+use crate::actors::{Live, ResolveError, SupervisorStats};
 use crate::auth::KeyHash;
 use crate::db::keys::KeyRecord;
 use crate::ratelimit::{GlobalLimiter, Verdict};
@@ -83,10 +83,10 @@ pub struct Keys {
 /// How many times a call follows a key actor that stops under it.
 const ATTEMPTS: u32 = 3;
 
-fn admit_error(e: CallError) -> AdmitError {
+fn admit_error(e: ResolveError) -> AdmitError {
     match e {
-        CallError::NotFound => AdmitError::UnknownKey,
-        CallError::Unavailable(e) => AdmitError::Unavailable(e),
+        ResolveError::NotFound => AdmitError::UnknownKey,
+        ResolveError::Unavailable(e) => AdmitError::Unavailable(e),
     }
 }
 
