@@ -71,11 +71,11 @@ impl<O: Operation> Admitted<O> {
             ),
         };
         let billed = self.settle(provider, model, usage, source).await;
-        if out.done_held && !out.client_gone {
+        if let Some(held) = out.held.filter(|_| !out.client_gone) {
             // Strict: the last event (`[DONE]`, or a Responses stream's `response.completed`)
             // only once the charge is durable.
             let last = match billed {
-                Ok(()) => out.held.unwrap_or_else(|| sse::data("[DONE]")),
+                Ok(()) => held,
                 Err(e) => {
                     let message = match e {
                         CallError::NotConfirmed(m) => m,

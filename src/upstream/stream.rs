@@ -31,10 +31,9 @@ pub struct StreamOutcome {
     pub broke: bool,
     /// The client went away before the end.
     pub client_gone: bool,
-    /// The upstream's `[DONE]` came and was held back (see `pump`'s `hold_done`).
-    pub done_held: bool,
-    /// The held-back last event when it is not `[DONE]` (a Responses stream's
-    /// `response.completed`).
+    /// The stream's last event (`[DONE]`, a Responses stream's `response.completed`, a
+    /// Messages stream's `message_stop`), held back to be sent once the charge is committed
+    /// (see `pump`'s `hold_done`).
     pub held: Option<Bytes>,
 }
 
@@ -105,7 +104,7 @@ fn delta_text(v: &Value, into: &mut String) {
 /// Pumps `reply` to `tx`. `client_wants_usage`: the client asked for
 /// `stream_options.include_usage` (the gateway always asks the upstream for it).
 /// `hold_done`: do not send `[DONE]` (strict durability sends it once the charge is
-/// committed); `done_held` says whether there was one to send.
+/// committed); `held` then carries the last event.
 pub async fn pump(
     mut reply: StreamReply,
     client_wants_usage: bool,
@@ -165,7 +164,6 @@ pub async fn pump(
                             client.send(b).await;
                         }
                         if hold_done {
-                            out.done_held = true;
                             out.held = Some(last);
                         } else {
                             client.send(last).await;
@@ -186,7 +184,6 @@ pub async fn pump(
                         let name = event.event.as_deref().unwrap_or("response.completed");
                         let last = Bytes::from(format!("event: {name}\ndata: {}\n\n", event.data));
                         if hold_done {
-                            out.done_held = true;
                             out.held = Some(last);
                         } else {
                             client.send(last).await;
@@ -199,7 +196,7 @@ pub async fn pump(
                 Wire::OpenAi => {
                     if event.data.trim() == "[DONE]" {
                         if hold_done {
-                            out.done_held = true;
+                            out.held = Some(sse::data("[DONE]"));
                         } else {
                             client.send(sse::data("[DONE]")).await;
                         }
@@ -242,7 +239,7 @@ pub async fn pump(
                                 client.send(sse::data(&c)).await;
                             }
                             if hold_done {
-                                out.done_held = true;
+                                out.held = Some(sse::data("[DONE]"));
                             } else {
                                 client.send(sse::data("[DONE]")).await;
                             }
@@ -421,7 +418,7 @@ mod tests {
             tx,
         )
         .await;
-        assert!(out.done_held);
+        assert!(out.held.is_some());
         let sent = collect(rx).await;
         assert!(sent.contains("lo") && !sent.contains("[DONE]"), "{sent}");
     }
