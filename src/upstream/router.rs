@@ -142,19 +142,13 @@ impl Upstreams {
         model: String,
         out: &Outbound<'_>,
     ) -> Result<Answer, UpstreamError> {
-        let answer: MockAnswer = match out.endpoint {
-            Endpoint::Chat => |r| Ok(mock::complete(r)),
-            Endpoint::Embeddings => |r| Ok(mock::embed(r)),
-            Endpoint::Messages => mock::message,
-            Endpoint::Responses => mock::respond,
-        };
-        // A streamed Messages answer is made as chat chunks, which the pump translates.
-        let answer: MockAnswer = match out.endpoint {
-            Endpoint::Messages if out.stream => |r| {
-                let chat = super::messages::to_chat(r)?;
-                Ok(mock::complete(&chat))
-            },
-            _ => answer,
+        let answer: MockAnswer = match (out.endpoint, out.stream) {
+            (Endpoint::Chat, _) => |r| Ok(mock::complete(r)),
+            (Endpoint::Embeddings, _) => |r| Ok(mock::embed(r)),
+            // A streamed Messages answer is made as chat chunks, which the pump translates.
+            (Endpoint::Messages, true) => |r| Ok(mock::complete(&super::messages::to_chat(r)?)),
+            (Endpoint::Messages, false) => mock::message,
+            (Endpoint::Responses, _) => mock::respond,
         };
         let answered = if mock::prompt_bytes(req) > tokens::INLINE_BYTES {
             // A large prompt is counted off the async workers.
