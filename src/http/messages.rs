@@ -83,6 +83,12 @@ pub async fn count_tokens(
             .ok_or_else(|| ApiError::NotFound(format!("model {:?} does not exist", m.model())))?
             .image_tokens
             .unwrap_or(app.config.image_tokens);
+        // A large prompt takes its account's turn, as at admission: one account cannot hold
+        // every counting thread with free counts.
+        let _turn = match m.prompt_bytes() > crate::tokens::INLINE_BYTES {
+            true => crate::tokens::owner_turn(view.user_id.as_u128()).await,
+            false => None,
+        };
         let n = m.prompt_tokens(image_tokens).await;
         Ok::<_, ApiError>(axum::Json(json!({"input_tokens": n})).into_response())
     }
