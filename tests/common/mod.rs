@@ -417,6 +417,24 @@ async fn mock_chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: By
     .into_response()
 }
 
+/// Notes a call to an OpenAI-format endpoint (its key and body) and answers the failure
+/// the mock is set to give, if any (OpenAI's error shape).
+fn received(s: &MockState, headers: &HeaderMap, body: &[u8]) -> Result<Value, Box<Response>> {
+    s.calls.fetch_add(1, Ordering::SeqCst);
+    if let Some(a) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        s.authorizations.lock().unwrap().push(a.to_owned());
+    }
+    let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    s.bodies.lock().unwrap().push(req.clone());
+    if let Some(fail) = status_now(s) {
+        let body = json!({"error": {"message": format!("mock failure {fail}"),
+            "type": "invalid_request_error", "code": "mock_error"}});
+        let failure = (StatusCode::from_u16(fail).unwrap(), axum::Json(body)).into_response();
+        return Err(Box::new(failure));
+    }
+    Ok(req)
+}
+
 /// OpenAI embeddings, as documented: one vector per input (8 floats; as little-endian f32
 /// bytes in base64 when `encoding_format` says so, as the official SDKs ask by default),
 /// usage with prompt and total tokens only.
@@ -426,17 +444,10 @@ async fn mock_embeddings(
     body: Bytes,
 ) -> Response {
     use base64::Engine;
-    s.calls.fetch_add(1, Ordering::SeqCst);
-    if let Some(a) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        s.authorizations.lock().unwrap().push(a.to_owned());
-    }
-    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    s.bodies.lock().unwrap().push(req.clone());
-    if let Some(fail) = status_now(&s) {
-        let body = json!({"error": {"message": format!("mock failure {fail}"),
-            "type": "invalid_request_error", "code": "mock_error"}});
-        return (StatusCode::from_u16(fail).unwrap(), axum::Json(body)).into_response();
-    }
+    let req = match received(&s, &headers, &body) {
+        Ok(req) => req,
+        Err(failure) => return *failure,
+    };
     let inputs = match req.get("input") {
         Some(Value::Array(list)) if !list.iter().all(Value::is_number) => list.len(),
         _ => 1,
@@ -467,17 +478,10 @@ async fn mock_responses(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    s.calls.fetch_add(1, Ordering::SeqCst);
-    if let Some(a) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        s.authorizations.lock().unwrap().push(a.to_owned());
-    }
-    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    s.bodies.lock().unwrap().push(req.clone());
-    if let Some(fail) = status_now(&s) {
-        let body = json!({"error": {"message": format!("mock failure {fail}"),
-            "type": "invalid_request_error", "code": "mock_error"}});
-        return (StatusCode::from_u16(fail).unwrap(), axum::Json(body)).into_response();
-    }
+    let req = match received(&s, &headers, &body) {
+        Ok(req) => req,
+        Err(failure) => return *failure,
+    };
     let (p, c) = (
         s.prompt_tokens.load(Ordering::SeqCst),
         s.completion_tokens.load(Ordering::SeqCst),
