@@ -1,10 +1,11 @@
 //! The routing snapshot: slowly-changing configuration read lock-free on the hot path.
 //!
-//! It holds the model plans, provider rates, tenant settings and per-user markup overrides.
+//! It holds the model plans, provider rates, tenant settings, per-user markup overrides and
+//! the suspended users.
 //! The ConfigActor builds a new snapshot from PostgreSQL and swaps it in whole
 //! ([`arc_swap::ArcSwap`]); readers never lock and never see half an update.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -65,6 +66,8 @@ pub struct Snapshot {
     pub rates: HashMap<String, HashMap<String, Rate>>,
     pub tenants: HashMap<Uuid, TenantSettings>,
     pub user_markups: HashMap<Uuid, Decimal>,
+    /// Users whose calls are refused until reinstated.
+    pub suspended: HashSet<Uuid>,
     /// The active Portkey config of each user that has one, and of each tenant.
     pub user_configs: HashMap<Uuid, Arc<PortkeyConfig>>,
     pub tenant_configs: HashMap<Uuid, Arc<PortkeyConfig>>,

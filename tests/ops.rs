@@ -118,6 +118,18 @@ async fn the_tree_shows_every_actor_with_its_state_and_pages_large_supervisors()
         child(&rest, "keys")["children"].as_array().unwrap().len(),
         1
     );
+    // A search pages over the matches only: one key actor, one balance actor.
+    let found = tree(&app, &format!("?limit=1&find={kid}")).await;
+    let keys = child(&found, "keys");
+    assert_eq!(keys["children_total"], 1, "{keys}");
+    assert_eq!(keys["children"][0]["name"], format!("key:{kid}"));
+    assert_eq!(child(&found, "balances")["children_total"], 0);
+    let found = tree(&app, &format!("?find=balance:{user0}")).await;
+    assert_eq!(child(&found, "keys")["children_total"], 0);
+    assert_eq!(
+        child(&found, "balances")["children"][0]["name"],
+        format!("balance:{user0}")
+    );
     let (status, _) = app.get("/api/admin/actors?limit=0", &app.admin_token).await;
     assert_eq!(status, 400);
     let (status, _) = app.get("/api/admin/actors?limit=x", &app.admin_token).await;

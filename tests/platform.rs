@@ -934,3 +934,163 @@ async fn tenant_user_and_code_inputs_are_validated() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_admin_suspends_and_prices_its_users_within_bounds() {
+    let app = TestApp::spawn().await;
+    app.set_model("m", json!({"targets": [{"provider": "mock"}]}))
+        .await;
+    app.set_rate("mock", "m", "0.001", "0.002").await;
+    let tenant = app.create_tenant("suspenders", "10", "0").await;
+    let other = app.create_tenant("elsewhere", "10", "0").await;
+    let (_, ta) = app
+        .tenant_user(&app.admin_token, tenant, "ta@susp.example", "tenant_admin")
+        .await;
+    let (user, user_token) = app
+        .tenant_user(&ta, tenant, "member@susp.example", "user")
+        .await;
+    let (stranger, _) = app
+        .tenant_user(&app.admin_token, other, "far@susp.example", "user")
+        .await;
+    app.top_up(user, "10").await;
+    let key = app
+        .create_key(&user_token, user, json!({"name": "k"}))
+        .await;
+    assert_eq!(status_of(&app, &key, "m").await, 200);
+    let patch = |token: &str, who: Uuid, body: Value| {
+        let token = token.to_owned();
+        let app = &app;
+        async move {
+            app.send(
+                Method::PATCH,
+                &format!("/api/admin/users/{who}"),
+                &token,
+                Some(body),
+            )
+            .await
+        }
+    };
+
+    // The tenant admin: a markup at or above the tenant's, no role, not elsewhere, not itself.
+    let (s, body) = patch(&ta, user, json!({"markup_percent": "9.99"})).await;
+    assert_eq!(s, 400, "below the tenant's 10 %: {body}");
+    let (s, body) = patch(&ta, user, json!({"markup_percent": "25"})).await;
+    assert_eq!(
+        (s.as_u16(), body["markup_percent"].as_str()),
+        (200, Some("25"))
+    );
+    let (s, _) = patch(&ta, user, json!({"role": "tenant_admin"})).await;
+    assert_eq!(s, 403);
+    let (s, _) = patch(&ta, stranger, json!({"suspended": true})).await;
+    assert_eq!(s, 404, "another tenant's user is not found");
+    let (s, _) = patch(&user_token, user, json!({"suspended": false})).await;
+    assert_eq!(s, 403, "a user changes nobody");
+    // The tenant's overdue threshold is the tenant admin's; its markup is not.
+    let tenant_path = format!("/api/admin/tenants/{tenant}");
+    let (s, body) = app
+        .send(
+            Method::PATCH,
+            &tenant_path,
+            &ta,
+            Some(json!({"overdue_threshold": "2"})),
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), body["overdue_threshold"].as_str()),
+        (200, Some("2"))
+    );
+    let (s, _) = app
+        .send(
+            Method::PATCH,
+            &tenant_path,
+            &ta,
+            Some(json!({"markup_percent": "0"})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = app
+        .send(
+            Method::PATCH,
+            &format!("/api/admin/tenants/{other}"),
+            &ta,
+            Some(json!({"overdue_threshold": "0"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    // Suspended: every call with its keys refused, unbilled; its token and sign-in refused.
+    let (s, body) = patch(&ta, user, json!({"suspended": true})).await;
+    assert_eq!((s.as_u16(), body["suspended"].as_bool()), (200, Some(true)));
+    let before = app.api_balance(user).await;
+    let r = app.chat(&key, &chat_body("m")).await;
+    assert_eq!(r.status(), 403);
+    let err: Value = r.json().await.unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("suspended"),
+        "{err}"
+    );
+    let models = app
+        .client
+        .get(app.url("/v1/models"))
+        .header("x-virtual-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 403);
+    assert_eq!(app.api_balance(user).await, before, "nothing charged");
+    let (s, _) = app.get(&format!("/api/users/{user}"), &user_token).await;
+    assert_eq!(s, 401, "the token ended");
+    let (s, body) = app
+        .post(
+            "/api/auth/login",
+            "",
+            json!({"email": "member@susp.example", "password": USER_PASSWORD}),
+        )
+        .await;
+    assert_eq!(s, 403, "{body}");
+    let (s, body) = app
+        .post(
+            "/api/auth/login",
+            "",
+            json!({"email": "member@susp.example", "password": "wrong-password-1"}),
+        )
+        .await;
+    assert_eq!(s, 401, "the wrong password learns nothing: {body}");
+    let (_, list) = app.get(&format!("/api/tenants/{tenant}/users"), &ta).await;
+    let listed = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_id"] == json!(user))
+        .unwrap();
+    assert_eq!(listed["suspended"], true);
+
+    // Reinstated: the same key is served again at the user's markup; the old token stays dead.
+    let (s, body) = patch(&ta, user, json!({"suspended": false})).await;
+    assert_eq!(
+        (s.as_u16(), body["suspended"].as_bool()),
+        (200, Some(false))
+    );
+    assert_eq!(status_of(&app, &key, "m").await, 200);
+    let (s, _) = app.get(&format!("/api/users/{user}"), &user_token).await;
+    assert_eq!(s, 401);
+    app.login("member@susp.example", USER_PASSWORD).await;
+    app.settle_journal().await;
+    let rows: Vec<(i32, i32, Decimal)> = sqlx::query_as(
+        "SELECT input_tokens, output_tokens, cost FROM data.usage_log WHERE user_id = $1 ORDER BY id",
+    )
+    .bind(user)
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    let cost = |(i, o, _): &(i32, i32, Decimal), markup: &str| {
+        (Decimal::from(*i) * d("0.001") + Decimal::from(*o) * d("0.002")) * d(markup)
+    };
+    assert_eq!(rows.len(), 2, "the refused call left no row: {rows:?}");
+    assert_eq!(rows[0].2, cost(&rows[0], "1.10"), "the tenant's 10 %");
+    assert_eq!(rows[1].2, cost(&rows[1], "1.25"), "the user's 25 %");
+    app.stop().await;
+}

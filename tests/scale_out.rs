@@ -372,6 +372,26 @@ async fn three_instances_share_limits_money_and_revocation() {
         eprintln!("revoked through {how}: refused by the instances after {took:?}");
     }
 
+    // 4b. A suspension through one instance refuses the owner's calls on every instance,
+    // and a reinstatement serves them again everywhere.
+    for (suspended, expected) in [(true, StatusCode::FORBIDDEN), (false, StatusCode::OK)] {
+        let (status, body) = c.apis[1]
+            .send(
+                reqwest::Method::PATCH,
+                &format!("/api/admin/users/{user}"),
+                &c.apis[1].admin_token,
+                Some(json!({ "suspended": suspended })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for api in &c.apis {
+            eventually(5, "the suspension on every instance", || async {
+                chat_status(api, &unlimited).await == expected
+            })
+            .await;
+        }
+    }
+
     // 5. One instance killed under load: the others keep serving, nothing answered is lost.
     let load = Arc::new(Load::default());
     let workers: Vec<_> = (0..24)

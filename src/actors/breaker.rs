@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::actors::{ChildBook, ChildPage, Exit, Handle, Held, Probe, Traffic};
+use crate::actors::{ChildBook, ChildPage, Exit, Handle, Held, Probe, Traffic, Window};
 
 const CLOSED: u8 = 0;
 const CLOSED_FAILING: u8 = 1;
@@ -298,8 +298,7 @@ pub enum UpstreamsMsg {
     Views(RpcReplyPort<Vec<Handle<BreakerMsg>>>),
     /// Replies with a page of children for the operators' tree.
     Children {
-        offset: usize,
-        limit: usize,
+        window: Window,
         reply: RpcReplyPort<ChildPage<BreakerMsg>>,
     },
     /// Does nothing (applies an injected fault at once).
@@ -384,16 +383,11 @@ impl Actor for UpstreamSupervisor {
         };
         match msg {
             UpstreamsMsg::Poke => {}
-            UpstreamsMsg::Children {
-                offset,
-                limit,
-                reply,
-            } => {
+            UpstreamsMsg::Children { window, reply } => {
                 let directory = &state.args.directory;
-                let page =
-                    state
-                        .book
-                        .page(|t| directory.get(t).map(|b| b.actor.clone()), offset, limit);
+                let page = state
+                    .book
+                    .page(|t| directory.get(t).map(|b| b.actor.clone()), &window);
                 let _ = reply.send(page);
             }
             UpstreamsMsg::Get { target, reply } => {

@@ -94,6 +94,15 @@ pub struct ChildInfo<M: ractor::Message> {
     pub handle: Option<Handle<M>>,
 }
 
+/// Which of a supervisor's children the operators' tree shows: those whose name contains
+/// `find` (all when `None`), from `offset`, at most `limit`, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    pub offset: usize,
+    pub limit: usize,
+    pub find: Option<String>,
+}
+
 /// A page of a supervisor's children, by name.
 pub struct ChildPage<M: ractor::Message> {
     pub total: usize,
@@ -277,27 +286,37 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
     pub fn page_live<M: ractor::Message>(
         &self,
         directory: &dashmap::DashMap<K, Handle<M>>,
-        offset: usize,
-        limit: usize,
+        window: &Window,
     ) -> ChildPage<M> {
-        self.page(|k| directory.get(k).map(|h| h.clone()), offset, limit)
+        self.page(|k| directory.get(k).map(|h| h.clone()), window)
     }
 
-    /// Children `offset..offset + limit`, sorted by name; `handle` finds a child's live
-    /// actor (`None` while it is being restarted).
+    /// The children in `window`, sorted by name; `total` counts those that match its
+    /// `find`. `handle` finds a child's live actor (`None` while it is being restarted).
     pub fn page<M: ractor::Message>(
         &self,
         handle: impl Fn(&K) -> Option<Handle<M>>,
-        offset: usize,
-        limit: usize,
+        window: &Window,
     ) -> ChildPage<M> {
+        let matching = || {
+            self.by_name
+                .iter()
+                .filter(|(name, _)| {
+                    window
+                        .find
+                        .as_ref()
+                        .is_none_or(|f| name.contains(f.as_str()))
+                })
+                .map(|(_, k)| k)
+        };
         ChildPage {
-            total: self.by_name.len(),
-            children: self
-                .by_name
-                .values()
-                .skip(offset)
-                .take(limit)
+            total: match window.find {
+                None => self.by_name.len(),
+                Some(_) => matching().count(),
+            },
+            children: matching()
+                .skip(window.offset)
+                .take(window.limit)
                 .filter_map(|k| self.meta.get(k).map(|m| (k, m)))
                 .map(|(k, m)| ChildInfo {
                     name: m.name.clone(),
@@ -354,7 +373,12 @@ mod tests {
             book.started(k, ActorId::Local(k.into()), name.into());
         }
         let names = |book: &ChildBook<u8, u8>, offset, limit| -> Vec<String> {
-            let page = book.page::<()>(|_| None, offset, limit);
+            let window = Window {
+                offset,
+                limit,
+                find: None,
+            };
+            let page = book.page::<()>(|_| None, &window);
             page.children.into_iter().map(|c| c.name).collect()
         };
         assert_eq!(names(&book, 0, 10), ["a", "b", "c"]);
@@ -377,6 +401,18 @@ mod tests {
             ["b", "c"],
             "a failed child stays, restarting"
         );
-        assert_eq!(book.page::<()>(|_| None, 0, 10).total, 2);
+        let all = Window {
+            offset: 0,
+            limit: 10,
+            find: None,
+        };
+        assert_eq!(book.page::<()>(|_| None, &all).total, 2);
+        let found = Window {
+            find: Some("c".into()),
+            ..all
+        };
+        let page = book.page::<()>(|_| None, &found);
+        assert_eq!(page.total, 1, "the search counts its matches only");
+        assert_eq!(page.children[0].name, "c");
     }
 }

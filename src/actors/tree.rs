@@ -15,7 +15,7 @@ use super::config::ConfigMsg;
 use super::keys::{KeyMsg, KeysMsg};
 use super::ledger::LedgerMsg;
 use super::root::{RootMsg, RootRef, Tree};
-use super::{ChildPage, Handle};
+use super::{ChildPage, Handle, Window};
 
 const SUMMARY_MS: u64 = 500;
 
@@ -113,15 +113,14 @@ async fn children<M: ractor::Message, R: Serialize + Send + 'static>(
     (page.total, join_all(nodes).await)
 }
 
-/// The live tree: the root, its supervisors and a page (`offset`, `limit`) of each one's
+/// The live tree: the root, its supervisors and the `window` of each one's
 /// children, with what each actor holds. Every actor has 500 ms to answer.
 pub async fn render(
     root: &RootRef,
     t: &Tree,
     uptime: Duration,
     journal_depth: usize,
-    limit: usize,
-    offset: usize,
+    window: &Window,
 ) -> Result<Node, String> {
     let records = ractor::call_t!(root, RootMsg::Children, 1_000)
         .map_err(|e| format!("the root did not answer: {e}"))?;
@@ -156,8 +155,7 @@ pub async fn render(
     if let Ok(page) = ractor::call_t!(
         keys,
         |reply| KeysMsg::Children {
-            offset,
-            limit,
+            window: window.clone(),
             reply
         },
         ms
@@ -177,8 +175,7 @@ pub async fn render(
     if let Ok(page) = ractor::call_t!(
         balances,
         |reply| BalancesMsg::Children {
-            offset,
-            limit,
+            window: window.clone(),
             reply
         },
         ms
@@ -203,8 +200,7 @@ pub async fn render(
     if let Ok(page) = ractor::call_t!(
         upstreams,
         |reply| UpstreamsMsg::Children {
-            offset,
-            limit,
+            window: window.clone(),
             reply
         },
         ms

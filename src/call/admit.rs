@@ -65,6 +65,9 @@ pub(super) async fn admit<O: Operation>(
         let view = app.keys.describe(key).await.map_err(CallError::Key)?;
         view.permits(&model)
             .map_err(|d| CallError::Key(AdmitError::Denied(d)))?;
+        if snap.suspended.contains(&view.user_id) {
+            return Err(CallError::Suspended);
+        }
         let account = app
             .balances
             .get(view.user_id)
@@ -90,6 +93,9 @@ pub(super) async fn admit<O: Operation>(
     let (user_id, tenant_id, key_id) = (a.user_id, a.tenant_id, a.key_id);
     // From here on, whatever the call holds is given back however it ends.
     let mut hold = Hold::new(&app.balances, user_id, request_id, checked);
+    if snap.suspended.contains(&user_id) {
+        return Err(CallError::Suspended);
+    }
     // The user's or tenant's Portkey config when there is one, else the model's plan.
     let Some((plan, _)) = snap.plan_for(tenant_id, user_id, &model) else {
         return Err(CallError::UnknownModel(model));

@@ -111,6 +111,8 @@ pub enum CallError {
     /// The model has no rate yet.
     NotPriced(String),
     Key(AdmitError),
+    /// The key's owner is suspended.
+    Suspended,
     Balance(BalanceError),
     Upstream(UpstreamError),
     /// Strict durability: the call was served but its charge is not confirmed.

@@ -101,6 +101,11 @@ pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
         snap.user_markups
             .insert(r.try_get("user_id")?, r.try_get("markup_percent")?);
     }
+    snap.suspended = sqlx::query_scalar("SELECT id FROM auth.login WHERE suspended_at IS NOT NULL")
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
     Ok(snap)
 }
 

@@ -64,13 +64,15 @@ pub struct Login {
     pub role: Role,
     pub tenant_id: Uuid,
     pub token_version: i32,
+    pub suspended: bool,
 }
 
 /// The login whose email normalises as `email` does ([`crate::auth::normalise_email`]).
 pub async fn find_login(pool: &PgPool, email: &str) -> Result<Option<Login>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT id, hashed_password, role, tenant_id, token_version FROM auth.login
-         WHERE email_norm = $1",
+        "SELECT id, hashed_password, role, tenant_id, token_version,
+                suspended_at IS NOT NULL AS suspended
+         FROM auth.login WHERE email_norm = $1",
     )
     .bind(crate::auth::normalise_email(email))
     .fetch_optional(pool)
@@ -85,6 +87,7 @@ pub async fn find_login(pool: &PgPool, email: &str) -> Result<Option<Login>, sql
                 .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
             tenant_id: r.try_get("tenant_id")?,
             token_version: r.try_get("token_version")?,
+            suspended: r.try_get("suspended")?,
         })
     })
     .transpose()
@@ -208,6 +211,8 @@ pub struct Profile {
     #[serde(serialize_with = "ser_opt_money")]
     #[schema(value_type = Option<String>, example = "5")]
     pub markup_percent: Option<Decimal>,
+    /// Suspended: it cannot sign in and calls with its keys are refused.
+    pub suspended: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -231,6 +236,7 @@ fn profile(r: &sqlx::postgres::PgRow) -> Result<Profile, sqlx::Error> {
         status: status.parse().map_err(decode)?,
         balance: r.try_get("balance")?,
         markup_percent: r.try_get("markup_percent")?,
+        suspended: r.try_get("suspended")?,
         created_at: r.try_get("created_at")?,
     })
 }
@@ -238,7 +244,7 @@ fn profile(r: &sqlx::postgres::PgRow) -> Result<Profile, sqlx::Error> {
 pub async fn get_profile(pool: &PgPool, user_id: Uuid) -> Result<Option<Profile>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT p.user_id, l.email, p.username, p.tenant_id, l.role, p.status, p.balance,
-                p.markup_percent, p.created_at
+                p.markup_percent, p.created_at, l.suspended_at IS NOT NULL AS suspended
          FROM data.user_profile p JOIN auth.login l ON l.id = p.user_id
          WHERE p.user_id = $1",
     )
@@ -264,7 +270,7 @@ pub async fn list_tenant_users(
         .collect();
     let rows = sqlx::query(
         "SELECT p.user_id, l.email, p.username, p.tenant_id, l.role, p.status, p.balance,
-                p.markup_percent, p.created_at
+                p.markup_percent, p.created_at, l.suspended_at IS NOT NULL AS suspended
          FROM data.user_profile p JOIN auth.login l ON l.id = p.user_id
          WHERE p.tenant_id = $1 AND (l.role = ANY($4) OR p.user_id = $5)
          ORDER BY p.created_at, p.user_id LIMIT $2 OFFSET $3",
@@ -279,14 +285,27 @@ pub async fn list_tenant_users(
     rows.iter().map(profile).collect()
 }
 
-/// Changes a user's role and/or markup override (`Some(None)` clears the override).
-/// Returns false when the user does not exist.
+/// What [`update_user`] changes; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct UserChange {
+    pub role: Option<Role>,
+    /// `Some(None)` clears the override.
+    pub markup: Option<Option<Decimal>>,
+    pub suspended: Option<bool>,
+}
+
+/// Changes a user's role, markup override or suspension. A new role or a suspension ends
+/// the login's tokens. Returns false when the user does not exist.
 pub async fn update_user(
     pool: &PgPool,
     user_id: Uuid,
-    role: Option<Role>,
-    markup: Option<Option<Decimal>>,
+    change: UserChange,
 ) -> Result<bool, sqlx::Error> {
+    let UserChange {
+        role,
+        markup,
+        suspended,
+    } = change;
     let mut tx = pool.begin().await?;
     let exists: Option<Uuid> =
         sqlx::query_scalar("SELECT user_id FROM data.user_profile WHERE user_id = $1 FOR UPDATE")
@@ -316,6 +335,19 @@ pub async fn update_user(
         .execute(&mut *tx)
         .await?;
     }
+    if let Some(suspended) = suspended {
+        // Suspending ends the tokens; a reinstated user signs in again.
+        sqlx::query(
+            "UPDATE auth.login SET
+                 token_version = token_version + CASE WHEN $2 THEN 1 ELSE 0 END,
+                 suspended_at = CASE WHEN $2 THEN now() END
+             WHERE id = $1 AND (suspended_at IS NOT NULL) <> $2",
+        )
+        .bind(user_id)
+        .bind(suspended)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(true)
 }
@@ -328,14 +360,17 @@ pub struct TokenState {
     pub token_version: i32,
 }
 
-/// The role, tenant and token version a login has now (`None`: no such login). Tokens
+/// The role, tenant and token version a login has now (`None`: no such login, or it is
+/// suspended). Tokens
 /// are checked against it on every request and refreshed from it.
 pub async fn token_state(pool: &PgPool, user_id: Uuid) -> Result<Option<TokenState>, sqlx::Error> {
-    let row: Option<(String, Uuid, i32)> =
-        sqlx::query_as("SELECT role, tenant_id, token_version FROM auth.login WHERE id = $1")
-            .bind(user_id)
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<(String, Uuid, i32)> = sqlx::query_as(
+        "SELECT role, tenant_id, token_version FROM auth.login
+             WHERE id = $1 AND suspended_at IS NULL",
+    )
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await?;
     row.map(|(role, tenant_id, token_version)| {
         role.parse()
             .map(|role| TokenState {

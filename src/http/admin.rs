@@ -325,17 +325,24 @@ pub async fn list_model_configs(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
-    /// `user` or `tenant_admin` (platform admins are made by bootstrap only).
+    /// `user` or `tenant_admin` (platform admin only; platform admins are made by
+    /// bootstrap only).
     pub role: Option<Role>,
-    /// The user's own markup in percent, or `null` to fall back to the tenant's.
+    /// The user's own markup in percent, or `null` to fall back to the tenant's. A tenant
+    /// admin may not set it below the tenant's markup.
     #[serde(default, deserialize_with = "de_patch_money")]
     #[schema(value_type = Option<String>, example = "5")]
     pub markup_percent: Option<Option<Decimal>>,
+    /// `true` suspends the user (no sign-in, tokens ended, calls with its keys refused
+    /// with 403); `false` reinstates it.
+    pub suspended: Option<bool>,
 }
 
-/// Changes a user's role or markup override (platform admin; not on another platform admin).
-/// A new role ends the user's tokens at once (it signs in again); a markup applies to the
-/// next call.
+/// Changes a user's role, markup override or suspension: a platform admin on anyone but
+/// another platform admin; a tenant admin on the users of its tenant, markup no lower than
+/// the tenant's and role unchanged. Nobody changes their own account here. A new role or a
+/// suspension ends the user's tokens at once; a markup or suspension applies to the next
+/// call, on every instance.
 #[utoipa::path(patch, path = "/api/admin/users/{user_id}", tag = "pricing",
     params(("user_id" = Uuid, Path)), request_body = UpdateUser, security(("jwt" = [])),
     responses((status = 200, body = Profile), (status = 400, body = ErrorBody),
@@ -347,11 +354,22 @@ pub async fn update_user(
     IdPath(user_id): IdPath,
     JsonBody(body): JsonBody<UpdateUser>,
 ) -> Result<axum::Json<Profile>, ApiError> {
-    caller.require_platform_admin()?;
-    // Another platform admin is not found, as for anyone it may not act on.
-    access::user(&app, &caller, user_id).await?;
-    if body.role.is_some() && user_id == caller.id() {
-        return Err(ApiError::bad_request("nobody changes their own role"));
+    if caller.role() == Role::User {
+        return Err(ApiError::Forbidden(
+            "only platform and tenant admins change users".into(),
+        ));
+    }
+    // Anyone it may not act on is not found.
+    let tenant_id = access::user(&app, &caller, user_id).await?;
+    if user_id == caller.id() {
+        return Err(ApiError::bad_request(
+            "nobody changes their own role, markup or suspension",
+        ));
+    }
+    if body.role.is_some() && !caller.is_platform_admin() {
+        return Err(ApiError::Forbidden(
+            "only a platform admin changes roles".into(),
+        ));
     }
     if body.role == Some(Role::PlatformAdmin) {
         return Err(ApiError::bad_request(
@@ -363,7 +381,25 @@ pub async fn update_user(
         .map(|m| m.map(|d| AmountRule::PERCENT.check(d)).transpose())
         .transpose()
         .map_err(ApiError::bad_request)?;
-    if !db::users::update_user(&app.pool, user_id, body.role, markup).await? {
+    if let Some(Some(m)) = markup
+        && !caller.is_platform_admin()
+    {
+        let floor = db::tenants::get(&app.pool, tenant_id)
+            .await?
+            .ok_or_else(access::user_not_found)?
+            .markup_percent;
+        if m < floor {
+            return Err(ApiError::bad_request(format!(
+                "markup_percent may not be below the tenant's ({floor})"
+            )));
+        }
+    }
+    let change = db::users::UserChange {
+        role: body.role,
+        markup,
+        suspended: body.suspended,
+    };
+    if !db::users::update_user(&app.pool, user_id, change).await? {
         return Err(access::user_not_found());
     }
     super::reload(&app).await?;

@@ -191,6 +191,7 @@ fn token(app: &AppState, user_id: Uuid, state: db::users::TokenState) -> Result<
     responses(
         (status = 200, body = Token),
         (status = 401, description = "wrong email or password", body = ErrorBody),
+        (status = 403, description = "the account is suspended", body = ErrorBody),
         (status = 429, description = "too many attempts; see Retry-After", body = ErrorBody)))]
 pub async fn login(
     State(app): State<AppState>,
@@ -224,6 +225,10 @@ pub async fn login(
         return Err(invalid());
     };
     attempt.succeeded();
+    if login.suspended {
+        // Told only to whoever knows the password.
+        return Err(ApiError::Forbidden("this account is suspended".into()));
+    }
     let state = db::users::TokenState {
         role: login.role,
         tenant_id: login.tenant_id,

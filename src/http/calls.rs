@@ -32,6 +32,10 @@ impl From<CallError> for ApiError {
                 ApiError::Unavailable(format!("model {model:?} is not priced yet"))
             }
             CallError::Key(e) => admit_error(e),
+            CallError::Suspended => {
+                crate::metrics::refusal("suspended");
+                ApiError::Forbidden("the account of this virtual key is suspended".into())
+            }
             CallError::Balance(e) => balance_error(e),
             CallError::Upstream(e) => upstream_error(e),
             CallError::NotConfirmed(message) => ApiError::Unavailable(message),

@@ -155,6 +155,9 @@ async fn active_view(app: &AppState, hash: KeyHash) -> Result<KeyView, ApiError>
             "this virtual key is deactivated".into(),
         ));
     }
+    if app.snapshot.load().suspended.contains(&view.user_id) {
+        return Err(crate::call::CallError::Suspended.into());
+    }
     Ok(view)
 }
 

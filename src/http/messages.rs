@@ -12,7 +12,7 @@ use super::calls::{admit_error, response, sell};
 use super::error::ApiError;
 use super::extract::{VirtualKey, body_bytes, parse_json};
 use crate::actors::keys::AdmitError;
-use crate::call::{Messages, Operation};
+use crate::call::{CallError, Messages, Operation};
 use crate::state::AppState;
 use crate::upstream::AnthropicHeaders;
 
@@ -69,6 +69,9 @@ pub async fn count_tokens(
     let counted = async {
         let VirtualKey(hash) = key?;
         let view = app.keys.describe(hash).await.map_err(admit_error)?;
+        if app.snapshot.load().suspended.contains(&view.user_id) {
+            return Err(CallError::Suspended.into());
+        }
         let bytes = body_bytes(req, &app).await?;
         let mut body = parse_json::<Map<String, Value>>(&bytes)?;
         drop(bytes);

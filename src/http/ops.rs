@@ -18,7 +18,7 @@ use crate::actors::config::ConfigMsg;
 use crate::actors::keys::{KeyMsg, KeysMsg};
 use crate::actors::ledger::LedgerMsg;
 use crate::actors::tree::{self, Node};
-use crate::actors::{Fault, Handle, Probe};
+use crate::actors::{Fault, Handle, Probe, Window};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -29,6 +29,9 @@ pub struct TreeQuery {
     pub limit: Option<usize>,
     /// Children skipped per supervisor (default 0), to page through large trees.
     pub offset: Option<usize>,
+    /// Only children whose name contains this (a key id, a user id, a provider); the
+    /// paging and `children_total` count those only.
+    pub find: Option<String>,
 }
 
 /// The live supervision tree (platform admin).
@@ -47,13 +50,24 @@ pub async fn actors(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
     }
+    let find = q
+        .find
+        .map(|f| f.trim().to_owned())
+        .filter(|f| !f.is_empty());
+    if find.as_ref().is_some_and(|f| f.len() > 200) {
+        return Err(ApiError::bad_request("find is at most 200 characters"));
+    }
+    let window = Window {
+        offset: q.offset.unwrap_or(0),
+        limit,
+        find,
+    };
     let tree = tree::render(
         &app.root,
         &app.tree,
         app.started.elapsed(),
         app.journal.depth(),
-        limit,
-        q.offset.unwrap_or(0),
+        &window,
     )
     .await
     .map_err(|e| ApiError::degraded("the actor tree did not answer", e))?;

@@ -159,8 +159,9 @@ pub struct UpdateTenant {
     pub overdraft_limit: Option<Decimal>,
 }
 
-/// Changes a tenant's name, markup, threshold or overdraft allowance (platform admin). The
-/// next call is charged and admitted with the new settings.
+/// Changes a tenant's name, markup, threshold or overdraft allowance (platform admin; the
+/// tenant's own admin may change its overdue threshold only). The next call is charged and
+/// admitted with the new settings.
 #[utoipa::path(patch, path = "/api/admin/tenants/{tenant_id}", tag = "tenants",
     params(("tenant_id" = Uuid, Path)), request_body = UpdateTenant, security(("jwt" = [])),
     responses((status = 200, body = Tenant), (status = 400, body = ErrorBody),
@@ -172,7 +173,19 @@ pub async fn update(
     IdPath(tenant_id): IdPath,
     JsonBody(body): JsonBody<UpdateTenant>,
 ) -> Result<axum::Json<Tenant>, ApiError> {
-    caller.require_platform_admin()?;
+    if caller.role() == Role::User {
+        return Err(ApiError::Forbidden(
+            "only platform and tenant admins change tenants".into(),
+        ));
+    }
+    caller.require_tenant(tenant_id)?;
+    let money_terms =
+        body.name.is_some() || body.markup_percent.is_some() || body.overdraft_limit.is_some();
+    if money_terms && !caller.is_platform_admin() {
+        return Err(ApiError::Forbidden(
+            "only a platform admin changes a tenant's name, markup or overdraft".into(),
+        ));
+    }
     if let Some(name) = &body.name {
         check_tenant_name(name)?;
     }

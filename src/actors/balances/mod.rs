@@ -27,7 +27,7 @@ pub use balance::{
 use super::Live;
 use super::client::{Children, ResolveMsg};
 use super::{
-    ChildBook, ChildPage, Exit, Handle, Held, Probe, ResolveError, SupervisorStats, Traffic,
+    ChildBook, ChildPage, Exit, Handle, Held, Probe, ResolveError, SupervisorStats, Traffic, Window,
 };
 use crate::billing::Decimal;
 use crate::db;
@@ -83,8 +83,7 @@ pub enum BalancesMsg {
     Stats(RpcReplyPort<SupervisorStats>),
     /// Replies with a page of children for the operators' tree.
     Children {
-        offset: usize,
-        limit: usize,
+        window: Window,
         reply: RpcReplyPort<ChildPage<BalanceMsg>>,
     },
     /// Asks the balance actors idle longer than `passivate_after` to stop (timer). No reply.
@@ -202,12 +201,8 @@ impl Actor for BalanceSupervisor {
                     });
                 }
             }
-            BalancesMsg::Children {
-                offset,
-                limit,
-                reply,
-            } => {
-                let _ = reply.send(state.book.page_live(&state.args.directory, offset, limit));
+            BalancesMsg::Children { window, reply } => {
+                let _ = reply.send(state.book.page_live(&state.args.directory, &window));
             }
             BalancesMsg::Resolve { user_id, reply } => {
                 if let Some(r) = state.args.directory.get(&user_id) {

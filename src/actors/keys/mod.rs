@@ -30,7 +30,7 @@ pub use key::{Admission, Denied, KeyActor, KeyArgs, KeyMsg, KeyRef, KeyView};
 pub use window::TokenWindow;
 
 use super::{
-    ChildBook, ChildPage, Exit, Handle, Held, Probe, ResolveError, SupervisorStats, Traffic,
+    ChildBook, ChildPage, Exit, Handle, Held, Probe, ResolveError, SupervisorStats, Traffic, Window,
 };
 use crate::auth::KeyHash;
 use crate::cache::Cache;
@@ -104,8 +104,7 @@ pub enum KeysMsg {
     Stats(RpcReplyPort<SupervisorStats>),
     /// Replies with a page of children for the operators' tree.
     Children {
-        offset: usize,
-        limit: usize,
+        window: Window,
         reply: RpcReplyPort<ChildPage<KeyMsg>>,
     },
     /// Replies with the live actor of the key with this id, if any (fault injection).
@@ -340,12 +339,8 @@ impl Actor for KeySupervisor {
                     super::passivate_idle(&state.args.directory, after, || KeyMsg::Passivate);
                 }
             }
-            KeysMsg::Children {
-                offset,
-                limit,
-                reply,
-            } => {
-                let _ = reply.send(state.book.page_live(&state.args.directory, offset, limit));
+            KeysMsg::Children { window, reply } => {
+                let _ = reply.send(state.book.page_live(&state.args.directory, &window));
             }
             KeysMsg::Find { key_id, reply } => {
                 let found = state
