@@ -29,10 +29,7 @@ pub async fn actors(args: ActorsArgs) -> Result<(), String> {
     };
     loop {
         let response = client
-            .get(format!(
-                "{base}/api/admin/actors?limit={}&offset={}",
-                args.limit, args.offset
-            ))
+            .get(actors_url(&base, &args)?)
             .bearer_auth(&token)
             .send()
             .await
@@ -162,6 +159,19 @@ fn line(out: &mut String, node: &Value, prefix: &str, branch: &str) {
         let _ = write!(out, " last failure: {f}");
     }
     out.push('\n');
+}
+
+/// `/api/admin/actors` with the page and search asked for.
+fn actors_url(base: &str, args: &ActorsArgs) -> Result<reqwest::Url, String> {
+    let mut params = vec![
+        ("limit", args.limit.to_string()),
+        ("offset", args.offset.to_string()),
+    ];
+    if let Some(find) = &args.find {
+        params.push(("find", find.clone()));
+    }
+    reqwest::Url::parse_with_params(&format!("{base}/api/admin/actors"), &params)
+        .map_err(|e| format!("{base}: {e}"))
 }
 
 #[cfg(test)]

@@ -75,6 +75,9 @@ pub struct ActorsArgs {
     /// Children skipped per supervisor.
     #[arg(long, default_value_t = 0)]
     pub offset: usize,
+    /// Only the children whose name contains this (a key id, a user id, a provider).
+    #[arg(long)]
+    pub find: Option<String>,
     /// Refresh every N seconds until interrupted (0: print once).
     #[arg(long, default_value_t = 0)]
     pub watch: u64,

@@ -14,6 +14,11 @@ async fn the_console_serves_its_files_with_a_strict_policy() {
     for (path, kind) in [
         ("/console", "text/html"),
         ("/console/app.js", "text/javascript"),
+        ("/console/lib.js", "text/javascript"),
+        ("/console/account.js", "text/javascript"),
+        ("/console/admin.js", "text/javascript"),
+        ("/console/plans.js", "text/javascript"),
+        ("/console/ops.js", "text/javascript"),
         ("/console/style.css", "text/css"),
     ] {
         let r = app.client.get(app.url(path)).send().await.unwrap();
@@ -30,6 +35,14 @@ async fn the_console_serves_its_files_with_a_strict_policy() {
         );
         assert!(!csp.contains("unsafe-inline"), "{csp}");
         assert_eq!(h["x-content-type-options"], "nosniff");
+    }
+    for missing in [
+        "/console/nope.js",
+        "/console/..%2Fapp.js",
+        "/console/app.js/x",
+    ] {
+        let r = app.client.get(app.url(missing)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{missing}");
     }
     let page = app
         .client
@@ -57,6 +70,16 @@ async fn customers_admins_and_operators_use_the_console_in_a_browser() {
     let app = TestApp::spawn().await;
     app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
         .await;
+    // Another customer's call: a second key actor, for the tree's paging.
+    let other = app
+        .customer("second@console.example", "5", json!({"name": "second"}))
+        .await;
+    assert_eq!(
+        app.chat(&other.key, &chat_body("qwen-turbo"))
+            .await
+            .status(),
+        200
+    );
     let (user, _) = app.register("console@example.com").await;
     app.top_up(user, "10").await;
     let tenant = app.create_tenant("console-tenant", "10", "0").await;
@@ -139,6 +162,42 @@ async fn customers_admins_and_operators_use_the_console_in_a_browser() {
     assert_eq!(seen["portkey_created"], true);
     // neuropia > keys > key:<id>.
     assert_eq!(seen["visible_after_search"], 3, "{seen}");
+    assert_eq!(
+        (&seen["pager"], &seen["pager_next"]),
+        (
+            &json!("1–1 of 2 Previous Next"),
+            &json!("2–2 of 2 Previous Next")
+        ),
+        "{seen}"
+    );
+    let paged = seen["paged"].as_array().unwrap();
+    assert_ne!(paged[0], paged[1], "{seen}");
+    assert_eq!(
+        (&seen["admin_tenant_markup"], &seen["role_choices"]),
+        (&json!("11"), &json!(2)),
+        "{seen}"
+    );
+    assert_eq!(seen["user_page_balance"], "3", "{seen}");
+    assert!(
+        seen["raw_model"].as_str().unwrap().contains("loadbalance"),
+        "{seen}"
+    );
+    assert!(
+        seen["low_markup"]
+            .as_str()
+            .unwrap()
+            .contains("below the tenant"),
+        "{seen}"
+    );
+    assert!(
+        seen["suspended_row"].as_str().unwrap().contains("yes"),
+        "{seen}"
+    );
+    assert_eq!(
+        (&seen["markup_locked"], &seen["threshold"]),
+        (&json!(true), &json!("1")),
+        "{seen}"
+    );
     assert_eq!(seen["tenant_users"], json!([1, 2]), "{seen}");
     let (before, after) = (
         seen["restarts_before"].as_u64(),
@@ -154,5 +213,37 @@ async fn customers_admins_and_operators_use_the_console_in_a_browser() {
     let token = app.login("console@example.com", USER_PASSWORD).await;
     let (status, _) = app.get("/api/admin/provider-rates", &token).await;
     assert_eq!(status, 403);
+    // What the pages did is what the API holds.
+    let (_, t) = app
+        .get(&format!("/api/tenants/{tenant}"), &app.admin_token)
+        .await;
+    assert_eq!(
+        (
+            t["markup_percent"].as_str(),
+            t["overdue_threshold"].as_str()
+        ),
+        (Some("11"), Some("1"))
+    );
+    let (_, users) = app
+        .get(&format!("/api/tenants/{tenant}/users"), &app.admin_token)
+        .await;
+    let added = users["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == "added@console.example")
+        .unwrap();
+    assert_eq!(
+        (&added["suspended"], &added["markup_percent"]),
+        (&json!(true), &json!("15"))
+    );
+    let (status, _) = app
+        .post(
+            "/api/auth/login",
+            "",
+            json!({"email": "added@console.example", "password": "a-long-password-9"}),
+        )
+        .await;
+    assert_eq!(status, 403, "suspended");
     app.stop().await;
 }

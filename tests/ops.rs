@@ -196,6 +196,24 @@ async fn the_tree_shows_every_actor_with_its_state_and_pages_large_supervisors()
     assert!(text.contains("│  ├─ key:"), "{text}");
     assert!(text.contains("… 1 more"), "{text}");
     assert!(text.contains("└─ upstreams [running"), "{text}");
+    // --find keeps the actors whose name matches (here one key's, in a URL-safe way).
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_neuropia"))
+        .args([
+            "actors",
+            "--url",
+            &app.base,
+            "--find",
+            &format!("key:{kid}"),
+        ])
+        .env("NEUROPIA_TOKEN", &app.admin_token)
+        .env_remove("NEUROPIA_ADMIN_EMAIL")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("─ key:").count(), 1, "{text}");
+    assert!(!text.contains("balance:"), "{text}");
     // Signing in with the admin's credentials works too; a wrong token is refused.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_neuropia"))
         .args(["actors", "--url", &app.base])

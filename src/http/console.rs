@@ -3,12 +3,31 @@
 //! inline script or style, nothing from elsewhere, no framing), `nosniff` and no referrer;
 //! the token stays in the page's memory, so there is no cookie to forge requests with.
 
+use axum::extract::Path;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
+use super::error::ApiError;
+use super::types::ErrorBody;
+
 const INDEX: &str = include_str!("../../console/index.html");
-const APP: &str = include_str!("../../console/app.js");
-const STYLE: &str = include_str!("../../console/style.css");
+
+/// The console's files under `/console/`: name, content type, content.
+const FILES: &[(&str, &str, &str)] = &[
+    ("app.js", JS, include_str!("../../console/app.js")),
+    ("lib.js", JS, include_str!("../../console/lib.js")),
+    ("account.js", JS, include_str!("../../console/account.js")),
+    ("admin.js", JS, include_str!("../../console/admin.js")),
+    ("plans.js", JS, include_str!("../../console/plans.js")),
+    ("ops.js", JS, include_str!("../../console/ops.js")),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../console/style.css"),
+    ),
+];
+
+const JS: &str = "text/javascript; charset=utf-8";
 
 /// Allows only the console's own files and its own API.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -41,16 +60,15 @@ pub async fn index() -> Response {
     file("text/html; charset=utf-8", INDEX)
 }
 
-/// The console's script (an ES module).
-#[utoipa::path(get, path = "/console/app.js", tag = "console",
-    responses((status = 200, description = "text/javascript")))]
-pub async fn app() -> Response {
-    file("text/javascript; charset=utf-8", APP)
-}
-
-/// The console's style sheet.
-#[utoipa::path(get, path = "/console/style.css", tag = "console",
-    responses((status = 200, description = "text/css")))]
-pub async fn style() -> Response {
-    file("text/css; charset=utf-8", STYLE)
+/// One of the console's files: its ES modules and its style sheet.
+#[utoipa::path(get, path = "/console/{file}", tag = "console",
+    params(("file" = String, Path, example = "app.js")),
+    responses((status = 200, description = "text/javascript or text/css"),
+        (status = 404, body = ErrorBody)))]
+pub async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
+    FILES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, kind, body)| file(kind, body))
+        .ok_or_else(|| ApiError::NotFound("no such console file".into()))
 }

@@ -134,8 +134,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::actors))
         .routes(routes!(ops::actors_view))
         .routes(routes!(console::index))
-        .routes(routes!(console::app))
-        .routes(routes!(console::style))
+        .routes(routes!(console::asset))
         .routes(routes!(observe::metrics))
         .split_for_parts()
 }

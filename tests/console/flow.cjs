@@ -116,6 +116,22 @@ async function signIn(page, email, password) {
   await page.locator("#tenants td", { hasText: "from-the-console" }).waitFor();
   out.tenant_created = true;
   await shot(page, "tenants");
+  // A tenant's page: its terms changed, one of its users opened and topped up.
+  await page.getByRole("link", { name: "console-tenant" }).click();
+  await page.getByLabel("Markup (percent)").fill("11");
+  await page.getByRole("button", { name: "Save settings" }).click();
+  await page.locator("#status", { hasText: "Settings saved" }).waitFor();
+  await page.locator("#tenant-users tbody tr").first().waitFor();
+  out.admin_tenant_markup = await page.getByLabel("Markup (percent)").inputValue();
+  out.role_choices = await page.getByLabel("Role of tadmin@console.example").locator("option").count();
+  await shot(page, "tenant-admin-view");
+  await page.getByRole("link", { name: "tadmin@console.example" }).click();
+  await page.locator("#keys").waitFor();
+  await page.getByLabel("Amount", { exact: true }).fill("3");
+  await page.getByRole("button", { name: "Top up" }).click();
+  await page.locator("#balance", { hasText: "3" }).waitFor();
+  out.user_page_balance = await page.locator("#balance").textContent();
+  await shot(page, "user");
   await page.getByRole("link", { name: "Codes" }).click();
   await page.getByLabel("Amount each").fill("5");
   await page.getByLabel("How many").fill("2");
@@ -138,6 +154,13 @@ async function signIn(page, email, password) {
   await page.getByRole("button", { name: "Save model" }).click();
   await page.locator("#models td", { hasText: "console-model" }).waitFor();
   out.model_saved = true;
+  // A plan saved as raw JSON.
+  await page.getByLabel("Public model name").fill("raw-model");
+  await page.getByLabel("The plan as JSON").fill(JSON.stringify({ strategy: { mode: "loadbalance" },
+    targets: [{ provider: "mock", weight: 1 }, { provider: "mock", weight: 3 }] }));
+  await page.getByRole("button", { name: "Save the JSON" }).click();
+  await page.locator("#models tr", { hasText: "raw-model" }).waitFor();
+  out.raw_model = await page.locator("#models tr", { hasText: "raw-model" }).textContent();
   await shot(page, "models");
   await page.getByRole("link", { name: "Portkey" }).click();
   await page.getByLabel("Name").fill("console-portkey");
@@ -155,10 +178,27 @@ async function signIn(page, email, password) {
   const restarts = async () =>
     Number(await page.locator(`li[data-name='${name}'] > [data-restarts]`).getAttribute("data-restarts"));
   out.restarts_before = await restarts();
-  // The search leaves the key's actor (and its parents) in view, nothing else.
+  // The search (on the server) leaves the key's actor and its parents, nothing else.
   await page.getByLabel("Find an actor").fill(name.slice(4));
-  out.visible_after_search = await page.locator("#tree li:visible").count();
+  await page.getByRole("button", { name: "Find" }).click();
+  await page.locator("#tree li[data-name='keys']").waitFor();
+  await page.locator("#tree li[data-name='balances']").waitFor({ state: "detached" });
+  out.visible_after_search = await page.locator("#tree li").count();
+  // Paging: one actor per page, the next page of the key actors shows the other one.
   await page.getByLabel("Find an actor").fill("");
+  await page.getByLabel("Per page").fill("1");
+  await page.getByRole("button", { name: "Find" }).click();
+  await page.locator("#tree li[data-name='keys'] .pager").waitFor();
+  const keyPage = () => page.locator("#tree li[data-name='keys'] > ul > li").getAttribute("data-name");
+  const firstPage = await keyPage();
+  out.pager = (await page.locator("#tree li[data-name='keys'] > .pager").textContent()).trim();
+  await page.getByRole("button", { name: "Next page of keys" }).click();
+  await page.locator(`#tree li[data-name='keys'] > ul > li:not([data-name='${firstPage}'])`).waitFor();
+  out.paged = [firstPage, await keyPage()];
+  out.pager_next = (await page.locator("#tree li[data-name='keys'] > .pager").textContent()).trim();
+  await page.getByLabel("Per page").fill("50");
+  await page.getByRole("button", { name: "Find" }).click();
+  await page.locator(`li[data-name='${name}']`).waitFor();
   out.fault_form = await page.locator("#fault-form").count();
   // Live figures replace the placeholder within a refresh (every 3 s).
   await page.locator("[data-figure='Requests/s']").waitFor({ timeout: 10000 });
@@ -187,6 +227,24 @@ async function signIn(page, email, password) {
   await page.getByRole("button", { name: "Add user" }).click();
   await page.locator("#tenant-users td", { hasText: "added@console.example" }).waitFor();
   out.tenant_users = [before, await page.locator("#tenant-users tbody tr").count()];
+  // Its users: a markup below the tenant's refused, one above saved, a suspension.
+  const markup = page.getByLabel("Markup override of added@console.example");
+  await markup.fill("5");
+  await markup.press("Enter");
+  await page.locator("#status.error").waitFor();
+  out.low_markup = await page.locator("#status").textContent();
+  await markup.fill("15");
+  await markup.press("Enter");
+  await page.locator("#status", { hasText: "Markup saved" }).waitFor();
+  await page.getByRole("button", { name: "Suspend added@console.example" }).click();
+  await page.getByRole("button", { name: "Reinstate added@console.example" }).waitFor();
+  out.suspended_row = await page.locator("#tenant-users tr", { hasText: "added@console.example" }).textContent();
+  // The threshold is the tenant admin's; the markup is locked.
+  out.markup_locked = await page.getByLabel("Markup (percent)").isDisabled();
+  await page.getByLabel(/^Overdue threshold/).fill("1");
+  await page.getByRole("button", { name: "Save settings" }).click();
+  await page.locator("#status", { hasText: "Settings saved" }).waitFor();
+  out.threshold = await page.getByLabel(/^Overdue threshold/).inputValue();
   await shot(page, "tenant");
   out.problems = problems;
   await browser.close();
