@@ -209,6 +209,11 @@ async fn customers_admins_and_operators_use_the_console_in_a_browser() {
         json!([]),
         "no script errors, no CSP violations"
     );
+    assert_eq!(
+        seen["unlabelled"],
+        json!([]),
+        "every form control of every page has a label"
+    );
     // The API refuses the customer too, whatever the page shows.
     let token = app.login("console@example.com", USER_PASSWORD).await;
     let (status, _) = app.get("/api/admin/provider-rates", &token).await;

@@ -6,7 +6,15 @@ const { chromium } = require(process.env.PLAYWRIGHT);
 const { GW, MODEL, CUSTOMER, CUSTOMER_PASSWORD, ADMIN, ADMIN_PASSWORD, TENANT_ADMIN, SHOTS } = process.env;
 const out = {};
 
+// Every page is checked when it is shot: a form control without a label (a <label>, an
+// aria-label) is noted with the page's name.
+const unlabelled = [];
+
 async function shot(page, name) {
+  const missing = await page.evaluate(() => [...document.querySelectorAll("input, select, textarea, button")]
+    .filter((e) => !e.labels?.length && !e.getAttribute("aria-label") && !e.textContent.trim())
+    .map((e) => e.id || e.outerHTML.slice(0, 80)));
+  for (const m of missing) unlabelled.push(`${name}: ${m}`);
   if (SHOTS) await page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
 }
 
@@ -30,9 +38,15 @@ async function signIn(page, email, password) {
   page.on("dialog", (d) => d.accept());
 
   // A customer: balance, a new key (shown once), a call with it, usage and balance moved.
+  // Signed in with the keyboard alone: the email box has the focus, Tab, Enter.
   await page.goto(`${GW}/console`);
+  await page.locator("#email:focus").waitFor();
   await shot(page, "sign-in");
-  await signIn(page, CUSTOMER, CUSTOMER_PASSWORD);
+  await page.keyboard.type(CUSTOMER);
+  await page.keyboard.press("Tab");
+  await page.keyboard.type(CUSTOMER_PASSWORD);
+  await page.keyboard.press("Enter");
+  await page.locator("#balance").waitFor();
   out.balance_before = await page.locator("#balance").textContent();
   await shot(page, "overview");
   await page.getByRole("link", { name: "Keys" }).click();
@@ -247,6 +261,7 @@ async function signIn(page, email, password) {
   out.threshold = await page.getByLabel(/^Overdue threshold/).inputValue();
   await shot(page, "tenant");
   out.problems = problems;
+  out.unlabelled = unlabelled;
   await browser.close();
   console.log(JSON.stringify(out));
 })().catch((e) => {
