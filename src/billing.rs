@@ -215,6 +215,13 @@ impl AmountRule {
         max: Decimal::from_parts(0xD4A5_1000, 0xE8, 0, false, 0),
         max_scale: 8,
     };
+    /// Spend budgets: like [`Self::MONEY`], zero allowed (a key that may spend nothing).
+    pub const BUDGET: Self = Self {
+        name: "budget",
+        allow_zero: true,
+        max: Self::MONEY.max,
+        max_scale: 8,
+    };
     /// Per-token rates: zero allowed, at most 1000 per token, at most 12 decimals.
     pub const RATE: Self = Self {
         name: "rate",
@@ -259,6 +266,14 @@ impl AmountRule {
 /// Serialises money as a string without trailing zeros (`"12.5"`).
 pub fn ser_money<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&value.normalize())
+}
+
+/// [`ser_money`] for an optional amount (`null` when absent).
+pub fn ser_opt_money<S: Serializer>(value: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(d) => ser_money(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// Reads money from a JSON string (`"12.50"`) or number (`12.5`), exactly.

@@ -179,6 +179,7 @@ pub async fn seed(app: &AppState, addr: SocketAddr) -> Result<Seeded, String> {
             rpm: Some(600),
             tpm: None,
             allowed_models: &[],
+            controls: Default::default(),
         },
     )
     .await

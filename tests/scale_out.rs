@@ -372,6 +372,38 @@ async fn three_instances_share_limits_money_and_revocation() {
         eprintln!("revoked through {how}: refused by the instances after {took:?}");
     }
 
+    // 4a. A key with a budget for 20 calls, bursted over the three instances: its holds
+    // live in PostgreSQL, so no instance spends what another holds.
+    let capped = a
+        .create_key(
+            &token,
+            user,
+            json!({"name": "capped", "budget_total": (d(CALL_COST) * Decimal::from(20)).to_string()}),
+        )
+        .await;
+    let per = burst(&c.apis, &capped, 90).await;
+    let served = count(&per, StatusCode::OK);
+    assert!(served > 0 && served <= 20, "{per:?}");
+    assert_eq!(
+        count(&per, StatusCode::PAYMENT_REQUIRED),
+        90 - served,
+        "{per:?}"
+    );
+    let want = d(CALL_COST) * Decimal::from(served as u64);
+    eventually(5, "the capped key's spend committed", || async {
+        let mut conn = c.pg().await;
+        let spent: Decimal = sqlx::query_scalar(
+            "SELECT spent_total FROM data.virtual_key WHERE user_id = $1 AND name = 'capped'",
+        )
+        .bind(user)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        spent == want
+    })
+    .await;
+    eprintln!("budget for 20 over 3 instances: {served} of 90 served");
+
     // 4b. A suspension through one instance refuses the owner's calls on every instance,
     // and a reinstatement serves them again everywhere.
     for (suspended, expected) in [(true, StatusCode::FORBIDDEN), (false, StatusCode::OK)] {

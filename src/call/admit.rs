@@ -1,6 +1,7 @@
 //! Admission: everything a call must pass before anything goes upstream, cheapest first,
 //! and the worst case it may cost reserved on the owner's balance.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -11,6 +12,7 @@ use crate::actors::balances::{BalanceError, Refusal};
 use crate::actors::keys::AdmitError;
 use crate::auth::KeyHash;
 use crate::billing::{AccountStatus, Decimal, Usage};
+use crate::db;
 use crate::plan::Plan;
 use crate::snapshot::Snapshot;
 use crate::state::AppState;
@@ -37,7 +39,7 @@ pub struct Admitted<O> {
 
 pub(super) async fn admit<O: Operation>(
     app: &AppState,
-    key: KeyHash,
+    (key, client): (KeyHash, Option<IpAddr>),
     mut op: O,
     request_id: Uuid,
     seen: Arc<dyn Observe>,
@@ -63,7 +65,7 @@ pub(super) async fn admit<O: Operation>(
         // A large prompt is counted (off the async workers) only for a key that may call
         // this model, of an account that may spend, one count per account at a time.
         let view = app.keys.describe(key).await.map_err(CallError::Key)?;
-        view.permits(&model)
+        view.permits(&model, client)
             .map_err(|d| CallError::Key(AdmitError::Denied(d)))?;
         if snap.suspended.contains(&view.user_id) {
             return Err(CallError::Suspended);
@@ -86,12 +88,13 @@ pub(super) async fn admit<O: Operation>(
 
     let checked = app
         .keys
-        .check(key, &model, worst.total())
+        .check(key, &model, worst.total(), client)
         .await
         .map_err(CallError::Key)?;
     let a = &checked.admission;
     let (user_id, tenant_id, key_id) = (a.user_id, a.tenant_id, a.key_id);
     // From here on, whatever the call holds is given back however it ends.
+    let budgeted = checked.admission.budgeted;
     let mut hold = Hold::new(&app.balances, user_id, request_id, checked);
     if snap.suspended.contains(&user_id) {
         return Err(CallError::Suspended);
@@ -107,13 +110,26 @@ pub(super) async fn admit<O: Operation>(
 
     // The key's global limits (Redis, with several instances) and the balance are checked
     // side by side; whichever refuses, the hold undoes the other.
-    hold.reserving();
-    let (confirmed, reserved) = tokio::join!(
+    // A budgeted key's budget is held alongside, in PostgreSQL (the key row's lock orders
+    // every instance's holds).
+    hold.reserving(budgeted.then(|| app.pool.clone()));
+    let budget = async {
+        if !budgeted {
+            return Ok(());
+        }
+        match db::key_controls::hold(&app.pool, key_id, request_id, reserve).await {
+            Ok(held) => held.map_err(CallError::OverBudget),
+            Err(e) => Err(CallError::Budget(e.to_string())),
+        }
+    };
+    let (confirmed, reserved, budget) = tokio::join!(
         hold.confirm(&app.keys, &model),
         app.balances
-            .reserve(user_id, request_id, reserve, overdraft)
+            .reserve(user_id, request_id, reserve, overdraft),
+        budget
     );
     confirmed.map_err(CallError::Key)?;
+    budget?;
     reserved.map_err(CallError::Balance)?;
     Ok(Admitted {
         app: app.clone(),

@@ -1,7 +1,8 @@
 //! [`Hold`]: what an admitted call holds until it is charged (its reservation on the
-//! owner's balance and its token estimate in the key's tpm window), released exactly once
-//! on every path, a dropped call included.
+//! owner's balance, its hold on a budgeted key's budget and its token estimate in the key's
+//! tpm window), released exactly once on every path, a dropped call included.
 
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::actors::balances::Balances;
@@ -23,6 +24,8 @@ pub(super) struct Hold {
     request_id: Uuid,
     /// A reservation may exist (releasing one that was refused changes nothing).
     reserved: bool,
+    /// A budget hold may exist, in this database (the ledger drops it with the charge).
+    budget: Option<PgPool>,
     estimate: Estimate,
 }
 
@@ -34,14 +37,16 @@ impl Hold {
             user_id,
             request_id,
             reserved: false,
+            budget: None,
             estimate: Estimate::Checked(checked),
         }
     }
 
-    /// The reservation is about to be made: from now on it is released unless the call
-    /// is charged.
-    pub fn reserving(&mut self) {
+    /// The reservation (and, for a budgeted key, the budget hold in `budget`'s database)
+    /// is about to be made: from now on it is released unless the call is charged.
+    pub fn reserving(&mut self, budget: Option<PgPool>) {
         self.reserved = true;
+        self.budget = budget;
     }
 
     /// The rest of the key's admission (its global limits, with several instances).
@@ -61,6 +66,7 @@ impl Hold {
             a.record(tokens);
         }
         self.reserved = false;
+        self.budget = None;
     }
 }
 
@@ -68,6 +74,13 @@ impl Drop for Hold {
     fn drop(&mut self) {
         if self.reserved {
             self.balances.release(self.user_id, self.request_id);
+        }
+        if let Some(pool) = self.budget.take() {
+            // A release that fails leaves a hold that lapses on its own.
+            let request_id = self.request_id;
+            tokio::spawn(async move {
+                let _ = crate::db::key_controls::release(&pool, request_id).await;
+            });
         }
         match std::mem::replace(&mut self.estimate, Estimate::Settled) {
             Estimate::Checked(c) => c.forget(),

@@ -29,6 +29,7 @@ mod run;
 mod settle;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -48,6 +49,7 @@ pub use responses::Responses;
 use crate::actors::balances::BalanceError;
 use crate::actors::keys::AdmitError;
 use crate::auth::KeyHash;
+use crate::db::key_controls::OverBudget;
 use crate::state::AppState;
 use crate::upstream::{AnthropicHeaders, Endpoint, UpstreamError};
 
@@ -111,6 +113,10 @@ pub enum CallError {
     /// The model has no rate yet.
     NotPriced(String),
     Key(AdmitError),
+    /// The call does not fit what is left of the key's budget (402).
+    OverBudget(OverBudget),
+    /// The key's budget could not be checked (the database failed): 503.
+    Budget(String),
     /// The key's owner is suspended.
     Suspended,
     Balance(BalanceError),
@@ -129,15 +135,16 @@ pub enum Reply {
 }
 
 /// Admits, runs and settles one call of `op` with the key whose hash is `key` (already
-/// known to exist). `request_id` goes upstream and into the usage log.
+/// known to exist), made from `client`. `request_id` goes upstream and into the usage log.
 pub async fn call<O: Operation>(
     app: &AppState,
     key: KeyHash,
     op: O,
+    client: Option<IpAddr>,
     request_id: Uuid,
     seen: Arc<dyn Observe>,
 ) -> Result<Reply, CallError> {
-    let admitted = admit::admit(app, key, op, request_id, seen).await?;
+    let admitted = admit::admit(app, (key, client), op, request_id, seen).await?;
     // Polled here while the client waits (no task hop); moved to a task of its own if the
     // client hangs up.
     Detached(Some(Box::pin(admitted.run()))).await

@@ -7,7 +7,9 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
+use super::key_controls::{self, ControlChanges};
 use crate::auth::{KeyHash, Role};
+use crate::billing::Decimal;
 
 /// A key as the key actor needs it (also the value cached in Redis, without the hash,
 /// which is the cache key).
@@ -25,6 +27,45 @@ pub struct KeyRecord {
     pub is_active: bool,
     /// The row's `updated_at`: a record older than the one an actor holds is ignored.
     pub updated_at: DateTime<Utc>,
+    /// From then on the key is refused (401 `key_expired`).
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The key has a spend budget: its calls hold part of it ([`super::key_controls`]).
+    #[serde(default)]
+    pub budgeted: bool,
+    /// Client address ranges (CIDR) the key may be used from; empty: anywhere.
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
+}
+
+/// The columns a [`KeyRecord`] is read from, then `WHERE` and the condition given.
+macro_rules! select_record {
+    ($condition:literal) => {
+        concat!(
+            "SELECT k.id, k.virtual_key_hash, k.user_id, p.tenant_id, k.name, k.rate_limits,
+                    k.allowed_models, k.is_active, k.updated_at, k.expires_at,
+                    (k.budget_total IS NOT NULL OR k.budget_monthly IS NOT NULL) AS budgeted,
+                    k.allowed_ips
+             FROM data.virtual_key k JOIN data.user_profile p USING (user_id) WHERE ",
+            $condition
+        )
+    };
+}
+
+/// The columns a [`KeySummary`] is read from, then `WHERE` and the condition given.
+macro_rules! select_summary {
+    ($condition:literal) => {
+        concat!(
+            "SELECT id, user_id, name, description, key_prefix, key_last4, rate_limits,
+                    allowed_models, is_active, status_reason, created_at, updated_at, rotated_at,
+                    expires_at, budget_total, budget_monthly, spent_total,
+                    CASE WHEN spent_month_of = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+                         THEN spent_month ELSE 0 END AS spent_month,
+                    allowed_ips
+             FROM data.virtual_key WHERE ",
+            $condition
+        )
+    };
 }
 
 fn no_hash() -> KeyHash {
@@ -53,19 +94,17 @@ fn key_record(r: &PgRow) -> Result<KeyRecord, sqlx::Error> {
         allowed_models: r.try_get("allowed_models")?,
         is_active: r.try_get("is_active")?,
         updated_at: r.try_get("updated_at")?,
+        expires_at: r.try_get("expires_at")?,
+        budgeted: r.try_get("budgeted")?,
+        allowed_ips: r.try_get("allowed_ips")?,
     })
 }
 
 pub async fn find_by_hash(pool: &PgPool, hash: &KeyHash) -> Result<Option<KeyRecord>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT k.id, k.virtual_key_hash, k.user_id, p.tenant_id, k.name, k.rate_limits,
-                k.allowed_models, k.is_active, k.updated_at
-         FROM data.virtual_key k JOIN data.user_profile p USING (user_id)
-         WHERE k.virtual_key_hash = $1",
-    )
-    .bind(hash.to_hex())
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(select_record!("k.virtual_key_hash = $1"))
+        .bind(hash.to_hex())
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(key_record).transpose()
 }
 
@@ -78,6 +117,7 @@ pub struct NewKey<'a> {
     pub rpm: Option<i32>,
     pub tpm: Option<i32>,
     pub allowed_models: &'a [String],
+    pub controls: ControlChanges,
 }
 
 /// Creates a key with `data.create_virtual_key`; returns its id and the plaintext, which
@@ -102,6 +142,9 @@ pub async fn create(pool: &PgPool, key: NewKey<'_>) -> Result<(Uuid, String), Db
     .bind(key.set_by.as_str())
     .fetch_one(&mut *tx)
     .await?;
+    key_controls::apply(&mut tx, id, &key.controls, false)
+        .await?
+        .map_err(|why| DbError::Invalid(why.into()))?;
     tx.commit().await?;
     Ok((id, plaintext))
 }
@@ -124,6 +167,26 @@ pub struct KeySummary {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub rotated_at: Option<DateTime<Utc>>,
+    /// From then on the key is refused (401 `key_expired`).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The most the key may spend in all, in the account's currency.
+    #[serde(serialize_with = "crate::billing::ser_opt_money")]
+    #[schema(value_type = Option<String>, example = "50")]
+    pub budget_total: Option<Decimal>,
+    /// The most it may spend per calendar month (UTC).
+    #[serde(serialize_with = "crate::billing::ser_opt_money")]
+    #[schema(value_type = Option<String>, example = "10")]
+    pub budget_monthly: Option<Decimal>,
+    /// What its calls were charged in all (committed charges).
+    #[serde(serialize_with = "crate::billing::ser_money")]
+    #[schema(value_type = String, example = "1.25")]
+    pub spent_total: Decimal,
+    /// What they were charged this calendar month.
+    #[serde(serialize_with = "crate::billing::ser_money")]
+    #[schema(value_type = String, example = "0.5")]
+    pub spent_this_month: Decimal,
+    /// Client address ranges (CIDR) it may be used from; empty: anywhere.
+    pub allowed_ips: Vec<String>,
 }
 
 fn summary(r: &PgRow) -> Result<KeySummary, sqlx::Error> {
@@ -144,57 +207,45 @@ fn summary(r: &PgRow) -> Result<KeySummary, sqlx::Error> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         rotated_at: r.try_get("rotated_at")?,
+        expires_at: r.try_get("expires_at")?,
+        budget_total: r.try_get("budget_total")?,
+        budget_monthly: r.try_get("budget_monthly")?,
+        spent_total: r.try_get("spent_total")?,
+        spent_this_month: r.try_get("spent_month")?,
+        allowed_ips: r.try_get("allowed_ips")?,
     })
 }
 
 pub async fn list_for_user(pool: &PgPool, user_id: Uuid) -> Result<Vec<KeySummary>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, user_id, name, description, key_prefix, key_last4, rate_limits,
-                allowed_models, is_active, status_reason, created_at, updated_at, rotated_at
-         FROM data.virtual_key WHERE user_id = $1 ORDER BY created_at, id",
-    )
-    .bind(user_id)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(select_summary!("user_id = $1 ORDER BY created_at, id"))
+        .bind(user_id)
+        .fetch_all(pool)
+        .await?;
     rows.iter().map(summary).collect()
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<KeySummary>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT id, user_id, name, description, key_prefix, key_last4, rate_limits,
-                allowed_models, is_active, status_reason, created_at, updated_at, rotated_at
-         FROM data.virtual_key WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(select_summary!("id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(summary).transpose()
 }
 
 pub async fn find_by_id(pool: &PgPool, id: Uuid) -> Result<Option<KeyRecord>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT k.id, k.virtual_key_hash, k.user_id, p.tenant_id, k.name, k.rate_limits,
-                k.allowed_models, k.is_active, k.updated_at
-         FROM data.virtual_key k JOIN data.user_profile p USING (user_id)
-         WHERE k.id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(select_record!("k.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(key_record).transpose()
 }
 
 /// The current records of the keys with these ids (missing ids were deleted).
 pub async fn find_many_by_id(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<KeyRecord>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT k.id, k.virtual_key_hash, k.user_id, p.tenant_id, k.name, k.rate_limits,
-                k.allowed_models, k.is_active, k.updated_at
-         FROM data.virtual_key k JOIN data.user_profile p USING (user_id)
-         WHERE k.id = ANY($1)",
-    )
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(select_record!("k.id = ANY($1)"))
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
     rows.iter().map(key_record).collect()
 }
 
@@ -245,6 +296,8 @@ pub struct KeyChanges {
     pub rpm: Option<Option<i32>>,
     pub tpm: Option<Option<i32>>,
     pub allowed_models: Option<Vec<String>>,
+    /// Expiry, budgets and the address allow-list.
+    pub controls: ControlChanges,
 }
 
 /// Why a key change was refused.
@@ -274,7 +327,10 @@ struct Limits {
 
 impl KeyChanges {
     fn touches_limits(&self) -> bool {
-        self.rpm.is_some() || self.tpm.is_some() || self.allowed_models.is_some()
+        self.rpm.is_some()
+            || self.tpm.is_some()
+            || self.allowed_models.is_some()
+            || !self.controls.is_empty()
     }
 
     /// Whether the changes only tighten `current`: no limit removed or raised, and an
@@ -341,6 +397,9 @@ pub async fn update(
     .bind(c.tpm == Some(None))
     .execute(&mut *tx)
     .await?;
+    key_controls::apply(&mut tx, id, &c.controls, lower)
+        .await?
+        .map_err(KeyChangeError::Locked)?;
     if c.touches_limits() && !lower {
         sqlx::query("UPDATE data.virtual_key SET limits_set_by = $2 WHERE id = $1")
             .bind(id)

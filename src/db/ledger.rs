@@ -364,7 +364,7 @@ async fn insert_usage(
     .execute(&mut **tx)
     .await?;
     outcome.usage_rows = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
-    Ok(())
+    super::key_controls::spend(tx, &keys, &costs, &ids).await
 }
 
 /// Marks the codes of inserted redemption entries as redeemed by their user. The ledger's

@@ -4,6 +4,7 @@
 pub mod codes;
 pub mod config;
 mod error;
+pub mod key_controls;
 pub mod keys;
 pub mod ledger;
 pub mod portkey;

@@ -44,6 +44,7 @@ async fn key(pool: &PgPool, user_id: Uuid, set_by: Role) -> (Uuid, String) {
             rpm: Some(100),
             tpm: None,
             allowed_models: &[],
+            controls: Default::default(),
         },
     )
     .await

@@ -208,19 +208,12 @@ pub struct Profile {
     #[schema(value_type = String, example = "9.5")]
     pub balance: Decimal,
     /// The user's own markup, overriding the tenant's; `null` when none.
-    #[serde(serialize_with = "ser_opt_money")]
+    #[serde(serialize_with = "crate::billing::ser_opt_money")]
     #[schema(value_type = Option<String>, example = "5")]
     pub markup_percent: Option<Decimal>,
     /// Suspended: it cannot sign in and calls with its keys are refused.
     pub suspended: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
-}
-
-fn ser_opt_money<S: serde::Serializer>(v: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(d) => crate::billing::ser_money(d, s),
-        None => s.serialize_none(),
-    }
 }
 
 fn profile(r: &sqlx::postgres::PgRow) -> Result<Profile, sqlx::Error> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
@@ -18,6 +18,7 @@ use crate::actors::keys::{AdmitError, Denied};
 use crate::auth::KeyHash;
 use crate::billing::AccountStatus;
 use crate::call::{self, CallError, Observe, Operation, Reply};
+use crate::db::key_controls::OverBudget;
 use crate::state::AppState;
 use crate::upstream::UpstreamError;
 
@@ -32,6 +33,22 @@ impl From<CallError> for ApiError {
                 ApiError::Unavailable(format!("model {model:?} is not priced yet"))
             }
             CallError::Key(e) => admit_error(e),
+            CallError::OverBudget(which) => {
+                crate::metrics::refusal("key_budget");
+                ApiError::PaymentRequired {
+                    message: match which {
+                        OverBudget::Total => {
+                            "this call does not fit what is left of the key's budget"
+                        }
+                        OverBudget::Monthly => {
+                            "this call does not fit what is left of the key's budget this month"
+                        }
+                    }
+                    .into(),
+                    code: "key_budget_exceeded",
+                }
+            }
+            CallError::Budget(e) => ApiError::degraded("the key's budget could not be checked", e),
             CallError::Suspended => {
                 crate::metrics::refusal("suspended");
                 ApiError::Forbidden("the account of this virtual key is suspended".into())
@@ -53,6 +70,7 @@ pub async fn sell<O: Operation>(
     parse: impl FnOnce(Map<String, Value>) -> Result<O, CallError>,
 ) -> Result<Reply, ApiError> {
     let ctx = super::observe::ctx(&req);
+    let client = super::extract::client_addr(app, req.extensions(), req.headers());
     if let Err(e) = app.keys.known(hash).await {
         discard_body(req.into_body(), app);
         return Err(admit_error(e));
@@ -61,7 +79,7 @@ pub async fn sell<O: Operation>(
     let body = parse_json::<Map<String, Value>>(&bytes)?;
     drop(bytes);
     let op = parse(body)?;
-    Ok(call::call(app, hash, op, ctx.id, ctx).await?)
+    Ok(call::call(app, hash, op, client, ctx.id, ctx).await?)
 }
 
 /// The answer, whole (JSON) or streamed (server-sent events).
@@ -103,6 +121,8 @@ pub(crate) fn admit_error(e: AdmitError) -> ApiError {
         AdmitError::Denied(Denied::ModelNotAllowed) => "model_not_allowed",
         AdmitError::Denied(Denied::Rpm { .. }) => "rpm",
         AdmitError::Denied(Denied::Tpm { .. }) => "tpm",
+        AdmitError::Denied(Denied::Expired) => "key_expired",
+        AdmitError::Denied(Denied::IpNotAllowed) => "ip_not_allowed",
         AdmitError::Unavailable(_) => "key_unavailable",
     };
     crate::metrics::refusal(reason);
@@ -126,6 +146,16 @@ pub(crate) fn admit_error(e: AdmitError) -> ApiError {
             },
             code: "tokens_rate_limit_exceeded",
             retry_after: retry_after.unwrap_or(std::time::Duration::from_secs(60)),
+        },
+        AdmitError::Denied(Denied::Expired) => ApiError::KeyRefused {
+            status: StatusCode::UNAUTHORIZED,
+            message: "this virtual key has expired".into(),
+            code: "key_expired",
+        },
+        AdmitError::Denied(Denied::IpNotAllowed) => ApiError::KeyRefused {
+            status: StatusCode::FORBIDDEN,
+            message: "this virtual key may not be used from this address".into(),
+            code: "ip_not_allowed",
         },
         AdmitError::Unavailable(e) => {
             ApiError::degraded("the key check is unavailable; retry shortly", e)

@@ -3,15 +3,17 @@
 //! by [`sell`]: the key is known before the body is read, the body parses into its operation
 //! ([`Chat`], [`Embeddings`]), and the call pipeline admits, runs and settles it.
 
+use std::net::IpAddr;
+
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::calls::{admit_error, response, sell};
 use super::error::ApiError;
-use super::extract::VirtualKey;
+use super::extract::{ClientAddr, VirtualKey};
 use super::types::ErrorBody;
-use crate::actors::keys::KeyView;
+use crate::actors::keys::{AdmitError, KeyView};
 use crate::auth::KeyHash;
 use crate::call::{Chat, Embeddings, Responses};
 use crate::state::AppState;
@@ -107,13 +109,14 @@ pub async fn responses(
 pub async fn models(
     State(app): State<AppState>,
     VirtualKey(hash): VirtualKey,
+    ClientAddr(client): ClientAddr,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let view = active_view(&app, hash).await?;
+    let view = active_view(&app, hash, client).await?;
     let snap = app.snapshot.load();
     let mut names: Vec<(&String, &str)> = snap
         .models
         .iter()
-        .filter(|(name, _)| view.permits(name).is_ok())
+        .filter(|(name, _)| view.permits(name, Some(client)).is_ok())
         .map(|(name, route)| (name, route.provider.as_str()))
         .collect();
     names.sort();
@@ -134,12 +137,13 @@ pub async fn models(
 pub async fn model(
     State(app): State<AppState>,
     VirtualKey(hash): VirtualKey,
+    ClientAddr(client): ClientAddr,
     Path(model): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let view = active_view(&app, hash).await?;
+    let view = active_view(&app, hash, client).await?;
     let snap = app.snapshot.load();
     match snap.models.get(&model) {
-        Some(route) if view.permits(&model).is_ok() => {
+        Some(route) if view.permits(&model, Some(client)).is_ok() => {
             Ok(axum::Json(model_object(&model, &route.provider)))
         }
         _ => Err(ApiError::NotFound(format!(
@@ -148,13 +152,12 @@ pub async fn model(
     }
 }
 
-async fn active_view(app: &AppState, hash: KeyHash) -> Result<KeyView, ApiError> {
+/// The key's view, if it may be used from `client` (active, unexpired, allowed address).
+async fn active_view(app: &AppState, hash: KeyHash, client: IpAddr) -> Result<KeyView, ApiError> {
     let view = app.keys.describe(hash).await.map_err(admit_error)?;
-    if !view.is_active {
-        return Err(ApiError::Unauthorized(
-            "this virtual key is deactivated".into(),
-        ));
-    }
+    view.gate
+        .admits(Some(client))
+        .map_err(|d| admit_error(AdmitError::Denied(d)))?;
     if app.snapshot.load().suspended.contains(&view.user_id) {
         return Err(crate::call::CallError::Suspended.into());
     }

@@ -39,6 +39,14 @@ pub enum ApiError {
     PaymentRequired { message: String, code: &'static str },
     #[error("{0}")]
     Forbidden(String),
+    /// A virtual key refused for a reason with its own code (401 `key_expired`, 403
+    /// `ip_not_allowed`).
+    #[error("{message}")]
+    KeyRefused {
+        status: StatusCode,
+        message: String,
+        code: &'static str,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -112,6 +120,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::KeyRefused { status, .. } => *status,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -134,6 +143,10 @@ impl ApiError {
             Self::Unauthorized(_) => ("authentication_error", Some("invalid_api_key")),
             Self::PaymentRequired { code, .. } => ("insufficient_quota", Some(code)),
             Self::Forbidden(_) => ("permission_error", Some("permission_denied")),
+            Self::KeyRefused { status, code, .. } if *status == StatusCode::UNAUTHORIZED => {
+                ("authentication_error", Some(code))
+            }
+            Self::KeyRefused { code, .. } => ("permission_error", Some(code)),
             Self::NotFound(_) => ("not_found_error", Some("not_found")),
             Self::MethodNotAllowed(_) => ("invalid_request_error", Some("method_not_allowed")),
             Self::Conflict(_) => ("invalid_request_error", Some("conflict")),

@@ -208,18 +208,27 @@ impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip())
-            .ok_or_else(|| ApiError::internal("no peer address on the request"))?;
-        let forwarded = parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok());
-        Ok(ClientAddr(state.trusted_proxies.client(peer, forwarded)))
+        client_addr(state, &parts.extensions, &parts.headers)
+            .map(ClientAddr)
+            .ok_or_else(|| ApiError::internal("no peer address on the request"))
     }
+}
+
+/// The client's address: the peer's, or what trusted proxies report for it.
+pub fn client_addr(
+    app: &AppState,
+    extensions: &axum::http::Extensions,
+    headers: &axum::http::HeaderMap,
+) -> Option<std::net::IpAddr> {
+    let peer = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?
+        .0
+        .ip();
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    Some(app.trusted_proxies.client(peer, forwarded))
 }
 
 /// A UUID path segment (`/api/users/{id}/...`): 400 when it is not a UUID.

@@ -9,11 +9,15 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use chrono::{DateTime, Utc};
+
 use super::access;
 use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody, MaybeJson};
+use super::key_controls;
 use super::types::{ErrorBody, some};
 use crate::auth::KeyHash;
+use crate::billing::{Decimal, de_opt_money, de_patch_money};
 use crate::db::keys::{KeyChanges, KeySummary};
 use crate::db::{self, DbError};
 use crate::state::AppState;
@@ -34,6 +38,20 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(example = json!(["qwen-turbo"]))]
     pub allowed_models: Vec<String>,
+    /// From then on the key is refused (401 `key_expired`); absent: never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The most the key may spend in all (402 `key_budget_exceeded` past it).
+    #[serde(default, deserialize_with = "de_opt_money")]
+    #[schema(value_type = Option<String>, example = "50")]
+    pub budget_total: Option<Decimal>,
+    /// The most it may spend per calendar month (UTC).
+    #[serde(default, deserialize_with = "de_opt_money")]
+    #[schema(value_type = Option<String>, example = "10")]
+    pub budget_monthly: Option<Decimal>,
+    /// Client addresses or CIDR ranges it may be used from (at most 32); empty: anywhere.
+    #[serde(default)]
+    #[schema(example = json!(["203.0.113.0/24"]))]
+    pub allowed_ips: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -139,6 +157,12 @@ pub async fn create(
         .map(|v| check_limit(v, "rate_limit_tpm"))
         .transpose()?;
     check_models(&body.allowed_models)?;
+    let controls = key_controls::new_key(
+        body.expires_at,
+        body.budget_total,
+        body.budget_monthly,
+        body.allowed_ips,
+    )?;
     let (id, plaintext) = db::keys::create(
         &app.pool,
         db::keys::NewKey {
@@ -149,6 +173,7 @@ pub async fn create(
             rpm,
             tpm,
             allowed_models: &body.allowed_models,
+            controls,
         },
     )
     .await
@@ -204,10 +229,25 @@ pub struct UpdateKey {
     #[schema(value_type = Option<i64>)]
     pub rate_limit_tpm: Option<Option<i64>>,
     pub allowed_models: Option<Vec<String>>,
+    /// A new expiry, or `null` for none.
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// A new lifetime budget, or `null` for none.
+    #[serde(default, deserialize_with = "de_patch_money")]
+    #[schema(value_type = Option<String>, example = "50")]
+    pub budget_total: Option<Option<Decimal>>,
+    /// A new monthly budget, or `null` for none.
+    #[serde(default, deserialize_with = "de_patch_money")]
+    #[schema(value_type = Option<String>, example = "10")]
+    pub budget_monthly: Option<Option<Decimal>>,
+    /// A new allow-list (`[]`: anywhere).
+    pub allowed_ips: Option<Vec<String>>,
 }
 
-/// Changes a key (`data.update_virtual_key_by_id`); applies to the next call. Limits set
-/// by a higher role (a tenant admin, say) may only be tightened (403 otherwise).
+/// Changes a key (`data.update_virtual_key_by_id`); applies to the next call. Limits,
+/// budgets, expiry and address allow-list set by a higher role (a tenant admin, say) may
+/// only be tightened (403 otherwise).
 #[utoipa::path(patch, path = "/api/virtual-keys/{id}", tag = "keys",
     params(("id" = Uuid, Path)), request_body = UpdateKey, security(("jwt" = [])),
     responses((status = 200, body = KeySummary), (status = 400, body = ErrorBody),
@@ -238,6 +278,12 @@ pub async fn update(
         rpm: limit(body.rate_limit_rpm, "rate_limit_rpm")?,
         tpm: limit(body.rate_limit_tpm, "rate_limit_tpm")?,
         allowed_models: body.allowed_models,
+        controls: key_controls::change(
+            body.expires_at,
+            body.budget_total,
+            body.budget_monthly,
+            body.allowed_ips,
+        )?,
     };
     db::keys::update(&app.pool, id, &changes, caller.role())
         .await

@@ -72,12 +72,16 @@ pub async fn count_tokens(
         if app.snapshot.load().suspended.contains(&view.user_id) {
             return Err(CallError::Suspended.into());
         }
+        let client = super::extract::client_addr(&app, req.extensions(), req.headers());
+        view.gate
+            .admits(client)
+            .map_err(|d| admit_error(AdmitError::Denied(d)))?;
         let bytes = body_bytes(req, &app).await?;
         let mut body = parse_json::<Map<String, Value>>(&bytes)?;
         drop(bytes);
         body.entry("max_tokens").or_insert(json!(1));
         let m = Messages::parse(body)?;
-        view.permits(m.model())
+        view.permits(m.model(), client)
             .map_err(|d| admit_error(AdmitError::Denied(d)))?;
         let image_tokens = app
             .snapshot

@@ -14,6 +14,7 @@ pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod key_controls;
 pub mod keys;
 pub mod messages;
 pub mod money;

@@ -157,6 +157,12 @@ struct KeyNotice {
     allowed_models: Vec<String>,
     is_active: bool,
     updated_at: DateTime<Utc>,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    budgeted: bool,
+    #[serde(default)]
+    allowed_ips: Vec<String>,
 }
 
 /// The key record and previous hash a key notification describes.
@@ -180,6 +186,9 @@ fn key_notice(payload: &str) -> Result<(KeyRecord, Option<KeyHash>), String> {
             allowed_models: n.allowed_models,
             is_active: n.is_active,
             updated_at: n.updated_at,
+            expires_at: n.expires_at,
+            budgeted: n.budgeted,
+            allowed_ips: n.allowed_ips,
         },
         old,
     ))

@@ -1,5 +1,6 @@
 //! The request path's handle on the key actors.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ractor::RpcReplyPort;
@@ -60,6 +61,7 @@ pub struct Checked {
     key: KeyHandle,
     hash: KeyHash,
     estimated_tokens: u64,
+    client: Option<IpAddr>,
 }
 
 impl Checked {
@@ -138,16 +140,18 @@ impl Keys {
         hash: KeyHash,
         model: &str,
         estimated_tokens: u64,
+        client: Option<IpAddr>,
     ) -> Result<Checked, AdmitError> {
         let share = self.limiter.as_ref().map_or(1, GlobalLimiter::share);
         let (admission, key) = self
-            .admit_with(hash, model, estimated_tokens, share)
+            .admit_with(hash, model, estimated_tokens, share, client)
             .await?;
         Ok(Checked {
             admission,
             key,
             hash,
             estimated_tokens,
+            client,
         })
     }
 
@@ -160,6 +164,7 @@ impl Keys {
             key,
             hash,
             estimated_tokens,
+            client,
         } = checked;
         let Some(limiter) = self.limiter.as_ref().filter(|_| admission.global) else {
             return Ok(Admitted {
@@ -190,7 +195,7 @@ impl Keys {
                 // Redis failed: this instance enforces its share of the limits itself.
                 let share = limiter.instances();
                 let (admission, key) = self
-                    .admit_with(hash, model, estimated_tokens, share)
+                    .admit_with(hash, model, estimated_tokens, share, client)
                     .await?;
                 Ok(Admitted {
                     admission,
@@ -208,12 +213,14 @@ impl Keys {
         model: &str,
         estimated_tokens: u64,
         share: u32,
+        client: Option<IpAddr>,
     ) -> Result<(Admission, KeyHandle), AdmitError> {
         let (answer, key) = self
             .call(hash, |reply| KeyMsg::Admit {
                 model: model.to_owned(),
                 estimated_tokens,
                 share,
+                client,
                 reply,
             })
             .await?;

@@ -1,5 +1,6 @@
 //! KeyActor `key:<key_id>`: one per virtual key in use. It serialises everything that
-//! decides whether the key may make a call right now: active flag, model allow-list, rpm
+//! decides whether the key may make a call right now: active flag, expiry, address and
+//! model allow-lists ([`Gate`]), rpm
 //! (a governor GCRA limiter of its own, so each key has its own quota) and tpm (a 60 s
 //! window of estimated-then-corrected tokens).
 //!
@@ -7,6 +8,7 @@
 //! (`share` 0) and Redis counts rpm and tpm ([`crate::ratelimit`]); while Redis is
 //! unreachable it counts them here at `limit / instances` (`share` = instances).
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use uuid::Uuid;
 
+use super::gate::Gate;
 use super::window::TokenWindow;
 use crate::actors::{Held, Probe, Traffic};
 use crate::db::keys::KeyRecord;
@@ -31,6 +34,8 @@ pub struct KeyState {
     probe: Arc<Probe>,
     held: Held<KeyMsg>,
     record: KeyRecord,
+    /// The record's active flag, expiry and allow-lists, parsed.
+    gate: Gate,
     rpm: Option<DefaultDirectRateLimiter>,
     /// Requests admitted over the last 60 s (governor cannot be read without spending).
     rpm_seen: TokenWindow,
@@ -54,6 +59,8 @@ pub struct Admission {
     pub counts_tokens: bool,
     /// rpm and tpm are still to be checked in Redis (the actor was asked with `share` 0).
     pub global: bool,
+    /// The key has a spend budget: the call must hold its worst case of it.
+    pub budgeted: bool,
     pub rpm: Option<u32>,
     pub tpm: Option<u64>,
 }
@@ -69,6 +76,10 @@ pub enum Denied {
     Rpm { retry_after: Duration },
     /// Tokens per minute exhausted (429); `None` when the request alone exceeds the limit.
     Tpm { retry_after: Option<Duration> },
+    /// Past the key's expiry (401).
+    Expired,
+    /// The caller's address is not on the key's allow-list (403).
+    IpNotAllowed,
 }
 
 pub enum KeyMsg {
@@ -79,6 +90,8 @@ pub enum KeyMsg {
         model: String,
         estimated_tokens: u64,
         share: u32,
+        /// The caller's address, for the key's allow-list.
+        client: Option<IpAddr>,
         reply: RpcReplyPort<Result<Admission, Denied>>,
     },
     /// Replaces an admitted estimate with the tokens the call actually used. No reply.
@@ -107,8 +120,7 @@ pub enum KeyMsg {
 pub struct KeyView {
     pub key_id: Uuid,
     pub user_id: Uuid,
-    pub is_active: bool,
-    pub allowed_models: Vec<String>,
+    pub gate: Gate,
 }
 
 impl Traffic for KeyMsg {
@@ -137,21 +149,10 @@ impl KeyActor {
 }
 
 impl KeyView {
-    /// Whether the key may call `model` at all (rate limits aside).
-    pub fn permits(&self, model: &str) -> Result<(), Denied> {
-        permits(self.is_active, &self.allowed_models, model)
+    /// Whether the key may call `model` from `client` at all (rate limits aside).
+    pub fn permits(&self, model: &str, client: Option<IpAddr>) -> Result<(), Denied> {
+        self.gate.permits(model, client)
     }
-}
-
-/// The active flag and the allow-list (empty: every model).
-fn permits(is_active: bool, allowed_models: &[String], model: &str) -> Result<(), Denied> {
-    if !is_active {
-        return Err(Denied::Inactive);
-    }
-    if !allowed_models.is_empty() && !allowed_models.iter().any(|m| m == model) {
-        return Err(Denied::ModelNotAllowed);
-    }
-    Ok(())
 }
 
 /// A limit's share for one of `share` instances (at least 1).
@@ -174,6 +175,7 @@ impl KeyState {
             rpm: rpm_limiter(record.rpm, 1),
             rpm_seen: TokenWindow::new(u64::MAX),
             tpm: record.tpm.map(TokenWindow::new),
+            gate: Gate::of(&record),
             record,
             clock: DefaultClock::default(),
             share: 1,
@@ -212,6 +214,7 @@ impl KeyState {
             self.rpm = rpm_limiter(record.rpm, self.share);
         }
         self.set_tpm(record.tpm);
+        self.gate = Gate::of(&record);
         self.record = record;
     }
 
@@ -236,9 +239,10 @@ impl KeyState {
         model: &str,
         estimated_tokens: u64,
         share: u32,
+        client: Option<IpAddr>,
     ) -> Result<Admission, Denied> {
         let r = &self.record;
-        permits(r.is_active, &r.allowed_models, model)?;
+        self.gate.permits(model, client)?;
         self.last_share = share;
         if share == 0 {
             // Redis counts rpm and tpm; this instance only remembers that it was busy.
@@ -249,6 +253,7 @@ impl KeyState {
                 tenant_id: r.tenant_id,
                 counts_tokens: r.tpm.is_some(),
                 global: r.rpm.is_some() || r.tpm.is_some(),
+                budgeted: r.budgeted,
                 rpm: r.rpm,
                 tpm: r.tpm,
             });
@@ -281,6 +286,7 @@ impl KeyState {
             tenant_id: r.tenant_id,
             counts_tokens: self.tpm.is_some(),
             global: false,
+            budgeted: r.budgeted,
             rpm: r.rpm,
             tpm: r.tpm,
         })
@@ -319,9 +325,10 @@ impl Actor for KeyActor {
                 model,
                 estimated_tokens,
                 share,
+                client,
                 reply,
             } => {
-                let _ = reply.send(state.admit(&model, estimated_tokens, share));
+                let _ = reply.send(state.admit(&model, estimated_tokens, share, client));
             }
             KeyMsg::Record {
                 estimated_tokens,
@@ -333,12 +340,10 @@ impl Actor for KeyActor {
             }
             KeyMsg::Replace(record) => state.replace(*record),
             KeyMsg::Describe { reply } => {
-                let r = &state.record;
                 let _ = reply.send(KeyView {
-                    key_id: r.id,
-                    user_id: r.user_id,
-                    is_active: r.is_active,
-                    allowed_models: r.allowed_models.clone(),
+                    key_id: state.record.id,
+                    user_id: state.record.user_id,
+                    gate: state.gate.clone(),
                 });
             }
             KeyMsg::Summary(reply) => {
@@ -372,15 +377,20 @@ mod tests {
             allowed_models: models.iter().map(|s| s.to_string()).collect(),
             is_active: true,
             updated_at: chrono::Utc::now(),
+            expires_at: None,
+            budgeted: false,
+            allowed_ips: vec![],
         }
     }
 
     #[test]
     fn rpm_allows_exactly_the_quota_in_a_burst() {
         let mut s = KeyState::new(record(Some(30), None, &[]), Probe::new());
-        let served = (0..100).filter(|_| s.admit("m", 10, 1).is_ok()).count();
+        let served = (0..100)
+            .filter(|_| s.admit("m", 10, 1, None).is_ok())
+            .count();
         assert_eq!(served, 30);
-        match s.admit("m", 10, 1) {
+        match s.admit("m", 10, 1, None) {
             Err(Denied::Rpm { retry_after }) => {
                 assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(2))
             }
@@ -391,27 +401,32 @@ mod tests {
     #[test]
     fn allow_list_and_active_flag_are_enforced() {
         let mut s = KeyState::new(record(None, None, &["a"]), Probe::new());
-        assert!(s.admit("a", 1, 1).is_ok());
-        assert_eq!(s.admit("b", 1, 1), Err(Denied::ModelNotAllowed));
-        s.record.is_active = false;
-        assert_eq!(s.admit("a", 1, 1), Err(Denied::Inactive));
+        assert!(s.admit("a", 1, 1, None).is_ok());
+        assert_eq!(s.admit("b", 1, 1, None), Err(Denied::ModelNotAllowed));
+        let mut off = s.record.clone();
+        off.is_active = false;
+        s.replace(off);
+        assert_eq!(s.admit("a", 1, 1, None), Err(Denied::Inactive));
     }
 
     #[test]
     fn replacing_the_record_applies_at_once() {
         let mut s = KeyState::new(record(Some(1), Some(100), &[]), Probe::new());
-        assert!(s.admit("m", 60, 1).is_ok());
+        assert!(s.admit("m", 60, 1, None).is_ok());
         let mut changed = s.record.clone();
         changed.is_active = false;
         s.replace(changed.clone());
-        assert_eq!(s.admit("m", 1, 1), Err(Denied::Inactive));
+        assert_eq!(s.admit("m", 1, 1, None), Err(Denied::Inactive));
         changed.is_active = true;
         changed.rpm = Some(5);
         changed.tpm = Some(80);
         s.replace(changed);
-        assert!(s.admit("m", 20, 1).is_ok(), "new rpm quota, 60 + 20 <= 80");
         assert!(
-            matches!(s.admit("m", 1, 1), Err(Denied::Tpm { .. })),
+            s.admit("m", 20, 1, None).is_ok(),
+            "new rpm quota, 60 + 20 <= 80"
+        );
+        assert!(
+            matches!(s.admit("m", 1, 1, None), Err(Denied::Tpm { .. })),
             "tpm count kept"
         );
     }
@@ -419,40 +434,42 @@ mod tests {
     #[test]
     fn tpm_refusals_do_not_spend_rpm() {
         let mut s = KeyState::new(record(Some(2), Some(100), &[]), Probe::new());
-        assert!(s.admit("m", 100, 1).is_ok());
-        assert!(matches!(s.admit("m", 1, 1), Err(Denied::Tpm { .. })));
+        assert!(s.admit("m", 100, 1, None).is_ok());
+        assert!(matches!(s.admit("m", 1, 1, None), Err(Denied::Tpm { .. })));
         assert!(matches!(
-            s.admit("m", 1000, 1),
+            s.admit("m", 1000, 1, None),
             Err(Denied::Tpm { retry_after: None })
         ));
         // One rpm cell is left despite the two tpm refusals.
         s.tpm = None;
-        assert!(s.admit("m", 1, 1).is_ok());
-        assert!(matches!(s.admit("m", 1, 1), Err(Denied::Rpm { .. })));
+        assert!(s.admit("m", 1, 1, None).is_ok());
+        assert!(matches!(s.admit("m", 1, 1, None), Err(Denied::Rpm { .. })));
     }
 
     #[test]
     fn redis_share_counts_nothing_here_and_fallback_divides_the_limits() {
         let mut s = KeyState::new(record(Some(30), Some(900), &[]), Probe::new());
         for _ in 0..100 {
-            let a = s.admit("m", 10, 0).expect("Redis counts");
+            let a = s.admit("m", 10, 0, None).expect("Redis counts");
             assert!(a.global && a.counts_tokens);
             assert_eq!((a.rpm, a.tpm), (Some(30), Some(900)));
         }
         // Redis down, three instances: this one serves a third of the limits.
-        let served = (0..100).filter(|_| s.admit("m", 10, 3).is_ok()).count();
+        let served = (0..100)
+            .filter(|_| s.admit("m", 10, 3, None).is_ok())
+            .count();
         assert_eq!(served, 10);
         let mut s = KeyState::new(record(None, Some(900), &[]), Probe::new());
-        assert!(s.admit("m", 300, 3).is_ok());
+        assert!(s.admit("m", 300, 3, None).is_ok());
         assert!(
-            matches!(s.admit("m", 1, 3), Err(Denied::Tpm { .. })),
+            matches!(s.admit("m", 1, 3, None), Err(Denied::Tpm { .. })),
             "900 / 3 = 300 tokens"
         );
         // Back to one instance's full limits: the window keeps its count.
-        assert!(s.admit("m", 600, 1).is_ok());
-        assert!(matches!(s.admit("m", 1, 1), Err(Denied::Tpm { .. })));
+        assert!(s.admit("m", 600, 1, None).is_ok());
+        assert!(matches!(s.admit("m", 1, 1, None), Err(Denied::Tpm { .. })));
         // A key without limits is not sent to Redis at all.
         let mut s = KeyState::new(record(None, None, &[]), Probe::new());
-        assert!(!s.admit("m", 1, 0).expect("admitted").global);
+        assert!(!s.admit("m", 1, 0, None).expect("admitted").global);
     }
 }

@@ -12,6 +12,7 @@
 //!   is ignored, so a slow refresh cannot undo a newer change.
 
 mod facade;
+mod gate;
 mod key;
 mod window;
 
@@ -26,6 +27,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use facade::{AdmitError, Admitted, Checked, Keys};
+pub use gate::Gate;
 pub use key::{Admission, Denied, KeyActor, KeyArgs, KeyMsg, KeyRef, KeyView};
 pub use window::TokenWindow;
 
