@@ -314,3 +314,102 @@ async fn a_budget_a_tenant_admin_set_may_only_be_lowered_by_the_user() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_holder_reads_its_limits_spend_and_balance_with_the_key_alone() {
+    let mock = mock_upstream().await;
+    let app = priced(&mock).await;
+    let (user, token) = app.register("self@example.com").await;
+    app.top_up(user, "5").await;
+    let key = app
+        .create_key(
+            &token,
+            user,
+            json!({"name": "mine", "budget_total": "1", "rate_limit_rpm": 60,
+                   "expires_at": "2999-01-01T00:00:00Z"}),
+        )
+        .await;
+    for _ in 0..2 {
+        assert_eq!(app.chat(&key, &chat_body("qwen-turbo")).await.status(), 200);
+    }
+    app.settle_journal().await;
+    let get = |path: &'static str, key: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .client
+                .get(app.url(path))
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("a response");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let (s, info) = get("/api/key/info", key.clone()).await;
+    assert_eq!(s, 200, "{info}");
+    assert_eq!(
+        (
+            &info["key"]["spent_total"],
+            &info["key"]["budget_total"],
+            &info["key"]["rate_limit_rpm"],
+            &info["account"]["balance"],
+            &info["account"]["status"],
+            &info["available"],
+        ),
+        (
+            &json!("0.07"),
+            &json!("1"),
+            &json!(60),
+            &json!("4.93"),
+            &json!("active"),
+            &json!("0.93")
+        ),
+        "{info}"
+    );
+    assert!(!info.to_string().contains(&key), "never the secret");
+    let (s, sub) = get("/v1/dashboard/billing/subscription", key.clone()).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        sub["hard_limit_usd"],
+        json!(1.0),
+        "0.07 spent + 0.93 left: {sub}"
+    );
+    assert_eq!(sub["access_until"], json!(32472144000_i64));
+    let (s, usage) = get("/v1/dashboard/billing/usage", key.clone()).await;
+    assert_eq!((s, &usage["total_usage"]), (200, &json!(7.0)), "{usage}");
+    let (_, later) = get(
+        "/v1/dashboard/billing/usage?start_date=2999-01-01&end_date=2999-02-01",
+        key.clone(),
+    )
+    .await;
+    assert_eq!(later["total_usage"], json!(0.0));
+    for bad in [
+        "/v1/dashboard/billing/usage?start_date=yesterday",
+        "/v1/dashboard/billing/usage?start_date=2026-02-01&end_date=2026-01-01",
+    ] {
+        let r = app
+            .client
+            .get(app.url(bad))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let (s, _) = get("/api/key/info", "vk_nope".into()).await;
+    assert_eq!(s, 401);
+    let id = key_id(&app, &token, user, "mine").await;
+    let (s, _) = app
+        .post(
+            &format!("/api/virtual-keys/{id}/deactivate"),
+            &token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = get("/api/key/info", key.clone()).await;
+    assert_eq!(s, 401, "a revoked key reads nothing");
+    app.stop().await;
+}

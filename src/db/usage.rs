@@ -268,3 +268,16 @@ pub async fn ledger_page(
         })
         .collect()
 }
+/// What one key's calls were charged in `range` (committed charges).
+pub async fn key_spend(pool: &PgPool, key_id: Uuid, range: Range) -> Result<Decimal, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(cost), 0) FROM data.usage_log
+         WHERE virtual_key_id = $1 AND ($2::timestamptz IS NULL OR created_at >= $2)
+           AND ($3::timestamptz IS NULL OR created_at < $3)",
+    )
+    .bind(key_id)
+    .bind(range.from)
+    .bind(range.to)
+    .fetch_one(pool)
+    .await
+}

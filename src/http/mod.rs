@@ -21,6 +21,7 @@ pub mod money;
 pub mod observe;
 pub mod ops;
 pub mod portkey;
+pub mod selfservice;
 pub mod server;
 pub mod tenants;
 pub mod types;
@@ -46,6 +47,7 @@ use error::ApiError;
     components(schemas(crate::db::usage::GroupBy)),
     tags(
         (name = "chat", description = "OpenAI-compatible calls, with a virtual key"),
+        (name = "self-service", description = "A key's own limits, budgets, spend and balance, with only the key"),
         (name = "accounts", description = "Registration, login, tokens"),
         (name = "users", description = "A user's profile, balance, ledger, prices, usage"),
         (name = "keys", description = "Virtual keys and their lifecycle"),
@@ -100,6 +102,9 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messages::create))
         .routes(routes!(messages::count_tokens))
         .routes(routes!(chat::models))
+        .routes(routes!(selfservice::info))
+        .routes(routes!(selfservice::subscription))
+        .routes(routes!(selfservice::usage))
         .routes(routes!(chat::model))
         .routes(routes!(auth::register))
         .routes(routes!(auth::login))
