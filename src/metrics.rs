@@ -56,6 +56,11 @@ pub fn refusal(reason: &'static str) {
     counter!("neuropia_refusals_total", "reason" => reason).increment(1);
 }
 
+/// A change saved but not recorded in the audit log (the error is in the log).
+pub fn audit_failed() {
+    counter!("neuropia_audit_failures_total").increment(1);
+}
+
 /// The label of an upstream target (`<provider>@<base URL>`) in the public metrics: the
 /// provider and a short hash of the base URL, so an unauthenticated scrape does not list
 /// where upstreams are. `/health`'s details (platform admins) show the whole target.

@@ -80,12 +80,21 @@ pub async fn key(
     caller: &Caller,
     key_id: Uuid,
 ) -> Result<db::keys::KeySummary, ApiError> {
+    Ok(key_in(app, caller, key_id).await?.0)
+}
+
+/// [`key`], with the tenant of the key's owner.
+pub async fn key_in(
+    app: &AppState,
+    caller: &Caller,
+    key_id: Uuid,
+) -> Result<(db::keys::KeySummary, Uuid), ApiError> {
     let not_found = || ApiError::NotFound("virtual key not found".into());
     let key = db::keys::get(&app.pool, key_id)
         .await?
         .ok_or_else(not_found)?;
-    user(app, caller, key.user_id)
+    let tenant = user(app, caller, key.user_id)
         .await
         .map_err(|_| not_found())?;
-    Ok(key)
+    Ok((key, tenant))
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::access;
+use super::audit::{self, Audit, Change};
 use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody};
 use super::types::ErrorBody;
@@ -119,6 +120,7 @@ fn optional_rate(rate: Option<Decimal>, name: &'static str) -> Result<Option<Dec
 pub async fn put_rate(
     State(app): State<AppState>,
     caller: Caller,
+    audit: Audit,
     JsonBody(body): JsonBody<PutRate>,
 ) -> Result<axum::Json<RateView>, ApiError> {
     caller.require_platform_admin()?;
@@ -144,9 +146,28 @@ pub async fn put_rate(
             "currency must be a three-letter ISO code such as USD",
         ));
     }
+    let before = app
+        .snapshot
+        .load()
+        .rate(&body.provider, &body.model)
+        .map(|r| rate_view(&body.provider, &body.model, r));
     db::config::upsert_rate(&app.pool, &body.provider, &body.model, &rate).await?;
+    let after = rate_view(&body.provider, &body.model, &rate);
+    audit
+        .record(
+            &caller,
+            Change {
+                action: "provider_rate.set",
+                target_type: "provider_rate",
+                target_id: format!("{}/{}", body.provider, body.model),
+                tenant_id: None,
+                before: before.as_ref().and_then(audit::json),
+                after: audit::json(&after),
+            },
+        )
+        .await;
     super::reload(&app).await?;
-    Ok(axum::Json(rate_view(&body.provider, &body.model, &rate)))
+    Ok(axum::Json(after))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -236,6 +257,7 @@ fn token_setting(
 pub async fn put_model_config(
     State(app): State<AppState>,
     caller: Caller,
+    audit: Audit,
     JsonBody(body): JsonBody<PutModelConfig>,
 ) -> Result<axum::Json<ModelConfigView>, ApiError> {
     caller.require_platform_admin()?;
@@ -280,16 +302,36 @@ pub async fn put_model_config(
             "default_max_tokens must not exceed max_output_tokens",
         ));
     }
+    let before = app
+        .snapshot
+        .load()
+        .models
+        .get(&body.model)
+        .map(|route| route.plan.redacted());
     db::config::upsert_model_config(&app.pool, &body.model, &plan, limits).await?;
-    super::reload(&app).await?;
     let tokens = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok());
-    Ok(axum::Json(ModelConfigView {
+    let view = ModelConfigView {
         model: body.model,
         config: plan.redacted(),
         default_max_tokens: tokens(limits.default_max_tokens),
         max_output_tokens: tokens(limits.max_output_tokens),
         image_tokens: tokens(limits.image_tokens),
-    }))
+    };
+    audit
+        .record(
+            &caller,
+            Change {
+                action: "model_config.set",
+                target_type: "model_config",
+                target_id: view.model.clone(),
+                tenant_id: None,
+                before: before.map(|config| serde_json::json!({ "config": config })),
+                after: audit::json(&view),
+            },
+        )
+        .await;
+    super::reload(&app).await?;
+    Ok(axum::Json(view))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -352,6 +394,7 @@ pub async fn update_user(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(user_id): IdPath,
+    audit: Audit,
     JsonBody(body): JsonBody<UpdateUser>,
 ) -> Result<axum::Json<Profile>, ApiError> {
     if caller.role() == Role::User {
@@ -399,12 +442,26 @@ pub async fn update_user(
         markup,
         suspended: body.suspended,
     };
+    let before = db::users::get_profile(&app.pool, user_id).await?;
     if !db::users::update_user(&app.pool, user_id, change).await? {
         return Err(access::user_not_found());
     }
-    super::reload(&app).await?;
-    db::users::get_profile(&app.pool, user_id)
+    let after = db::users::get_profile(&app.pool, user_id)
         .await?
-        .map(axum::Json)
-        .ok_or_else(access::user_not_found)
+        .ok_or_else(access::user_not_found)?;
+    audit
+        .record(
+            &caller,
+            Change {
+                action: "user.update",
+                target_type: "user",
+                target_id: user_id.to_string(),
+                tenant_id: Some(tenant_id),
+                before: before.as_ref().and_then(audit::json),
+                after: audit::json(&after),
+            },
+        )
+        .await;
+    super::reload(&app).await?;
+    Ok(axum::Json(after))
 }

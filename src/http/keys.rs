@@ -12,6 +12,7 @@ use uuid::Uuid;
 use chrono::{DateTime, Utc};
 
 use super::access;
+use super::audit::{Audit, key_change};
 use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody, MaybeJson};
 use super::key_controls;
@@ -143,9 +144,10 @@ pub async fn create(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(user_id): IdPath,
+    audit: Audit,
     JsonBody(body): JsonBody<CreateKey>,
 ) -> Result<(StatusCode, axum::Json<NewKey>), ApiError> {
-    access::user(&app, &caller, user_id).await?;
+    let tenant = access::user(&app, &caller, user_id).await?;
     check_name(&body.name)?;
     check_description(body.description.as_deref())?;
     let rpm = body
@@ -179,6 +181,12 @@ pub async fn create(
     .await
     .map_err(key_sql_error)?;
     let key = db::keys::get(&app.pool, id).await?.ok_or_else(not_found)?;
+    audit
+        .record(
+            &caller,
+            key_change("virtual_key.create", tenant, None, &key),
+        )
+        .await;
     Ok((
         StatusCode::CREATED,
         axum::Json(NewKey {
@@ -258,9 +266,10 @@ pub async fn update(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
+    audit: Audit,
     JsonBody(body): JsonBody<UpdateKey>,
 ) -> Result<axum::Json<KeySummary>, ApiError> {
-    access::key(&app, &caller, id).await?;
+    let (before, tenant) = access::key_in(&app, &caller, id).await?;
     if let Some(name) = &body.name {
         check_name(name)?;
     }
@@ -288,7 +297,14 @@ pub async fn update(
     db::keys::update(&app.pool, id, &changes, caller.role())
         .await
         .map_err(key_change_error)?;
-    Ok(axum::Json(push(&app, id, None).await?))
+    let after = push(&app, id, None).await?;
+    audit
+        .record(
+            &caller,
+            key_change("virtual_key.update", tenant, Some(&before), &after),
+        )
+        .await;
+    Ok(axum::Json(after))
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -309,17 +325,26 @@ fn reason(MaybeJson(body): MaybeJson<Reason>) -> Result<Option<String>, ApiError
 
 async fn set_active(
     app: AppState,
-    caller: Caller,
+    (caller, audit): (Caller, Audit),
     id: Uuid,
     active: bool,
     body: MaybeJson<Reason>,
 ) -> Result<axum::Json<KeySummary>, ApiError> {
     let reason = reason(body)?;
-    access::key(&app, &caller, id).await?;
+    let (before, tenant) = access::key_in(&app, &caller, id).await?;
     db::keys::set_active(&app.pool, id, active, reason.as_deref(), caller.role())
         .await
         .map_err(key_change_error)?;
-    Ok(axum::Json(push(&app, id, None).await?))
+    let after = push(&app, id, None).await?;
+    let action = if active {
+        "virtual_key.activate"
+    } else {
+        "virtual_key.deactivate"
+    };
+    audit
+        .record(&caller, key_change(action, tenant, Some(&before), &after))
+        .await;
+    Ok(axum::Json(after))
 }
 
 /// Deactivates a key (`data.deactivate_virtual_key`): the very next call with it is 401.
@@ -331,9 +356,10 @@ pub async fn deactivate(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
+    audit: Audit,
     body: MaybeJson<Reason>,
 ) -> Result<axum::Json<KeySummary>, ApiError> {
-    set_active(app, caller, id, false, body).await
+    set_active(app, (caller, audit), id, false, body).await
 }
 
 /// Activates a key again (`data.activate_virtual_key`), unless a higher role deactivated it.
@@ -346,9 +372,10 @@ pub async fn activate(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
+    audit: Audit,
     body: MaybeJson<Reason>,
 ) -> Result<axum::Json<KeySummary>, ApiError> {
-    set_active(app, caller, id, true, body).await
+    set_active(app, (caller, audit), id, true, body).await
 }
 
 /// Gives a key a new secret (`data.rotate_virtual_key`): the new plaintext is shown once,
@@ -361,10 +388,11 @@ pub async fn rotate(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
+    audit: Audit,
     body: MaybeJson<Reason>,
 ) -> Result<axum::Json<NewKey>, ApiError> {
     let reason = reason(body)?;
-    access::key(&app, &caller, id).await?;
+    let (before, tenant) = access::key_in(&app, &caller, id).await?;
     let old = db::keys::find_by_id(&app.pool, id)
         .await?
         .ok_or_else(not_found)?;
@@ -372,6 +400,12 @@ pub async fn rotate(
         .await
         .map_err(key_sql_error)?;
     let key = push(&app, id, Some(old.hash)).await?;
+    audit
+        .record(
+            &caller,
+            key_change("virtual_key.rotate", tenant, Some(&before), &key),
+        )
+        .await;
     Ok(axum::Json(NewKey {
         virtual_key: plaintext,
         key,

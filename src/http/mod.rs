@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod calls;
 pub mod chat;
@@ -47,6 +48,7 @@ use error::ApiError;
     components(schemas(crate::db::usage::GroupBy)),
     tags(
         (name = "chat", description = "OpenAI-compatible calls, with a virtual key"),
+        (name = "audit", description = "Who changed what through the platform API"),
         (name = "self-service", description = "A key's own limits, budgets, spend and balance, with only the key"),
         (name = "accounts", description = "Registration, login, tokens"),
         (name = "users", description = "A user's profile, balance, ledger, prices, usage"),
@@ -102,6 +104,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messages::create))
         .routes(routes!(messages::count_tokens))
         .routes(routes!(chat::models))
+        .routes(routes!(audit::list))
         .routes(routes!(selfservice::info))
         .routes(routes!(selfservice::subscription))
         .routes(routes!(selfservice::usage))

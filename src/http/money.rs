@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::access;
+use super::audit::{self, Audit, Change};
 use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody};
 use super::types::{ErrorBody, Page, query};
@@ -103,6 +104,7 @@ pub async fn top_up(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(user_id): IdPath,
+    audit: Audit,
     JsonBody(body): JsonBody<TopUp>,
 ) -> Result<axum::Json<Credited>, ApiError> {
     caller.require_platform_admin()?;
@@ -125,13 +127,18 @@ pub async fn top_up(
         "a top-up with this request_id was already credited",
     )
     .await?;
-    Ok(axum::Json(Credited {
+    let credited = Credited {
         user_id,
         request_id,
         amount,
         balance,
         status,
-    }))
+    };
+    let tenant = db::users::tenant_of(&app.pool, user_id).await?;
+    audit
+        .record(&caller, credit_change("balance.top_up", tenant, &credited))
+        .await;
+    Ok(axum::Json(credited))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -170,6 +177,7 @@ pub struct MintedCodes {
 pub async fn mint_codes(
     State(app): State<AppState>,
     caller: Caller,
+    audit: Audit,
     JsonBody(body): JsonBody<NewCodes>,
 ) -> Result<(StatusCode, axum::Json<MintedCodes>), ApiError> {
     caller.require_platform_admin()?;
@@ -197,10 +205,21 @@ pub async fn mint_codes(
         },
     )
     .await?;
-    let data = minted
+    let data: Vec<MintedCode> = minted
         .into_iter()
         .map(|(summary, code)| MintedCode { code, summary })
         .collect();
+    for m in &data {
+        let change = Change {
+            action: "redemption_code.create",
+            target_type: "redemption_code",
+            target_id: m.summary.id.to_string(),
+            tenant_id: None,
+            before: None,
+            after: audit::json(&m.summary),
+        };
+        audit.record(&caller, change).await;
+    }
     Ok((StatusCode::CREATED, axum::Json(MintedCodes { data })))
 }
 
@@ -245,9 +264,10 @@ pub async fn redeem(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(user_id): IdPath,
+    audit: Audit,
     JsonBody(body): JsonBody<Redeem>,
 ) -> Result<axum::Json<Credited>, ApiError> {
-    access::user(&app, &caller, user_id).await?;
+    let tenant = access::user(&app, &caller, user_id).await?;
     let code = db::codes::normalise(&body.code);
     if code.is_empty() || code.len() > 64 {
         return Err(ApiError::bad_request("code must be 1 to 64 characters"));
@@ -270,11 +290,30 @@ pub async fn redeem(
         "this code was already redeemed",
     )
     .await?;
-    Ok(axum::Json(Credited {
+    let credited = Credited {
         user_id,
         request_id: format!("redeem:{}", found.id),
         amount: found.amount,
         balance,
         status,
-    }))
+    };
+    audit
+        .record(
+            &caller,
+            credit_change("balance.redeem", Some(tenant), &credited),
+        )
+        .await;
+    Ok(axum::Json(credited))
+}
+
+/// A credit to a user's balance, as the audit log records it.
+fn credit_change(action: &'static str, tenant: Option<Uuid>, credited: &Credited) -> Change {
+    Change {
+        action,
+        target_type: "user",
+        target_id: credited.user_id.to_string(),
+        tenant_id: tenant,
+        before: None,
+        after: audit::json(credited),
+    }
 }

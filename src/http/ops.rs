@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::audit::{Audit, Change};
 use super::error::ApiError;
 use super::extract::{Caller, JsonBody};
 use super::types::{ErrorBody, query};
@@ -194,6 +195,7 @@ async fn find(app: &AppState, name: &str) -> Result<Target, ApiError> {
 pub async fn inject_fault(
     State(app): State<AppState>,
     caller: Caller,
+    audit: Audit,
     JsonBody(body): JsonBody<InjectFault>,
 ) -> Result<axum::Json<Injected>, ApiError> {
     if !app.config.faults {
@@ -263,6 +265,18 @@ pub async fn inject_fault(
         crate::metrics::fault_injected(kind);
     }
     tracing::warn!(actor = %body.actor, fault = %kind, count, for_ms, "fault injected");
+    let change = Change {
+        action: "fault.inject",
+        target_type: "actor",
+        target_id: body.actor.clone(),
+        tenant_id: None,
+        before: None,
+        after: Some(
+            serde_json::json!({"fault": kind, "count": count, "ms": body.ms,
+            "seconds": seconds}),
+        ),
+    };
+    audit.record(&caller, change).await;
     Ok(axum::Json(Injected {
         actor: body.actor,
         fault: body.fault,

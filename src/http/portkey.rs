@@ -10,6 +10,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::audit::{self, Audit, Change};
 use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody, MaybeJson};
 use super::keys::Reason;
@@ -75,6 +76,7 @@ pub struct CreateConfig {
 pub async fn create(
     State(app): State<AppState>,
     caller: Caller,
+    audit: Audit,
     JsonBody(body): JsonBody<CreateConfig>,
 ) -> Result<(StatusCode, axum::Json<PortkeyRow>), ApiError> {
     caller.require_platform_admin()?;
@@ -108,6 +110,9 @@ pub async fn create(
     let row = db::portkey::get(&app.pool, id)
         .await?
         .ok_or_else(not_found)?;
+    audit
+        .record(&caller, config_change("portkey_config.create", None, &row))
+        .await;
     Ok((StatusCode::CREATED, axum::Json(row)))
 }
 
@@ -183,12 +188,14 @@ pub async fn update(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
+    audit: Audit,
     JsonBody(body): JsonBody<UpdateConfig>,
 ) -> Result<axum::Json<PortkeyRow>, ApiError> {
     caller.require_platform_admin()?;
     if let Some(config) = &body.config {
         check_plan(&app, config)?;
     }
+    let before = db::portkey::get(&app.pool, id).await?;
     db::portkey::update(
         &app.pool,
         id,
@@ -200,29 +207,56 @@ pub async fn update(
     .await
     .map_err(sql_error)?;
     super::reload(&app).await?;
-    db::portkey::get(&app.pool, id)
+    let row = db::portkey::get(&app.pool, id)
         .await?
-        .map(axum::Json)
-        .ok_or_else(not_found)
+        .ok_or_else(not_found)?;
+    audit
+        .record(
+            &caller,
+            config_change("portkey_config.update", before.as_ref(), &row),
+        )
+        .await;
+    Ok(axum::Json(row))
+}
+
+/// A change to a Portkey config, as the audit log records it (api keys redacted).
+fn config_change(action: &'static str, before: Option<&PortkeyRow>, after: &PortkeyRow) -> Change {
+    Change {
+        action,
+        target_type: "portkey_config",
+        target_id: after.id.to_string(),
+        tenant_id: after.tenant_id,
+        before: before.and_then(audit::json),
+        after: audit::json(after),
+    }
 }
 
 async fn set_active(
     app: AppState,
-    caller: Caller,
+    (caller, audit): (Caller, Audit),
     id: Uuid,
     active: bool,
     MaybeJson(body): MaybeJson<Reason>,
 ) -> Result<axum::Json<PortkeyRow>, ApiError> {
     caller.require_platform_admin()?;
     let reason = body.and_then(|b| b.reason);
+    let before = db::portkey::get(&app.pool, id).await?;
     db::portkey::set_active(&app.pool, id, active, reason.as_deref(), caller.id())
         .await
         .map_err(sql_error)?;
     super::reload(&app).await?;
-    db::portkey::get(&app.pool, id)
+    let row = db::portkey::get(&app.pool, id)
         .await?
-        .map(axum::Json)
-        .ok_or_else(not_found)
+        .ok_or_else(not_found)?;
+    let action = if active {
+        "portkey_config.activate"
+    } else {
+        "portkey_config.deactivate"
+    };
+    audit
+        .record(&caller, config_change(action, before.as_ref(), &row))
+        .await;
+    Ok(axum::Json(row))
 }
 
 /// Deactivates a config (`data.deactivate_portkey_config`).
@@ -235,9 +269,10 @@ pub async fn deactivate(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
+    audit: Audit,
     body: MaybeJson<Reason>,
 ) -> Result<axum::Json<PortkeyRow>, ApiError> {
-    set_active(app, caller, id, false, body).await
+    set_active(app, (caller, audit), id, false, body).await
 }
 
 /// Activates a config again (`data.activate_portkey_config`).
@@ -250,9 +285,10 @@ pub async fn activate(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
+    audit: Audit,
     body: MaybeJson<Reason>,
 ) -> Result<axum::Json<PortkeyRow>, ApiError> {
-    set_active(app, caller, id, true, body).await
+    set_active(app, (caller, audit), id, true, body).await
 }
 
 #[derive(Deserialize, IntoParams)]

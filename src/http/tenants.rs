@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::access;
+use super::audit::{self, Audit, Change};
 use super::auth::create_user;
 use super::error::ApiError;
 use super::extract::{Caller, IdPath, JsonBody};
@@ -91,6 +92,7 @@ pub struct CreateTenant {
 pub async fn create(
     State(app): State<AppState>,
     caller: Caller,
+    audit: Audit,
     JsonBody(body): JsonBody<CreateTenant>,
 ) -> Result<(StatusCode, axum::Json<Tenant>), ApiError> {
     caller.require_platform_admin()?;
@@ -104,6 +106,9 @@ pub async fn create(
     let tenant = db::tenants::create(&app.pool, settings)
         .await
         .map_err(tenant_error)?;
+    audit
+        .record(&caller, tenant_change("tenant.create", None, &tenant))
+        .await;
     super::reload(&app).await?;
     Ok((StatusCode::CREATED, axum::Json(tenant)))
 }
@@ -171,6 +176,7 @@ pub async fn update(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(tenant_id): IdPath,
+    audit: Audit,
     JsonBody(body): JsonBody<UpdateTenant>,
 ) -> Result<axum::Json<Tenant>, ApiError> {
     if caller.role() == Role::User {
@@ -195,12 +201,31 @@ pub async fn update(
         body.overdue_threshold,
         body.overdraft_limit,
     )?;
+    let before = db::tenants::get(&app.pool, tenant_id).await?;
     let tenant = db::tenants::update(&app.pool, tenant_id, settings)
         .await
         .map_err(tenant_error)?
         .ok_or_else(access::tenant_not_found)?;
+    audit
+        .record(
+            &caller,
+            tenant_change("tenant.update", before.as_ref(), &tenant),
+        )
+        .await;
     super::reload(&app).await?;
     Ok(axum::Json(tenant))
+}
+
+/// A change to a tenant, as the audit log records it.
+fn tenant_change(action: &'static str, before: Option<&Tenant>, after: &Tenant) -> Change {
+    Change {
+        action,
+        target_type: "tenant",
+        target_id: after.tenant_id.to_string(),
+        tenant_id: Some(after.tenant_id),
+        before: before.and_then(audit::json),
+        after: audit::json(after),
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -227,6 +252,7 @@ pub async fn create_user_in(
     State(app): State<AppState>,
     caller: Caller,
     IdPath(tenant_id): IdPath,
+    audit: Audit,
     JsonBody(body): JsonBody<CreateTenantUser>,
 ) -> Result<(StatusCode, axum::Json<Profile>), ApiError> {
     caller.require_tenant(tenant_id)?;
@@ -265,6 +291,19 @@ pub async fn create_user_in(
     let profile = db::users::get_profile(&app.pool, user_id)
         .await?
         .ok_or_else(access::user_not_found)?;
+    audit
+        .record(
+            &caller,
+            Change {
+                action: "user.create",
+                target_type: "user",
+                target_id: user_id.to_string(),
+                tenant_id: Some(tenant_id),
+                before: None,
+                after: audit::json(&profile),
+            },
+        )
+        .await;
     Ok((StatusCode::CREATED, axum::Json(profile)))
 }
 
