@@ -68,6 +68,8 @@ pub struct Snapshot {
     pub user_markups: HashMap<Uuid, Decimal>,
     /// Users whose calls are refused until reinstated.
     pub suspended: HashSet<Uuid>,
+    /// Per tenant, markups for single public models (they beat the tenant's and a user's).
+    pub model_markups: HashMap<Uuid, HashMap<String, Decimal>>,
     /// The active Portkey config of each user that has one, and of each tenant.
     pub user_configs: HashMap<Uuid, Arc<PortkeyConfig>>,
     pub tenant_configs: HashMap<Uuid, Arc<PortkeyConfig>>,
@@ -127,7 +129,31 @@ impl Snapshot {
         self.rates.get(provider)?.get(model)
     }
 
-    /// The markup that applies to `user`: its own override, else its tenant's.
+    /// The markup `user` pays on the public model `requested`, and where it comes from:
+    /// the tenant's markup for that model, else the user's own, else the tenant's.
+    pub fn markup_for(
+        &self,
+        tenant_id: Uuid,
+        user_id: Uuid,
+        requested: &str,
+    ) -> (Decimal, MarkupSource) {
+        if let Some(m) = self
+            .model_markups
+            .get(&tenant_id)
+            .and_then(|by_model| by_model.get(requested))
+        {
+            return (*m, MarkupSource::Model);
+        }
+        let source = if self.user_markups.contains_key(&user_id) {
+            MarkupSource::User
+        } else {
+            MarkupSource::Tenant
+        };
+        (self.markup(tenant_id, user_id), source)
+    }
+
+    /// The markup that applies to `user` on any model without its own: its own override,
+    /// else its tenant's.
     pub fn markup(&self, tenant_id: Uuid, user_id: Uuid) -> Decimal {
         if let Some(m) = self.user_markups.get(&user_id) {
             return *m;
@@ -153,17 +179,31 @@ impl Snapshot {
             .unwrap_or(Decimal::ZERO)
     }
 
-    /// What `user` pays on (`provider`, `model`), or `None` when that pair has no rate.
+    /// What `user` pays for the public model `requested` served by (`provider`, `model`),
+    /// or `None` when that pair has no rate.
     pub fn price(
         &self,
-        tenant_id: Uuid,
-        user_id: Uuid,
+        (tenant_id, user_id): (Uuid, Uuid),
+        requested: &str,
         provider: &str,
         model: &str,
     ) -> Option<Price> {
         let rate = self.rate(provider, model)?;
-        Some(Price::new(rate, self.markup(tenant_id, user_id)))
+        let (markup, _) = self.markup_for(tenant_id, user_id, requested);
+        Some(Price::new(rate, markup))
     }
+}
+
+/// Where a markup comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MarkupSource {
+    /// The tenant's markup for that model.
+    Model,
+    /// The user's own markup.
+    User,
+    /// The tenant's markup.
+    Tenant,
 }
 
 #[cfg(test)]
@@ -239,8 +279,25 @@ mod tests {
         assert_eq!(s.markup(tenant, u1), Decimal::from(20));
         assert_eq!(s.markup(tenant, u2), Decimal::from(5));
         assert_eq!(s.markup(Uuid::new_v4(), u1), Decimal::ZERO);
-        let price = s.price(tenant, u2, "p", "m").expect("priced");
+        let price = s.price((tenant, u2), "m", "p", "m").expect("priced");
         assert_eq!(price.markup_percent, Decimal::from(5));
-        assert!(s.price(tenant, u2, "p", "other").is_none());
+        assert!(s.price((tenant, u2), "other", "p", "other").is_none());
+        s.model_markups
+            .entry(tenant)
+            .or_default()
+            .insert("m".into(), Decimal::from(40));
+        assert_eq!(
+            s.markup_for(tenant, u2, "m"),
+            (Decimal::from(40), MarkupSource::Model),
+            "the model's markup beats the user's"
+        );
+        assert_eq!(
+            s.markup_for(tenant, u2, "n"),
+            (Decimal::from(5), MarkupSource::User)
+        );
+        assert_eq!(
+            s.markup_for(tenant, u1, "n"),
+            (Decimal::from(20), MarkupSource::Tenant)
+        );
     }
 }

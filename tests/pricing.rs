@@ -174,3 +174,129 @@ async fn cached_and_reasoning_tokens_are_billed_at_their_own_rates() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_markup_for_one_model_beats_the_tenant_and_user_markups() {
+    let app = TestApp::spawn().await;
+    for model in ["m", "n"] {
+        app.set_model(
+            model,
+            serde_json::json!({"targets": [{"provider": "mock"}]}),
+        )
+        .await;
+        app.set_rate("mock", model, "0.001", "0.002").await;
+    }
+    let tenant = app.create_tenant("per-model", "10", "0").await;
+    let other = app.create_tenant("not-mine", "10", "0").await;
+    let (_, ta) = app
+        .tenant_user(
+            &app.admin_token,
+            tenant,
+            "ta@permodel.example",
+            "tenant_admin",
+        )
+        .await;
+    let (user, token) = app
+        .tenant_user(&ta, tenant, "u@permodel.example", "user")
+        .await;
+    app.top_up(user, "10").await;
+    let key = app
+        .create_key(&token, user, serde_json::json!({"name": "k"}))
+        .await;
+    let put = |who: &str, t: uuid::Uuid, model: &str, m: &str| {
+        let (app, who) = (&app, who.to_owned());
+        let path = format!("/api/tenants/{t}/model-markups/{model}");
+        let body = serde_json::json!({ "markup_percent": m });
+        async move {
+            app.send(reqwest::Method::PUT, &path, &who, Some(body))
+                .await
+        }
+    };
+    assert_eq!(
+        put(&ta, tenant, "m", "5").await.0,
+        400,
+        "below the tenant's 10 %"
+    );
+    assert_eq!(put(&ta, other, "m", "30").await.0, 404, "another tenant");
+    assert_eq!(put(&ta, tenant, "nope", "30").await.0, 404, "no such model");
+    assert_eq!(
+        put(&token, tenant, "m", "30").await.0,
+        404,
+        "a user manages no tenant"
+    );
+    let (s, list) = put(&ta, tenant, "m", "30").await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["data"][0]["markup_percent"], "30");
+    let (s, _) = app
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/admin/users/{user}"),
+            &ta,
+            Some(serde_json::json!({"markup_percent": "20"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    let (_, prices) = app.get(&format!("/api/users/{user}/prices"), &token).await;
+    let terms = |model: &str| {
+        let m = prices["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["model"] == model)
+            .unwrap();
+        (
+            m["markup_percent"].as_str().unwrap().to_owned(),
+            m["markup_source"].as_str().unwrap().to_owned(),
+            m["targets"][0]["input_price"].as_str().unwrap().to_owned(),
+        )
+    };
+    assert_eq!(terms("m"), ("30".into(), "model".into(), "0.0013".into()));
+    assert_eq!(terms("n"), ("20".into(), "user".into(), "0.0012".into()));
+
+    for model in ["m", "n"] {
+        assert_eq!(app.chat(&key, &chat_body(model)).await.status(), 200);
+    }
+    let (s, _) = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/tenants/{tenant}/model-markups/m"),
+            &ta,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(app.chat(&key, &chat_body("m")).await.status(), 200);
+    app.settle_journal().await;
+    let rows: Vec<(String, Decimal, Decimal, Decimal)> = sqlx::query_as(
+        "SELECT model, markup_percent, platform_cost, cost FROM data.usage_log
+         WHERE user_id = $1 ORDER BY id",
+    )
+    .bind(user)
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    let markups: Vec<(&str, Decimal)> = rows.iter().map(|r| (r.0.as_str(), r.1)).collect();
+    assert_eq!(
+        markups,
+        [("m", d("30")), ("n", d("20")), ("m", d("20"))],
+        "the model's markup, the user's, then the user's again once removed"
+    );
+    for (_, m, platform, cost) in &rows {
+        assert_eq!(
+            *cost,
+            *platform * (Decimal::ONE + *m / Decimal::ONE_HUNDRED)
+        );
+    }
+    let (_, log) = app
+        .get("/api/admin/audit?target_type=model_markup", &ta)
+        .await;
+    let actions: Vec<&str> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["model_markup.delete", "model_markup.set"]);
+    app.stop().await;
+}

@@ -159,7 +159,12 @@ fn reservation(
 ) -> Option<Decimal> {
     let mut max = Decimal::ZERO;
     for t in &plan.targets {
-        let price = snap.price(tenant_id, user_id, &t.provider, t.model(requested))?;
+        let price = snap.price(
+            (tenant_id, user_id),
+            requested,
+            &t.provider,
+            t.model(requested),
+        )?;
         max = max.max(price.charge(usage).amount);
     }
     Some(max)

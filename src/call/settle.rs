@@ -82,13 +82,14 @@ impl<O: Operation> Admitted<O> {
     /// The charge for `usage` at the rates current now; if they vanished mid-call, those
     /// the call was admitted with; if those are gone too, the whole reservation.
     fn price(&self, provider: &str, model: &str, usage: Usage) -> (Charge, Price) {
-        let (t, u) = (self.tenant_id, self.user_id);
+        let who = (self.tenant_id, self.user_id);
+        let requested = self.op.model();
         let price = self
             .app
             .snapshot
             .load()
-            .price(t, u, provider, model)
-            .or_else(|| self.snap.price(t, u, provider, model));
+            .price(who, requested, provider, model)
+            .or_else(|| self.snap.price(who, requested, provider, model));
         match price {
             Some(p) => (p.charge(usage), p),
             None => {

@@ -101,6 +101,15 @@ pub async fn load_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
         snap.user_markups
             .insert(r.try_get("user_id")?, r.try_get("markup_percent")?);
     }
+    let rows = sqlx::query("SELECT tenant_id, model, markup_percent FROM data.tenant_model_markup")
+        .fetch_all(pool)
+        .await?;
+    for r in rows {
+        snap.model_markups
+            .entry(r.try_get("tenant_id")?)
+            .or_default()
+            .insert(r.try_get("model")?, r.try_get("markup_percent")?);
+    }
     snap.suspended = sqlx::query_scalar("SELECT id FROM auth.login WHERE suspended_at IS NOT NULL")
         .fetch_all(pool)
         .await?

@@ -129,3 +129,80 @@ pub async fn ensure(
     .fetch_one(pool)
     .await
 }
+/// A tenant's markup for one public model.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ModelMarkup {
+    pub model: String,
+    #[serde(serialize_with = "crate::billing::ser_money")]
+    #[schema(value_type = String, example = "30")]
+    pub markup_percent: Decimal,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn model_markups(
+    pool: &PgPool,
+    tenant_id: Uuid,
+) -> Result<Vec<ModelMarkup>, sqlx::Error> {
+    let rows: Vec<(String, Decimal, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT model, markup_percent, updated_at FROM data.tenant_model_markup
+         WHERE tenant_id = $1 ORDER BY model",
+    )
+    .bind(tenant_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(model, markup_percent, updated_at)| ModelMarkup {
+            model,
+            markup_percent,
+            updated_at,
+        })
+        .collect())
+}
+
+/// Sets a tenant's markup for `model`; returns the one it replaced, if any.
+pub async fn set_model_markup(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    model: &str,
+    markup: Decimal,
+) -> Result<Option<Decimal>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let old: Option<Decimal> = sqlx::query_scalar(
+        "SELECT markup_percent FROM data.tenant_model_markup
+         WHERE tenant_id = $1 AND model = $2 FOR UPDATE",
+    )
+    .bind(tenant_id)
+    .bind(model)
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO data.tenant_model_markup (tenant_id, model, markup_percent)
+         VALUES ($1, $2, $3)
+         ON CONFLICT (tenant_id, model)
+         DO UPDATE SET markup_percent = EXCLUDED.markup_percent, updated_at = now()",
+    )
+    .bind(tenant_id)
+    .bind(model)
+    .bind(markup)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(old)
+}
+
+/// Removes a tenant's markup for `model`; returns it, or `None` when there was none.
+pub async fn delete_model_markup(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    model: &str,
+) -> Result<Option<Decimal>, sqlx::Error> {
+    sqlx::query_scalar(
+        "DELETE FROM data.tenant_model_markup WHERE tenant_id = $1 AND model = $2
+         RETURNING markup_percent",
+    )
+    .bind(tenant_id)
+    .bind(model)
+    .fetch_optional(pool)
+    .await
+}

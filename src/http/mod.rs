@@ -18,6 +18,7 @@ pub mod health;
 pub mod key_controls;
 pub mod keys;
 pub mod messages;
+pub mod model_markups;
 pub mod money;
 pub mod observe;
 pub mod ops;
@@ -105,6 +106,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messages::count_tokens))
         .routes(routes!(chat::models))
         .routes(routes!(audit::list))
+        .routes(routes!(model_markups::list))
+        .routes(routes!(model_markups::set, model_markups::delete))
         .routes(routes!(selfservice::info))
         .routes(routes!(selfservice::subscription))
         .routes(routes!(selfservice::usage))

@@ -15,6 +15,7 @@ use crate::actors::balances::BalanceError;
 use crate::billing::{AccountStatus, Decimal, ser_money};
 use crate::db;
 use crate::db::usage::{GroupBy, LedgerEntry, Range, Scope, UsageGroup, UsageRow, UsageTotals};
+use crate::snapshot::MarkupSource;
 use crate::state::AppState;
 
 pub fn balance_error(e: BalanceError) -> ApiError {
@@ -150,6 +151,12 @@ pub struct ModelPrice {
     pub model: String,
     /// `single`, `fallback` or `loadbalance`: which target answers decides the price.
     pub strategy: String,
+    /// The markup paid on this model (percent).
+    #[schema(value_type = String, example = "15")]
+    pub markup_percent: String,
+    /// `model` (the tenant's markup for this model), `user` or `tenant`.
+    #[schema(value_type = String, example = "tenant")]
+    pub markup_source: MarkupSource,
     /// `null` prices mean the target has no rate yet (calls to the model get 503).
     pub targets: Vec<Option<TargetPrice>>,
 }
@@ -158,10 +165,12 @@ pub struct ModelPrice {
 pub struct Prices {
     pub user_id: Uuid,
     pub tenant_id: Uuid,
+    /// The markup on models without a markup of their own (percent).
     #[schema(value_type = String, example = "15")]
     pub markup_percent: String,
     /// `user` when the user has its own markup, else `tenant`.
-    pub markup_source: &'static str,
+    #[schema(value_type = String, example = "tenant")]
+    pub markup_source: MarkupSource,
     pub models: Vec<ModelPrice>,
 }
 
@@ -182,35 +191,45 @@ pub async fn prices(
     let tenant_id = access::user(&app, &caller, user_id).await?;
     let snap = app.snapshot.load();
     let markup = snap.markup(tenant_id, user_id);
+    let source = if snap.user_markups.contains_key(&user_id) {
+        MarkupSource::User
+    } else {
+        MarkupSource::Tenant
+    };
     let million = Decimal::from(1_000_000);
     let mut models: Vec<ModelPrice> = snap
         .models
         .values()
-        .map(|route| ModelPrice {
-            model: route.model.clone(),
-            strategy: format!("{:?}", route.plan.strategy.mode).to_lowercase(),
-            targets: route
-                .plan
-                .targets
-                .iter()
-                .map(|t| {
-                    let upstream = t.model(&route.model);
-                    let rate = snap.rate(&t.provider, upstream)?;
-                    let factor = Decimal::ONE + markup / Decimal::ONE_HUNDRED;
-                    let (input, output) = (rate.input_rate * factor, rate.output_rate * factor);
-                    Some(TargetPrice {
-                        provider: t.provider.clone(),
-                        model: upstream.to_owned(),
-                        currency: rate.currency.clone(),
-                        input_rate: money(rate.input_rate),
-                        output_rate: money(rate.output_rate),
-                        input_price: money(input),
-                        output_price: money(output),
-                        input_price_per_million: money(input * million),
-                        output_price_per_million: money(output * million),
+        .map(|route| {
+            let (markup, markup_source) = snap.markup_for(tenant_id, user_id, &route.model);
+            ModelPrice {
+                model: route.model.clone(),
+                strategy: format!("{:?}", route.plan.strategy.mode).to_lowercase(),
+                markup_percent: money(markup),
+                markup_source,
+                targets: route
+                    .plan
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        let upstream = t.model(&route.model);
+                        let rate = snap.rate(&t.provider, upstream)?;
+                        let factor = Decimal::ONE + markup / Decimal::ONE_HUNDRED;
+                        let (input, output) = (rate.input_rate * factor, rate.output_rate * factor);
+                        Some(TargetPrice {
+                            provider: t.provider.clone(),
+                            model: upstream.to_owned(),
+                            currency: rate.currency.clone(),
+                            input_rate: money(rate.input_rate),
+                            output_rate: money(rate.output_rate),
+                            input_price: money(input),
+                            output_price: money(output),
+                            input_price_per_million: money(input * million),
+                            output_price_per_million: money(output * million),
+                        })
                     })
-                })
-                .collect(),
+                    .collect(),
+            }
         })
         .collect();
     models.sort_by(|a, b| a.model.cmp(&b.model));
@@ -218,11 +237,7 @@ pub async fn prices(
         user_id,
         tenant_id,
         markup_percent: money(markup),
-        markup_source: if snap.user_markups.contains_key(&user_id) {
-            "user"
-        } else {
-            "tenant"
-        },
+        markup_source: source,
         models,
     }))
 }
