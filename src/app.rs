@@ -163,6 +163,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
         trusted_proxies: TrustedProxies::parse(&config.trusted_proxies)?,
         keys: Keys::new(tree.keys.clone(), key_directory, timeout, limiter),
         balances: Balances::new(tree.balances.clone(), balance_directory, timeout, shared),
+        failures: crate::db::failures::Failures::start(pool.clone()),
         config,
         pool,
         cache,

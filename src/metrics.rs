@@ -56,6 +56,11 @@ pub fn refusal(reason: &'static str) {
     counter!("neuropia_refusals_total", "reason" => reason).increment(1);
 }
 
+/// A failed call not recorded (the queue of failures to write was full).
+pub fn failure_dropped() {
+    counter!("neuropia_failed_call_records_dropped_total").increment(1);
+}
+
 /// A change saved but not recorded in the audit log (the error is in the log).
 pub fn audit_failed() {
     counter!("neuropia_audit_failures_total").increment(1);

@@ -42,6 +42,8 @@ pub struct AppInner {
     /// Whose `X-Forwarded-For` is believed (`NEUROPIA_TRUSTED_PROXIES`).
     pub trusted_proxies: TrustedProxies,
     pub started: std::time::Instant,
+    /// Failed calls, written in the background for customers to see.
+    pub failures: crate::db::failures::Failures,
     /// Injected `db_fail` faults (outlive the ledger writer's restarts).
     pub ledger_fault: Arc<crate::actors::ledger::WriteFault>,
 }

@@ -5,6 +5,8 @@ pub mod audit;
 pub mod codes;
 pub mod config;
 mod error;
+pub mod export;
+pub mod failures;
 pub mod key_controls;
 pub mod keys;
 pub mod ledger;

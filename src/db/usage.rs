@@ -15,7 +15,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn ids(self) -> (Option<Uuid>, Option<Uuid>) {
+    pub(super) fn ids(self) -> (Option<Uuid>, Option<Uuid>) {
         match self {
             Self::User(u) => (Some(u), None),
             Self::Tenant(t) => (None, Some(t)),

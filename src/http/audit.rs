@@ -159,7 +159,7 @@ pub struct AuditPage {
 
 /// The audit log, newest first: a platform admin sees every entry, a tenant admin its
 /// tenant's.
-#[utoipa::path(get, path = "/api/admin/audit", tag = "audit",
+#[utoipa::path(get, path = "/api/admin/audit", operation_id = "list_audit", tag = "audit",
     params(AuditQuery), security(("jwt" = [])),
     responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]

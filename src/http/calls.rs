@@ -9,6 +9,7 @@ use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
+use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{body_bytes, discard_body, parse_json};
@@ -18,6 +19,7 @@ use crate::actors::keys::{AdmitError, Denied};
 use crate::auth::KeyHash;
 use crate::billing::AccountStatus;
 use crate::call::{self, CallError, Observe, Operation, Reply};
+use crate::db::failures::Failure;
 use crate::db::key_controls::OverBudget;
 use crate::state::AppState;
 use crate::upstream::UpstreamError;
@@ -79,7 +81,39 @@ pub async fn sell<O: Operation>(
     let body = parse_json::<Map<String, Value>>(&bytes)?;
     drop(bytes);
     let op = parse(body)?;
-    Ok(call::call(app, hash, op, client, ctx.id, ctx).await?)
+    let model = op.model().to_owned();
+    let id = ctx.id;
+    match call::call(app, hash, op, client, id, ctx).await {
+        Ok(reply) => Ok(reply),
+        Err(e) => {
+            let e = ApiError::from(e);
+            record_failure(app, hash, id, model, &e).await;
+            Err(e)
+        }
+    }
+}
+
+/// Keeps a call that failed after its key was known, for its owner to see (never charged).
+async fn record_failure(
+    app: &AppState,
+    hash: KeyHash,
+    request_id: Uuid,
+    model: String,
+    e: &ApiError,
+) {
+    let Ok(view) = app.keys.describe(hash).await else {
+        return;
+    };
+    app.failures.record(Failure {
+        request_id,
+        user_id: view.user_id,
+        tenant_id: view.tenant_id,
+        key_id: view.key_id,
+        model,
+        status: e.status().as_u16(),
+        error_code: e.code().to_owned(),
+        at: chrono::Utc::now(),
+    });
 }
 
 /// The answer, whole (JSON) or streamed (server-sent events).

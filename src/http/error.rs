@@ -137,6 +137,12 @@ impl ApiError {
         }
     }
 
+    /// The error's code as clients see it (else its type).
+    pub fn code(&self) -> &'static str {
+        let (kind, code) = self.kind_and_code();
+        code.unwrap_or(kind)
+    }
+
     fn kind_and_code(&self) -> (&'static str, Option<&'static str>) {
         match self {
             Self::BadRequest { code, .. } => ("invalid_request_error", Some(code)),

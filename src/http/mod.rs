@@ -13,6 +13,7 @@ pub mod chat;
 pub mod console;
 pub mod docs;
 pub mod error;
+pub mod export;
 pub mod extract;
 pub mod health;
 pub mod key_controls;
@@ -106,6 +107,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messages::count_tokens))
         .routes(routes!(chat::models))
         .routes(routes!(audit::list))
+        .routes(routes!(export::user))
+        .routes(routes!(export::tenant))
         .routes(routes!(model_markups::list))
         .routes(routes!(model_markups::set, model_markups::delete))
         .routes(routes!(selfservice::info))

@@ -38,7 +38,7 @@ async fn managed(app: &AppState, caller: &Caller, tenant: Uuid) -> Result<Decima
 }
 
 /// A tenant's markups per model.
-#[utoipa::path(get, path = "/api/tenants/{tenant_id}/model-markups", tag = "tenants",
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/model-markups", operation_id = "list_model_markups", tag = "tenants",
     params(("tenant_id" = Uuid, Path)), security(("jwt" = [])),
     responses((status = 200, body = ModelMarkupList), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
@@ -80,7 +80,7 @@ fn change(tenant: Uuid, model: &str, before: Option<Decimal>, after: Option<Deci
 }
 
 /// Sets the tenant's markup for one model (the next call is charged with it).
-#[utoipa::path(put, path = "/api/tenants/{tenant_id}/model-markups/{model}", tag = "tenants",
+#[utoipa::path(put, path = "/api/tenants/{tenant_id}/model-markups/{model}", operation_id = "set_model_markup", tag = "tenants",
     params(("tenant_id" = Uuid, Path), ("model" = String, Path)), request_body = SetModelMarkup,
     security(("jwt" = [])),
     responses((status = 200, body = ModelMarkupList), (status = 400, body = ErrorBody),
@@ -117,7 +117,7 @@ pub async fn set(
 }
 
 /// Removes the tenant's markup for one model (the tenant's or the user's applies again).
-#[utoipa::path(delete, path = "/api/tenants/{tenant_id}/model-markups/{model}", tag = "tenants",
+#[utoipa::path(delete, path = "/api/tenants/{tenant_id}/model-markups/{model}", operation_id = "delete_model_markup", tag = "tenants",
     params(("tenant_id" = Uuid, Path), ("model" = String, Path)), security(("jwt" = [])),
     responses((status = 200, body = ModelMarkupList), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]

@@ -72,7 +72,7 @@ fn available(key: &KeySummary, account: &BalanceView) -> Decimal {
 }
 
 /// The calling key's limits, budgets, spend and expiry, and its owner's balance and status.
-#[utoipa::path(get, path = "/api/key/info", tag = "self-service",
+#[utoipa::path(get, path = "/api/key/info", operation_id = "key_info", tag = "self-service",
     security(("virtual_key" = []), ("virtual_key_bearer" = [])),
     responses((status = 200, body = KeyInfo), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)))]
@@ -96,7 +96,7 @@ pub async fn info(
 
 /// OpenAI's old subscription object: `hard_limit_usd` is what the key has spent plus what
 /// it may still spend (in the account's currency, whatever the field's name).
-#[utoipa::path(get, path = "/v1/dashboard/billing/subscription", tag = "self-service",
+#[utoipa::path(get, path = "/v1/dashboard/billing/subscription", operation_id = "billing_subscription", tag = "self-service",
     security(("virtual_key" = []), ("virtual_key_bearer" = [])),
     responses((status = 200, description = "`{\"object\": \"billing_subscription\", \"hard_limit_usd\", ...}`"),
         (status = 401, body = ErrorBody)))]
@@ -134,7 +134,7 @@ fn midnight(d: NaiveDate) -> Option<DateTime<Utc>> {
 
 /// OpenAI's old usage object: what the key spent between the dates, in hundredths
 /// (`total_usage`, "cents" in OpenAI's terms).
-#[utoipa::path(get, path = "/v1/dashboard/billing/usage", tag = "self-service",
+#[utoipa::path(get, path = "/v1/dashboard/billing/usage", operation_id = "billing_usage", tag = "self-service",
     params(UsageDates), security(("virtual_key" = []), ("virtual_key_bearer" = [])),
     responses((status = 200, description = "`{\"object\": \"list\", \"total_usage\": 12.5}`"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]

@@ -120,6 +120,7 @@ pub enum KeyMsg {
 pub struct KeyView {
     pub key_id: Uuid,
     pub user_id: Uuid,
+    pub tenant_id: Uuid,
     pub gate: Gate,
 }
 
@@ -343,6 +344,7 @@ impl Actor for KeyActor {
                 let _ = reply.send(KeyView {
                     key_id: state.record.id,
                     user_id: state.record.user_id,
+                    tenant_id: state.record.tenant_id,
                     gate: state.gate.clone(),
                 });
             }
