@@ -46,7 +46,8 @@ DECLARE
     v_month date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
     v_held numeric;
 BEGIN
-    SELECT * INTO k FROM data.virtual_key WHERE id = p_key FOR UPDATE;
+    -- NO KEY: the ledger's usage rows hold KEY SHARE locks on the key (their foreign key).
+    SELECT * INTO k FROM data.virtual_key WHERE id = p_key FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN 'missing';
     END IF;

@@ -146,6 +146,8 @@ pub async fn build(config: Config) -> Result<AppState, String> {
     .await?;
 
     let timeout = config.actor_timeout();
+    // Every instance delivers the alerts due (the outbox hands each to one of them).
+    crate::alerts::start(pool.clone());
     let state = AppState::new(AppInner {
         instance,
         started: std::time::Instant::now(),

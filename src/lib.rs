@@ -55,6 +55,7 @@
 
 pub mod actors;
 pub mod address;
+pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod billing;

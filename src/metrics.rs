@@ -56,6 +56,12 @@ pub fn refusal(reason: &'static str) {
     counter!("neuropia_refusals_total", "reason" => reason).increment(1);
 }
 
+/// One attempt to deliver an alert, and whether its webhook took it.
+pub fn alert_attempt(delivered: bool) {
+    let outcome = if delivered { "delivered" } else { "failed" };
+    counter!("neuropia_alert_attempts_total", "outcome" => outcome).increment(1);
+}
+
 /// A failed call not recorded (the queue of failures to write was full).
 pub fn failure_dropped() {
     counter!("neuropia_failed_call_records_dropped_total").increment(1);

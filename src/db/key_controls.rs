@@ -97,7 +97,9 @@ pub(super) async fn apply(
     let pick = |new: Option<Option<Decimal>>, old: Option<Decimal>| new.unwrap_or(old);
     sqlx::query(
         "UPDATE data.virtual_key SET expires_at = $2, budget_total = $3, budget_monthly = $4,
-                allowed_ips = $5, updated_at = now()
+                allowed_ips = $5, updated_at = now(),
+                budget_alerted = budget_alerted AND budget_total IS NOT DISTINCT FROM $3
+                                 AND budget_monthly IS NOT DISTINCT FROM $4
          WHERE id = $1",
     )
     .bind(id)
@@ -167,16 +169,33 @@ pub(super) async fn spend(
     if keys.is_empty() {
         return Ok(());
     }
+    // The spend moves, and a key whose spend crosses 80 % of a budget is announced.
     sqlx::query(
-        "UPDATE data.virtual_key k SET
-             spent_total = k.spent_total + c.cost,
-             spent_month = CASE WHEN k.spent_month_of = date_trunc('month', now() AT TIME ZONE 'UTC')::date
-                                THEN k.spent_month ELSE 0 END + c.cost,
-             spent_month_of = date_trunc('month', now() AT TIME ZONE 'UTC')::date
-         FROM (SELECT key_id, sum(cost) AS cost
-                 FROM UNNEST($1::uuid[], $2::numeric[]) AS t(key_id, cost)
-                WHERE key_id IS NOT NULL GROUP BY key_id) c
-         WHERE k.id = c.key_id",
+        "WITH c AS (SELECT key_id, sum(cost) AS cost
+                      FROM UNNEST($1::uuid[], $2::numeric[]) AS t(key_id, cost)
+                     WHERE key_id IS NOT NULL GROUP BY key_id),
+              -- Rows locked in id order: every instance's ledger takes them in the same
+              -- order, so two commits touching the same keys never deadlock. NO KEY: the
+              -- usage rows' foreign keys hold KEY SHARE locks on them.
+              locked AS (SELECT k.id FROM data.virtual_key k JOIN c ON c.key_id = k.id
+                          ORDER BY k.id FOR NO KEY UPDATE OF k),
+              upd AS (UPDATE data.virtual_key k SET
+                          spent_total = k.spent_total + c.cost,
+                          spent_month = CASE WHEN k.spent_month_of = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+                                             THEN k.spent_month ELSE 0 END + c.cost,
+                          spent_month_of = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+                      FROM c, locked WHERE k.id = c.key_id AND locked.id = k.id
+                      RETURNING k.id, k.user_id, k.name, k.spent_total, k.spent_month,
+                                k.budget_total, k.budget_monthly, c.cost)
+         SELECT data.queue_alert(user_id, 'key.budget_80', jsonb_build_object(
+                    'virtual_key_id', id, 'key_name', name,
+                    'budget_total', budget_total, 'budget_monthly', budget_monthly,
+                    'spent_total', spent_total, 'spent_this_month', spent_month))
+         FROM upd
+         WHERE (budget_total > 0 AND spent_total - cost < 0.8 * budget_total
+                AND spent_total >= 0.8 * budget_total)
+            OR (budget_monthly > 0 AND spent_month - cost < 0.8 * budget_monthly
+                AND spent_month >= 0.8 * budget_monthly)",
     )
     .bind(keys)
     .bind(costs)

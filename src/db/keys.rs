@@ -374,7 +374,7 @@ pub async fn update(
     let current: Option<Limits> = sqlx::query_as(
         "SELECT (rate_limits->>'rpm')::int AS rpm, (rate_limits->>'tpm')::int AS tpm,
                 allowed_models AS models, limits_set_by AS set_by
-         FROM data.virtual_key WHERE id = $1 FOR UPDATE",
+         FROM data.virtual_key WHERE id = $1 FOR NO KEY UPDATE",
     )
     .bind(id)
     .fetch_optional(&mut *tx)
@@ -422,7 +422,7 @@ pub async fn set_active(
 ) -> Result<(), KeyChangeError> {
     let mut tx = pool.begin().await?;
     let row: Option<(bool, String)> = sqlx::query_as(
-        "SELECT is_active, status_set_by FROM data.virtual_key WHERE id = $1 FOR UPDATE",
+        "SELECT is_active, status_set_by FROM data.virtual_key WHERE id = $1 FOR NO KEY UPDATE",
     )
     .bind(id)
     .fetch_optional(&mut *tx)

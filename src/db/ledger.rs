@@ -135,7 +135,9 @@ pub async fn prepare_batch(
     // zero while the global balance is positive (another instance's top-up made it
     // `active`) stays `active`. With one instance the view is exact and neither applies.
     let rows = sqlx::query(
-        "UPDATE data.user_profile p SET
+        "WITH old AS (SELECT user_id, balance, status FROM data.user_profile
+                      WHERE user_id = ANY($1) ORDER BY user_id FOR NO KEY UPDATE)
+         UPDATE data.user_profile p SET
              balance = p.balance + d.delta,
              status = CASE
                  WHEN d.status = 'active' AND p.balance + d.delta <= 0 THEN 'overdue'
@@ -146,9 +148,10 @@ pub async fn prepare_batch(
              balance_version = p.balance_version + 1,
              updated_at = now()
          FROM UNNEST($1::uuid[], $2::numeric[], $3::text[], $4::numeric[])
-              AS d(user_id, delta, status, seen)
-         WHERE p.user_id = d.user_id
-         RETURNING p.user_id, p.balance, p.status, p.balance_version",
+              AS d(user_id, delta, status, seen), old
+         WHERE p.user_id = d.user_id AND old.user_id = d.user_id
+         RETURNING p.user_id, p.balance, p.status, p.balance_version,
+                   old.balance AS old_balance, old.status AS old_status",
     )
     .bind(&u_ids)
     .bind(&deltas)
@@ -156,6 +159,7 @@ pub async fn prepare_batch(
     .bind(&seen_balance)
     .fetch_all(&mut *tx)
     .await?;
+    super::alerts::on_balances(&mut tx, &rows).await?;
     let mut seen: HashSet<Uuid> = HashSet::new();
     for r in &rows {
         let after = balance_after(r, &up_to)?;

@@ -1,6 +1,7 @@
 //! PostgreSQL access: small async functions, one file per aggregate. SQL is never built
 //! with `format!`; SQLSTATEs are mapped to a [`DbError`] here, never above.
 
+pub mod alerts;
 pub mod audit;
 pub mod codes;
 pub mod config;

@@ -300,11 +300,12 @@ pub async fn update_user(
         suspended,
     } = change;
     let mut tx = pool.begin().await?;
-    let exists: Option<Uuid> =
-        sqlx::query_scalar("SELECT user_id FROM data.user_profile WHERE user_id = $1 FOR UPDATE")
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let exists: Option<Uuid> = sqlx::query_scalar(
+        "SELECT user_id FROM data.user_profile WHERE user_id = $1 FOR NO KEY UPDATE",
+    )
+    .bind(user_id)
+    .fetch_optional(&mut *tx)
+    .await?;
     if exists.is_none() {
         return Ok(false);
     }

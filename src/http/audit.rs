@@ -27,6 +27,7 @@ const SECRETS: &[&str] = &[
     "hashed_password",
     "code",
     "token",
+    "secret",
 ];
 
 fn redact(v: &mut Value) {

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod calls;
@@ -107,6 +108,9 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messages::count_tokens))
         .routes(routes!(chat::models))
         .routes(routes!(audit::list))
+        .routes(routes!(alerts::put, alerts::list))
+        .routes(routes!(alerts::delete))
+        .routes(routes!(alerts::alerts))
         .routes(routes!(export::user))
         .routes(routes!(export::tenant))
         .routes(routes!(model_markups::list))
