@@ -413,3 +413,52 @@ async fn a_key_holder_reads_its_limits_spend_and_balance_with_the_key_alone() {
     assert_eq!(s, 401, "a revoked key reads nothing");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_allow_list_reads_the_client_behind_a_trusted_proxy() {
+    let mock = mock_upstream().await;
+    // The tests' peer, 127.0.0.1, is the trusted proxy: the client is what it reports.
+    let app = TestApp::spawn_with(|c| c.trusted_proxies = "127.0.0.1/32".into()).await;
+    app.route_to_mock("qwen-turbo", &mock, "0.001", "0.002")
+        .await;
+    let (user, token) = app.register("proxied@example.com").await;
+    app.top_up(user, "10").await;
+    let key = app
+        .create_key(
+            &token,
+            user,
+            json!({"name": "office", "allowed_ips": ["203.0.113.0/24"]}),
+        )
+        .await;
+    let from = |client: &'static str| {
+        let (app, key) = (&app, key.clone());
+        async move {
+            let r = app
+                .client
+                .post(app.url("/v1/chat/completions"))
+                .bearer_auth(key)
+                .header("x-forwarded-for", client)
+                .json(&chat_body("qwen-turbo"))
+                .send()
+                .await
+                .expect("a response");
+            error_code(r).await
+        }
+    };
+    assert_eq!(from("203.0.113.7").await.0, 200);
+    assert_eq!(
+        from("198.51.100.7").await,
+        (403, "ip_not_allowed".to_owned())
+    );
+    // A client cannot pick its address: the header's rightmost untrusted entry counts.
+    assert_eq!(
+        from("203.0.113.7, 198.51.100.7").await,
+        (403, "ip_not_allowed".to_owned())
+    );
+    assert_eq!(
+        app.chat(&key, &chat_body("qwen-turbo")).await.status(),
+        403,
+        "the proxy itself"
+    );
+    app.stop().await;
+}
