@@ -36,39 +36,7 @@ CREATE TABLE data.key_budget_hold (
 );
 CREATE INDEX key_budget_hold_key ON data.key_budget_hold (key_id);
 
--- Holds `p_amount` of the key's budgets for `p_request` if it fits; returns NULL when held,
--- else which budget refused ('total' or 'monthly'), or 'missing'.
-CREATE FUNCTION data.hold_key_budget(p_key uuid, p_request text, p_amount numeric,
-                                     p_ttl_secs integer)
-RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    k data.virtual_key;
-    v_month date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
-    v_held numeric;
-BEGIN
-    -- NO KEY: the ledger's usage rows hold KEY SHARE locks on the key (their foreign key).
-    SELECT * INTO k FROM data.virtual_key WHERE id = p_key FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RETURN 'missing';
-    END IF;
-    DELETE FROM data.key_budget_hold WHERE key_id = p_key AND expires_at <= now();
-    SELECT coalesce(sum(amount), 0) INTO v_held
-      FROM data.key_budget_hold WHERE key_id = p_key AND request_id <> p_request;
-    IF k.budget_total IS NOT NULL AND k.spent_total + v_held + p_amount > k.budget_total THEN
-        RETURN 'total';
-    END IF;
-    IF k.budget_monthly IS NOT NULL
-       AND (CASE WHEN k.spent_month_of = v_month THEN k.spent_month ELSE 0 END)
-           + v_held + p_amount > k.budget_monthly THEN
-        RETURN 'monthly';
-    END IF;
-    INSERT INTO data.key_budget_hold (request_id, key_id, amount, expires_at)
-    VALUES (p_request, p_key, p_amount, now() + make_interval(secs => p_ttl_secs))
-    ON CONFLICT (request_id) DO UPDATE SET amount = EXCLUDED.amount,
-                                           expires_at = EXCLUDED.expires_at;
-    RETURN NULL;
-END
-$$;
+-- The hold itself, `data.hold_key_budget`, is in 0015 (it also announces refusals).
 
 -- The key notification carries the new controls, so every instance's key actor has them.
 CREATE OR REPLACE FUNCTION data.notify_virtual_key(k data.virtual_key, p_action text, p_extra jsonb)

@@ -46,8 +46,11 @@ RETURNS void LANGUAGE sql AS $$
     WHERE p.user_id = p_user AND (w.user_id IS NULL OR w.user_id = p_user)
 $$;
 
--- The budget hold, now announcing a key's first refusal since its budgets were set.
-CREATE OR REPLACE FUNCTION data.hold_key_budget(p_key uuid, p_request text, p_amount numeric,
+-- Holds `p_amount` of key `p_key`'s budgets for the call `p_request` if it fits what the
+-- key spent plus its open holds; returns NULL when held, else which budget refused
+-- ('total' or 'monthly'), or 'missing'. The key's first refusal since its budgets were set
+-- is announced.
+CREATE FUNCTION data.hold_key_budget(p_key uuid, p_request text, p_amount numeric,
                                                 p_ttl_secs integer)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE

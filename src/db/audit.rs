@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// One change, as recorded.
@@ -41,7 +41,7 @@ pub async fn insert(pool: &PgPool, e: NewEntry<'_>) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Entry {
     pub id: i64,
     pub at: DateTime<Utc>,
@@ -77,7 +77,7 @@ pub struct Filter {
 
 /// A page of entries, newest first.
 pub async fn list(pool: &PgPool, f: &Filter, limit: i64) -> Result<Vec<Entry>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT id, at, actor_id, actor_role, tenant_id, action, target_type, target_id,
                 request_id, before, after
          FROM data.audit_log
@@ -101,22 +101,5 @@ pub async fn list(pool: &PgPool, f: &Filter, limit: i64) -> Result<Vec<Entry>, s
     .bind(f.before)
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Entry {
-                id: r.try_get("id")?,
-                at: r.try_get("at")?,
-                actor_id: r.try_get("actor_id")?,
-                actor_role: r.try_get("actor_role")?,
-                tenant_id: r.try_get("tenant_id")?,
-                action: r.try_get("action")?,
-                target_type: r.try_get("target_type")?,
-                target_id: r.try_get("target_id")?,
-                request_id: r.try_get("request_id")?,
-                before: r.try_get("before")?,
-                after: r.try_get("after")?,
-            })
-        })
-        .collect()
+    .await
 }

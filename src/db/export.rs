@@ -11,7 +11,7 @@ use super::usage::{Range, Scope};
 use crate::billing::{Decimal, ser_money};
 
 /// One call: `status` 200 and its charge, or the failure's status and code (no charge).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CallRow {
     pub created_at: DateTime<Utc>,
     pub request_id: String,
@@ -81,7 +81,7 @@ pub async fn rows(
         "{CALLS} AND ($6::timestamptz IS NULL OR (created_at, request_id) > ($6, $7))
          ORDER BY created_at, request_id LIMIT $8"
     );
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    sqlx::query_as(AssertSqlSafe(sql))
         .bind(user)
         .bind(tenant)
         .bind(range.from)
@@ -91,24 +91,7 @@ pub async fn rows(
         .bind(after.map(|c| c.request_id.as_str()))
         .bind(limit)
         .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(CallRow {
-                created_at: r.try_get("created_at")?,
-                request_id: r.try_get("request_id")?,
-                user_id: r.try_get("user_id")?,
-                virtual_key_id: r.try_get("virtual_key_id")?,
-                provider: r.try_get("provider")?,
-                model: r.try_get("model")?,
-                input_tokens: r.try_get("input_tokens")?,
-                output_tokens: r.try_get("output_tokens")?,
-                cost: r.try_get("cost")?,
-                status: r.try_get("status")?,
-                error_code: r.try_get("error_code")?,
-            })
-        })
-        .collect()
+        .await
 }
 
 /// A dimension totals can be grouped by.
