@@ -178,13 +178,20 @@ async fn the_tree_shows_every_actor_with_its_state_and_pages_large_supervisors()
     assert!(r.text().await.unwrap().contains("/api/admin/actors"));
 
     // `neuropia actors`, as an operator runs it.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_neuropia"))
-        .args(["actors", "--url", &app.base, "--limit", "2"])
-        .env("NEUROPIA_TOKEN", &app.admin_token)
-        .env_remove("NEUROPIA_ADMIN_EMAIL")
-        .output()
-        .await
-        .unwrap();
+    let actors = |args: Vec<String>| {
+        let (base, token) = (app.base.clone(), app.admin_token.clone());
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_neuropia"))
+                .args(["actors", "--url", &base])
+                .args(args)
+                .env("NEUROPIA_TOKEN", token)
+                .env_remove("NEUROPIA_ADMIN_EMAIL")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let out = actors(vec!["--limit".into(), "2".into()]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -197,19 +204,7 @@ async fn the_tree_shows_every_actor_with_its_state_and_pages_large_supervisors()
     assert!(text.contains("… 1 more"), "{text}");
     assert!(text.contains("└─ upstreams [running"), "{text}");
     // --find keeps the actors whose name matches (here one key's, in a URL-safe way).
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_neuropia"))
-        .args([
-            "actors",
-            "--url",
-            &app.base,
-            "--find",
-            &format!("key:{kid}"),
-        ])
-        .env("NEUROPIA_TOKEN", &app.admin_token)
-        .env_remove("NEUROPIA_ADMIN_EMAIL")
-        .output()
-        .await
-        .unwrap();
+    let out = actors(vec!["--find".into(), format!("key:{kid}")]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert_eq!(text.matches("─ key:").count(), 1, "{text}");
