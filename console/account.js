@@ -31,6 +31,10 @@ export async function keys(uid = state.user) {
   const models = el("input", { id: "key-models", placeholder: "all models" });
   const rpm = el("input", { id: "key-rpm", type: "number", min: "1" });
   const tpm = el("input", { id: "key-tpm", type: "number", min: "1" });
+  const budget = el("input", { id: "key-budget", inputmode: "decimal" });
+  const monthly = el("input", { id: "key-monthly", inputmode: "decimal" });
+  const expires = el("input", { id: "key-expires", type: "date" });
+  const ips = el("input", { id: "key-ips", placeholder: "anywhere" });
   const shown = el("div", { id: "new-key", "aria-live": "polite" });
   const error = el("p", { class: "error", role: "alert", id: "new-key-error" });
   const form = el("form", { class: "stack", id: "new-key-form" },
@@ -38,6 +42,10 @@ export async function keys(uid = state.user) {
     el("label", { for: "key-models" }, "Allowed models (comma-separated)", models),
     el("label", { for: "key-rpm" }, "Requests per minute", rpm),
     el("label", { for: "key-tpm" }, "Tokens per minute", tpm),
+    el("label", { for: "key-budget" }, "Budget in all", budget),
+    el("label", { for: "key-monthly" }, "Budget per month", monthly),
+    el("label", { for: "key-expires" }, "Expires on", expires),
+    el("label", { for: "key-ips" }, "Allowed addresses (CIDR, comma-separated)", ips),
     el("button", { type: "submit" }, "Create key"), error, shown);
   let t;
   const redraw = async () => { const fresh = keyTable((await list()).data); t.replaceWith(fresh); t = fresh; };
@@ -49,6 +57,11 @@ export async function keys(uid = state.user) {
     if (allowed.length) body.allowed_models = allowed;
     if (rpm.value) body.rate_limit_rpm = Number(rpm.value);
     if (tpm.value) body.rate_limit_tpm = Number(tpm.value);
+    if (budget.value.trim()) body.budget_total = budget.value.trim();
+    if (monthly.value.trim()) body.budget_monthly = monthly.value.trim();
+    if (expires.value) body.expires_at = `${expires.value}T00:00:00Z`;
+    const ranges = ips.value.split(",").map((r) => r.trim()).filter(Boolean);
+    if (ranges.length) body.allowed_ips = ranges;
     try {
       const k = await api("POST", `/api/users/${uid}/virtual-keys`, body);
       shown.replaceChildren(...secret("Your new key, shown once:", k.virtual_key));
@@ -60,7 +73,8 @@ export async function keys(uid = state.user) {
 
   function keyTable(rows) {
     return el("table", { id: "keys" },
-      el("thead", {}, el("tr", {}, ["Name", "Key", "Models", "rpm", "tpm", "Active", ""].map((h) => el("th", { scope: "col" }, h)))),
+      el("thead", {}, el("tr", {}, ["Name", "Key", "Models", "rpm", "tpm", "Spent / budget", "Expires", "Active", ""]
+        .map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, rows.map((k) => {
         const rotate = button("Rotate", async () => {
           if (!confirm(`Rotate ${k.name}? The current secret stops working at once.`)) return;
@@ -85,10 +99,21 @@ export async function keys(uid = state.user) {
         });
         return el("tr", {}, el("td", {}, nameInput), el("td", {}, k.masked_key),
           el("td", {}, (k.allowed_models || []).join(", ") || "all"), el("td", {}, k.rate_limit_rpm ?? "—"),
-          el("td", {}, k.rate_limit_tpm ?? "—"), el("td", {}, k.is_active ? "yes" : "no"),
+          el("td", {}, k.rate_limit_tpm ?? "—"),
+          el("td", { "data-spend": k.id }, spend(k)),
+          el("td", {}, k.expires_at ? k.expires_at.slice(0, 10) : "—"),
+          el("td", {}, k.is_active ? "yes" : "no"),
           el("td", {}, rotate, " ", toggle));
       })));
   }
+}
+
+// What a key spent, against its budgets when it has any.
+function spend(k) {
+  const parts = [];
+  if (k.budget_total) parts.push(`${k.spent_total} / ${k.budget_total}`);
+  if (k.budget_monthly) parts.push(`${k.spent_this_month} / ${k.budget_monthly} this month`);
+  return parts.length ? parts.join("; ") : k.spent_total;
 }
 
 // A secret shown once, with a copy button.

@@ -121,6 +121,7 @@ async fn customers_admins_and_operators_use_the_console_in_a_browser() {
         (&json!(true), &json!(401))
     );
     assert_eq!(seen["renamed"], "renamed in the console");
+    assert_eq!(seen["key_spend"], "0 / 50", "{seen}");
     assert_eq!(seen["chat_status"], 200);
     assert_eq!(
         (&seen["calls"], &seen["usage_rows"]),

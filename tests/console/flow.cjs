@@ -51,6 +51,7 @@ async function signIn(page, email, password) {
   await shot(page, "overview");
   await page.getByRole("link", { name: "Keys" }).click();
   await page.getByLabel("Name").fill("from the console");
+  await page.getByLabel("Budget in all").fill("50");
   await page.getByRole("button", { name: "Create key" }).click();
   const first = (await page.locator("#plaintext").textContent()).trim();
   out.key_shown = first.startsWith("vk_");
@@ -72,6 +73,7 @@ async function signIn(page, email, password) {
   await page.getByRole("link", { name: "Overview" }).click();
   await page.getByRole("link", { name: "Keys" }).click();
   out.renamed = await page.locator("[data-key-name]").first().inputValue();
+  out.key_spend = (await page.locator("[data-spend]").first().textContent()).trim();
   await shot(page, "keys");
   const r = await fetch(`${GW}/v1/chat/completions`, {
     method: "POST",
