@@ -64,7 +64,7 @@ pub(super) async fn on_balances(tx: &mut PgConnection, rows: &[PgRow]) -> Result
 }
 
 /// A webhook as its owners see it: the secret never comes back.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Webhook {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -76,17 +76,6 @@ pub struct Webhook {
     pub created_at: DateTime<Utc>,
 }
 
-fn webhook(r: &PgRow) -> Result<Webhook, sqlx::Error> {
-    Ok(Webhook {
-        id: r.try_get("id")?,
-        tenant_id: r.try_get("tenant_id")?,
-        user_id: r.try_get("user_id")?,
-        url: r.try_get("url")?,
-        low_balance_threshold: r.try_get("low_balance_threshold")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
 /// Sets the webhook of a tenant (`user_id` `None`) or of one of its users.
 pub async fn put_webhook(
     pool: &PgPool,
@@ -96,7 +85,7 @@ pub async fn put_webhook(
     secret: &str,
     low_balance_threshold: Option<Decimal>,
 ) -> Result<Webhook, sqlx::Error> {
-    let row = sqlx::query(
+    sqlx::query_as(
         "INSERT INTO data.alert_webhook (tenant_id, user_id, url, secret, low_balance_threshold)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (tenant_id, user_id) DO UPDATE SET url = EXCLUDED.url,
@@ -109,19 +98,17 @@ pub async fn put_webhook(
     .bind(secret)
     .bind(low_balance_threshold)
     .fetch_one(pool)
-    .await?;
-    webhook(&row)
+    .await
 }
 
 pub async fn webhooks(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<Webhook>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT id, tenant_id, user_id, url, low_balance_threshold, created_at
          FROM data.alert_webhook WHERE tenant_id = $1 ORDER BY created_at, id",
     )
     .bind(tenant_id)
     .fetch_all(pool)
-    .await?;
-    rows.iter().map(webhook).collect()
+    .await
 }
 
 pub async fn delete_webhook(pool: &PgPool, tenant_id: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
@@ -134,7 +121,7 @@ pub async fn delete_webhook(pool: &PgPool, tenant_id: Uuid, id: Uuid) -> Result<
 }
 
 /// An event and how its delivery went.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Alert {
     pub id: i64,
     pub event_id: Uuid,
@@ -150,43 +137,22 @@ pub struct Alert {
     pub last_error: Option<String>,
 }
 
-fn alert(r: &PgRow) -> Result<Alert, sqlx::Error> {
-    let delivered_at: Option<DateTime<Utc>> = r.try_get("delivered_at")?;
-    Ok(Alert {
-        id: r.try_get("id")?,
-        event_id: r.try_get("event_id")?,
-        webhook_id: r.try_get("webhook_id")?,
-        event: r.try_get("event")?,
-        payload: r.try_get("payload")?,
-        created_at: r.try_get("created_at")?,
-        attempts: r.try_get("attempts")?,
-        next_attempt_at: if delivered_at.is_some() {
-            None
-        } else {
-            r.try_get("next_attempt_at")?
-        },
-        delivered_at,
-        last_status: r.try_get("last_status")?,
-        last_error: r.try_get("last_error")?,
-    })
-}
-
 /// A tenant's events, newest first.
 pub async fn alerts(pool: &PgPool, tenant_id: Uuid, limit: i64) -> Result<Vec<Alert>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT id, event_id, webhook_id, event, payload, created_at, attempts, delivered_at,
-                next_attempt_at, last_status, last_error
+                CASE WHEN delivered_at IS NULL THEN next_attempt_at END AS next_attempt_at,
+                last_status, last_error
          FROM data.alert_outbox WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2",
     )
     .bind(tenant_id)
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    rows.iter().map(alert).collect()
+    .await
 }
 
 /// An event to send now, with where and how to sign it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Due {
     pub id: i64,
     pub event_id: Uuid,
@@ -201,7 +167,7 @@ pub struct Due {
 /// Claims up to `limit` events due now: each is pushed `lease_secs` into the future, so no
 /// other instance sends it meanwhile.
 pub async fn claim(pool: &PgPool, limit: i64, lease_secs: i32) -> Result<Vec<Due>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "WITH due AS (SELECT id FROM data.alert_outbox
                        WHERE delivered_at IS NULL AND next_attempt_at <= now()
                        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
@@ -214,21 +180,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease_secs: i32) -> Result<Vec<Due
     .bind(limit)
     .bind(lease_secs)
     .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Due {
-                id: r.try_get("id")?,
-                event_id: r.try_get("event_id")?,
-                event: r.try_get("event")?,
-                payload: r.try_get("payload")?,
-                created_at: r.try_get("created_at")?,
-                attempts: r.try_get("attempts")?,
-                url: r.try_get("url")?,
-                secret: r.try_get("secret")?,
-            })
-        })
-        .collect()
+    .await
 }
 
 /// Records a delivery attempt: delivered, or tried again after `retry_secs`.

@@ -130,7 +130,7 @@ pub async fn ensure(
     .await
 }
 /// A tenant's markup for one public model.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ModelMarkup {
     pub model: String,
     #[serde(serialize_with = "crate::billing::ser_money")]
@@ -143,21 +143,13 @@ pub async fn model_markups(
     pool: &PgPool,
     tenant_id: Uuid,
 ) -> Result<Vec<ModelMarkup>, sqlx::Error> {
-    let rows: Vec<(String, Decimal, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+    sqlx::query_as(
         "SELECT model, markup_percent, updated_at FROM data.tenant_model_markup
          WHERE tenant_id = $1 ORDER BY model",
     )
     .bind(tenant_id)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(model, markup_percent, updated_at)| ModelMarkup {
-            model,
-            markup_percent,
-            updated_at,
-        })
-        .collect())
+    .await
 }
 
 /// Sets a tenant's markup for `model`; returns the one it replaced, if any.

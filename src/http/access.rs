@@ -54,6 +54,19 @@ impl Caller {
     }
 }
 
+/// The tenant `tenant_id`, if `caller` manages it (404 otherwise, and when it does not
+/// exist).
+pub async fn tenant(
+    app: &AppState,
+    caller: &Caller,
+    tenant_id: Uuid,
+) -> Result<db::tenants::Tenant, ApiError> {
+    caller.require_tenant(tenant_id)?;
+    db::tenants::get(&app.pool, tenant_id)
+        .await?
+        .ok_or_else(tenant_not_found)
+}
+
 /// Checks that `caller` may act on `user_id` (itself, or a user of a lower role in a tenant
 /// it manages) and that the user exists; returns the user's tenant.
 pub async fn user(app: &AppState, caller: &Caller, user_id: Uuid) -> Result<Uuid, ApiError> {

@@ -39,14 +39,6 @@ pub struct WebhookList {
     pub data: Vec<Webhook>,
 }
 
-async fn managed(app: &AppState, caller: &Caller, tenant_id: Uuid) -> Result<(), ApiError> {
-    caller.require_tenant(tenant_id)?;
-    db::tenants::get(&app.pool, tenant_id)
-        .await?
-        .ok_or_else(access::tenant_not_found)?;
-    Ok(())
-}
-
 /// Sets the tenant's webhook, or one of its users' (replacing the one there was).
 #[utoipa::path(put, path = "/api/tenants/{tenant_id}/webhooks", operation_id = "put_webhook",
     tag = "tenants", params(("tenant_id" = Uuid, Path)), request_body = PutWebhook,
@@ -60,7 +52,7 @@ pub async fn put(
     audit: Audit,
     JsonBody(body): JsonBody<PutWebhook>,
 ) -> Result<axum::Json<Webhook>, ApiError> {
-    managed(&app, &caller, tenant_id).await?;
+    access::tenant(&app, &caller, tenant_id).await?;
     let url = body.url.trim();
     if url.len() > 2048 || !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(ApiError::bad_request(
@@ -120,7 +112,7 @@ pub async fn list(
     caller: Caller,
     IdPath(tenant_id): IdPath,
 ) -> Result<axum::Json<WebhookList>, ApiError> {
-    managed(&app, &caller, tenant_id).await?;
+    access::tenant(&app, &caller, tenant_id).await?;
     let data = db::alerts::webhooks(&app.pool, tenant_id).await?;
     Ok(axum::Json(WebhookList { data }))
 }
@@ -137,7 +129,7 @@ pub async fn delete(
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
     audit: Audit,
 ) -> Result<axum::Json<WebhookList>, ApiError> {
-    managed(&app, &caller, tenant_id).await?;
+    access::tenant(&app, &caller, tenant_id).await?;
     if !db::alerts::delete_webhook(&app.pool, tenant_id, id).await? {
         return Err(ApiError::NotFound("no such webhook".into()));
     }
@@ -179,7 +171,7 @@ pub async fn alerts(
     q: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<AlertList>, ApiError> {
     let q = query(q)?;
-    managed(&app, &caller, tenant_id).await?;
+    access::tenant(&app, &caller, tenant_id).await?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 500"));

@@ -27,16 +27,6 @@ fn tenant_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::bad_request(format!("{raw:?} is not a valid id")))
 }
 
-/// Who may act on the tenant's model markups: its admin or a platform admin (404 for
-/// anyone else, as for the tenant itself).
-async fn managed(app: &AppState, caller: &Caller, tenant: Uuid) -> Result<Decimal, ApiError> {
-    caller.require_tenant(tenant)?;
-    Ok(db::tenants::get(&app.pool, tenant)
-        .await?
-        .ok_or_else(access::tenant_not_found)?
-        .markup_percent)
-}
-
 /// A tenant's markups per model.
 #[utoipa::path(get, path = "/api/tenants/{tenant_id}/model-markups", operation_id = "list_model_markups", tag = "tenants",
     params(("tenant_id" = Uuid, Path)), security(("jwt" = [])),
@@ -48,7 +38,7 @@ pub async fn list(
     Path(raw): Path<String>,
 ) -> Result<axum::Json<ModelMarkupList>, ApiError> {
     let tenant = tenant_id(&raw)?;
-    managed(&app, &caller, tenant).await?;
+    access::tenant(&app, &caller, tenant).await?;
     let data = db::tenants::model_markups(&app.pool, tenant).await?;
     Ok(axum::Json(ModelMarkupList { data }))
 }
@@ -93,7 +83,7 @@ pub async fn set(
     JsonBody(body): JsonBody<SetModelMarkup>,
 ) -> Result<axum::Json<ModelMarkupList>, ApiError> {
     let tenant = tenant_id(&raw)?;
-    let floor = managed(&app, &caller, tenant).await?;
+    let floor = access::tenant(&app, &caller, tenant).await?.markup_percent;
     if !app.snapshot.load().models.contains_key(&model) {
         return Err(ApiError::NotFound(format!(
             "model {model:?} does not exist"
@@ -128,7 +118,7 @@ pub async fn delete(
     audit: Audit,
 ) -> Result<axum::Json<ModelMarkupList>, ApiError> {
     let tenant = tenant_id(&raw)?;
-    managed(&app, &caller, tenant).await?;
+    access::tenant(&app, &caller, tenant).await?;
     let Some(before) = db::tenants::delete_model_markup(&app.pool, tenant, &model).await? else {
         return Err(ApiError::NotFound(format!(
             "the tenant has no markup for model {model:?}"

@@ -107,6 +107,8 @@ pub async fn subscription(
 ) -> Result<axum::Json<Value>, ApiError> {
     let (key, account) = key_and_account(&app, hash, client).await?;
     let limit = key.spent_total + available(&key, &account);
+    // OpenAI's format has JSON numbers here: the exact amount is converted for display
+    // only (`/api/key/info` gives it as an exact string); nothing is computed with it.
     let limit = limit.normalize().to_string().parse::<f64>().unwrap_or(0.0);
     Ok(axum::Json(json!({
         "object": "billing_subscription",

@@ -142,11 +142,9 @@ pub async fn get(
     caller: Caller,
     IdPath(tenant_id): IdPath,
 ) -> Result<axum::Json<Tenant>, ApiError> {
-    caller.require_tenant(tenant_id)?;
-    db::tenants::get(&app.pool, tenant_id)
-        .await?
+    access::tenant(&app, &caller, tenant_id)
+        .await
         .map(axum::Json)
-        .ok_or_else(access::tenant_not_found)
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -261,9 +259,7 @@ pub async fn create_user_in(
             "the platform tenant holds platform admins only",
         ));
     }
-    db::tenants::get(&app.pool, tenant_id)
-        .await?
-        .ok_or_else(access::tenant_not_found)?;
+    access::tenant(&app, &caller, tenant_id).await?;
     let role = body.role.unwrap_or(Role::User);
     match role {
         Role::User => {}
