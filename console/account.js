@@ -148,9 +148,9 @@ export async function usage(uid = state.user) {
       el("td", {}, r.input_tokens), el("td", {}, r.output_tokens), el("td", {}, r.cost))))), download);
   const ledger = await api("GET", `/api/users/${uid}/ledger?limit=50`);
   main.append(el("h2", {}, "Ledger"), el("table", { id: "ledger" },
-    el("thead", {}, el("tr", {}, ["When", "Kind", "Amount", "Status after"].map((h) => el("th", { scope: "col" }, h)))),
+    el("thead", {}, el("tr", {}, ["When", "Kind", "Calls", "Amount", "Status after"].map((h) => el("th", { scope: "col" }, h)))),
     el("tbody", {}, ledger.data.map((e) => el("tr", {}, el("td", {}, e.created_at), el("td", {}, e.kind),
-      el("td", {}, e.amount), el("td", {}, e.status_after))))));
+      el("td", {}, e.calls ?? ""), el("td", {}, e.amount), el("td", {}, e.status_after))))));
 }
 
 export async function prices(uid = state.user) {

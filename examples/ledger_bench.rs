@@ -54,6 +54,7 @@ fn charge(user_id: Uuid, tenant_id: Uuid, key_id: Uuid) -> NewEntry {
             reasoning_output_rate: None,
             platform_cost: amount,
             usage_source: "upstream",
+            budget_held: false,
         })),
         ack: None,
     }

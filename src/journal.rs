@@ -45,6 +45,8 @@ pub struct UsageRecord {
     pub platform_cost: Decimal,
     /// `upstream` when the upstream reported usage, `estimated` when the gateway counted.
     pub usage_source: &'static str,
+    /// The key's budget holds this call (`data.key_budget_hold`): the commit drops the hold.
+    pub budget_held: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -54,9 +54,11 @@ async fn usage_ids(app: &TestApp, user: Uuid) -> HashSet<String> {
         .collect()
 }
 
+/// The calls the ledger's charge rows account for (a row sums one flush's calls).
 async fn charge_count(app: &TestApp, user: Uuid) -> i64 {
     sqlx::query_scalar(
-        "SELECT count(*) FROM data.balance_ledger WHERE user_id = $1 AND kind = 'charge'",
+        "SELECT coalesce(sum(calls), 0) FROM data.balance_ledger
+         WHERE user_id = $1 AND kind = 'charge'",
     )
     .bind(user)
     .fetch_one(app.pool())

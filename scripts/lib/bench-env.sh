@@ -1,6 +1,6 @@
 # Sourced by the benchmark scripts: builds the release binary, starts the loopback mock
 # upstream and a gateway on a fresh database, and prepares a funded user with a key.
-# Leaves: BIN, GW (URL), GWS (every instance's URL), PGURL, DB, MOCK_PORT, ADMIN, USER_ID, TOKEN, KEY, work (temp dir).
+# Leaves: BIN, GW (URL), GW_PID, MOCK_PID, GWS (every instance's URL), PGURL, DB, MOCK_PORT, ADMIN, USER_ID, TOKEN, KEY, work (temp dir).
 set -euo pipefail
 MOCK_PORT="${MOCK_PORT:-19001}"
 GW_PORT="${GW_PORT:-13001}"
@@ -34,7 +34,7 @@ trap cleanup EXIT
 
 psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null
 "$BIN" mock-upstream --bind "127.0.0.1:$MOCK_PORT" >"$work/mock.log" 2>&1 &
-pids+=($!)
+pids+=($!); MOCK_PID=$!
 # INSTANCES=n (default 1) starts n gateways over the same database and Redis, on
 # GW_PORT, GW_PORT+1, ...; GWS lists their URLs (comma-separated), GW is the first.
 INSTANCES="${INSTANCES:-1}"
@@ -45,7 +45,7 @@ for i in $(seq 0 $((INSTANCES - 1))); do
     REDIS_URL="redis://127.0.0.1:6379/$BENCH_REDIS_DB" NEUROPIA_INSTANCES="$INSTANCES" \
     JWT_SECRET=bench-secret-0123456789 NEUROPIA_ADMIN_EMAIL=admin@bench.local \
     NEUROPIA_ADMIN_PASSWORD=bench-password-1 env ${BENCH_GATEWAY_ENV:-} "$BIN" serve >"$work/gw$i.log" 2>&1 &
-  pids+=($!)
+  pids+=($!); [ "$i" = 0 ] && GW_PID=$!
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done
   GWS="${GWS:+$GWS,}http://127.0.0.1:$port"
 done

@@ -59,6 +59,11 @@ impl Hold {
         Ok(())
     }
 
+    /// Whether a budget hold may exist for the call (the ledger drops it with the charge).
+    pub fn budget_held(&self) -> bool {
+        self.budget.is_some()
+    }
+
     /// The call used `tokens` and its charge is being settled, which takes the reservation
     /// over: the estimate becomes the real count and nothing is left to release.
     pub fn charged(&mut self, tokens: u64) {

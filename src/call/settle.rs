@@ -35,6 +35,7 @@ impl<O: Operation> Admitted<O> {
         usage: Usage,
         source: &'static str,
     ) -> Result<(), CallError> {
+        let budget_held = self.hold.budget_held();
         self.hold.charged(usage.total());
         let (charge, price) = self.price(&provider, &model, usage);
         let settled = self
@@ -59,6 +60,7 @@ impl<O: Operation> Admitted<O> {
                         reasoning_output_rate: price.reasoning_output_rate,
                         platform_cost: charge.platform_cost,
                         usage_source: source,
+                        budget_held,
                     },
                 },
             )

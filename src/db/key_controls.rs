@@ -158,18 +158,33 @@ pub async fn release(pool: &PgPool, request_id: Uuid) -> Result<(), sqlx::Error>
 }
 
 /// In the ledger's transaction: adds newly committed charges to their keys' spend (the
-/// month's restarting with a new calendar month) and drops their holds, so a charge moves
-/// from held to spent at once.
+/// month's restarting with a new calendar month) and drops the holds of `request_ids`
+/// (the calls of budgeted keys), so a charge moves from held to spent at once.
 pub(super) async fn spend(
     tx: &mut PgConnection,
     keys: &[Uuid],
     costs: &[Decimal],
     request_ids: &[&str],
 ) -> Result<(), sqlx::Error> {
-    if keys.is_empty() {
-        return Ok(());
+    if !keys.is_empty() {
+        spend_keys(tx, keys, costs).await?;
     }
-    // The spend moves, and a key whose spend crosses 80 % of a budget is announced.
+    // Only batches with budgeted keys' calls have holds to drop.
+    if !request_ids.is_empty() {
+        sqlx::query("DELETE FROM data.key_budget_hold WHERE request_id = ANY($1)")
+            .bind(request_ids)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The spend moves, and a key whose spend crosses 80 % of a budget is announced.
+async fn spend_keys(
+    tx: &mut PgConnection,
+    keys: &[Uuid],
+    costs: &[Decimal],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH c AS (SELECT key_id, sum(cost) AS cost
                       FROM UNNEST($1::uuid[], $2::numeric[]) AS t(key_id, cost)
@@ -201,9 +216,5 @@ pub(super) async fn spend(
     .bind(costs)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM data.key_budget_hold WHERE request_id = ANY($1)")
-        .bind(request_ids)
-        .execute(&mut *tx)
-        .await?;
     Ok(())
 }

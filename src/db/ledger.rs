@@ -1,8 +1,11 @@
-//! Writing a journal batch: ledger rows, usage rows and balance deltas in one transaction.
+//! Writing a journal batch: usage rows, ledger rows and balance deltas in one transaction.
 //!
-//! Every row is keyed by `request_id` with `ON CONFLICT DO NOTHING`, and balances move by
-//! the sum of the rows actually inserted, so writing a batch twice (after a crash between
-//! commit and acknowledgement) changes nothing the second time.
+//! Every call's `usage_log` row and every credit's `balance_ledger` row is keyed by
+//! `request_id` with `ON CONFLICT DO NOTHING`, and balances move by the sum of the rows
+//! actually inserted, so writing a batch twice (after a crash between commit and
+//! acknowledgement) changes nothing the second time. The calls a batch charges one user are
+//! summed in one `charge` ledger row (`calls` of them): the ledger explains every movement
+//! of the balance, the usage log every call.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -52,51 +55,23 @@ pub async fn prepare_batch(
     let mut tx = pool.begin().await?;
     let mut outcome = BatchOutcome::default();
 
-    let n = batch.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut users = Vec::with_capacity(n);
-    let mut kinds = Vec::with_capacity(n);
-    let mut amounts = Vec::with_capacity(n);
-    let mut statuses = Vec::with_capacity(n);
-    let mut notes: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(n);
-    for e in batch {
-        ids.push(e.request_id.as_str());
-        users.push(e.user_id);
-        kinds.push(e.kind.as_str());
-        amounts.push(e.delta);
-        statuses.push(e.status_after.as_str());
-        notes.push(match &e.kind {
-            EntryKind::TopUp { note } => note.clone(),
-            EntryKind::Charge(_) | EntryKind::Redemption { .. } => None,
-        });
-        times.push(e.created_at);
-    }
-    let inserted_ids: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO data.balance_ledger
-             (request_id, user_id, kind, amount, status_after, note, created_at)
-         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::numeric[], $5::text[],
-                              $6::text[], $7::timestamptz[])
-         ON CONFLICT (request_id) DO NOTHING
-         RETURNING request_id",
-    )
-    .bind(&ids)
-    .bind(&users)
-    .bind(&kinds)
-    .bind(&amounts)
-    .bind(&statuses)
-    .bind(&notes)
-    .bind(&times)
-    .fetch_all(&mut *tx)
-    .await?;
-    let inserted_ids: HashSet<String> = inserted_ids.into_iter().collect();
+    // Charges: a `usage_log` row each, whose unique `request_id` makes each happen once;
+    // credits: a `balance_ledger` row each, unique the same way.
+    let (charges, credits): (Vec<&Arc<EntryData>>, Vec<&Arc<EntryData>>) = batch
+        .iter()
+        .partition(|e| matches!(e.kind, EntryKind::Charge(_)));
+    let mut inserted_ids = insert_usage(&mut tx, &charges, &mut outcome).await?;
+    let charged: Vec<&Arc<EntryData>> = charges
+        .into_iter()
+        .filter(|e| inserted_ids.contains(e.request_id.as_str()))
+        .collect();
+    inserted_ids.extend(insert_credits(&mut tx, &credits).await?);
     let inserted: Vec<&Arc<EntryData>> = batch
         .iter()
-        .filter(|e| inserted_ids.contains(&e.request_id))
+        .filter(|e| inserted_ids.contains(e.request_id.as_str()))
         .collect();
     outcome.inserted = inserted.iter().map(|e| e.seq).collect();
-
-    insert_usage(&mut tx, &inserted, &mut outcome).await?;
+    ledger_charges(&mut tx, &charged).await?;
     claim_codes(&mut tx, &inserted).await?;
 
     // Per user: the sum of inserted deltas, and the status and balance the actor decided
@@ -268,12 +243,14 @@ fn balance_after(
     })
 }
 
+/// Inserts the usage rows of `charges` (those already written are skipped); returns the
+/// request ids inserted, and moves their keys' spend.
 async fn insert_usage(
     tx: &mut Transaction<'static, Postgres>,
-    inserted: &[&Arc<EntryData>],
+    charges: &[&Arc<EntryData>],
     outcome: &mut BatchOutcome,
-) -> Result<(), sqlx::Error> {
-    let charges: Vec<(&Arc<EntryData>, &crate::journal::UsageRecord)> = inserted
+) -> Result<HashSet<String>, sqlx::Error> {
+    let charges: Vec<(&Arc<EntryData>, &crate::journal::UsageRecord)> = charges
         .iter()
         .filter_map(|e| match &e.kind {
             EntryKind::Charge(u) => Some((*e, u.as_ref())),
@@ -281,7 +258,7 @@ async fn insert_usage(
         })
         .collect();
     if charges.is_empty() {
-        return Ok(());
+        return Ok(HashSet::new());
     }
     let n = charges.len();
     let mut ids = Vec::with_capacity(n);
@@ -330,7 +307,7 @@ async fn insert_usage(
         write_rates.push(u.cache_write_rate);
         reasoning_rates.push(u.reasoning_output_rate);
     }
-    let done = sqlx::query(
+    let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO data.usage_log
              (request_id, user_id, tenant_id, virtual_key_id, provider, model, input_tokens,
               output_tokens, tokens, input_rate, output_rate, markup_percent, platform_cost, cost,
@@ -341,7 +318,8 @@ async fn insert_usage(
                               $11::numeric[], $12::numeric[], $13::numeric[], $14::numeric[],
                               $15::text[], $16::timestamptz[], $17::int4[], $18::int4[],
                               $19::int4[], $20::numeric[], $21::numeric[], $22::numeric[])
-         ON CONFLICT (request_id) DO NOTHING",
+         ON CONFLICT (request_id) DO NOTHING
+         RETURNING request_id",
     )
     .bind(&ids)
     .bind(&users)
@@ -365,10 +343,131 @@ async fn insert_usage(
     .bind(&cached_rates)
     .bind(&write_rates)
     .bind(&reasoning_rates)
+    .fetch_all(&mut **tx)
+    .await?;
+    outcome.usage_rows = inserted.len();
+    let inserted: HashSet<String> = inserted.into_iter().collect();
+    // Only what was inserted now moves the keys' spend; holds go whatever happened (a
+    // duplicate's charge was committed before).
+    let (mut spent_keys, mut spent) = (Vec::new(), Vec::new());
+    let mut held = Vec::new();
+    for (e, u) in &charges {
+        if inserted.contains(e.request_id.as_str()) {
+            spent_keys.push(u.virtual_key_id);
+            spent.push(-e.delta);
+        }
+        if u.budget_held {
+            held.push(e.request_id.as_str());
+        }
+    }
+    super::key_controls::spend(tx, &spent_keys, &spent, &held).await?;
+    Ok(inserted)
+}
+
+/// Inserts the ledger rows of top-ups and redemptions (those already written are skipped);
+/// returns the request ids inserted.
+async fn insert_credits(
+    tx: &mut Transaction<'static, Postgres>,
+    credits: &[&Arc<EntryData>],
+) -> Result<Vec<String>, sqlx::Error> {
+    if credits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = credits.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut users = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut amounts = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut notes: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(n);
+    for e in credits {
+        ids.push(e.request_id.as_str());
+        users.push(e.user_id);
+        kinds.push(e.kind.as_str());
+        amounts.push(e.delta);
+        statuses.push(e.status_after.as_str());
+        notes.push(match &e.kind {
+            EntryKind::TopUp { note } => note.clone(),
+            EntryKind::Charge(_) | EntryKind::Redemption { .. } => None,
+        });
+        times.push(e.created_at);
+    }
+    sqlx::query_scalar(
+        "INSERT INTO data.balance_ledger
+             (request_id, user_id, kind, amount, status_after, note, created_at)
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::numeric[], $5::text[],
+                              $6::text[], $7::timestamptz[])
+         ON CONFLICT (request_id) DO NOTHING
+         RETURNING request_id",
+    )
+    .bind(&ids)
+    .bind(&users)
+    .bind(&kinds)
+    .bind(&amounts)
+    .bind(&statuses)
+    .bind(&notes)
+    .bind(&times)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// One `charge` ledger row per user (and UTC day, so that a day's ledger charges equal its
+/// usage exactly) for the calls `charged` in this batch (newly inserted, in journal order):
+/// their sum, their count, the status after the newest and its time, named after the
+/// newest call.
+async fn ledger_charges(
+    tx: &mut Transaction<'static, Postgres>,
+    charged: &[&Arc<EntryData>],
+) -> Result<(), sqlx::Error> {
+    if charged.is_empty() {
+        return Ok(());
+    }
+    type Day = chrono::NaiveDate;
+    let mut per_user: BTreeMap<(Uuid, Day), (Decimal, i32, &EntryData)> = BTreeMap::new();
+    for e in charged {
+        let day = e.created_at.date_naive();
+        let slot = per_user
+            .entry((e.user_id, day))
+            .or_insert((Decimal::ZERO, 0, e));
+        slot.0 += e.delta;
+        slot.1 += 1;
+        slot.2 = e;
+    }
+    let n = per_user.len();
+    let (mut ids, mut users, mut amounts, mut calls) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut statuses, mut times) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for ((user, _), (amount, count, newest)) in &per_user {
+        ids.push(format!("charges:{}", newest.request_id));
+        users.push(*user);
+        amounts.push(*amount);
+        calls.push(*count);
+        statuses.push(newest.status_after.as_str());
+        times.push(newest.created_at);
+    }
+    sqlx::query(
+        "INSERT INTO data.balance_ledger
+             (request_id, user_id, kind, amount, status_after, calls, created_at)
+         SELECT u.request_id, u.user_id, 'charge', u.amount, u.status_after, u.calls,
+                u.created_at
+         FROM UNNEST($1::text[], $2::uuid[], $3::numeric[], $4::text[], $5::int4[],
+                     $6::timestamptz[]) AS u(request_id, user_id, amount, status_after,
+                                             calls, created_at)",
+    )
+    .bind(&ids)
+    .bind(&users)
+    .bind(&amounts)
+    .bind(&statuses)
+    .bind(&calls)
+    .bind(&times)
     .execute(&mut **tx)
     .await?;
-    outcome.usage_rows = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
-    super::key_controls::spend(tx, &keys, &costs, &ids).await
+    Ok(())
 }
 
 /// Marks the codes of inserted redemption entries as redeemed by their user. The ledger's

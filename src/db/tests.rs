@@ -88,6 +88,7 @@ fn charge(
         reasoning_output_rate: None,
         platform_cost: d(amount),
         usage_source: "upstream",
+        budget_held: false,
     }));
     Arc::new(e)
 }
@@ -144,11 +145,66 @@ async fn a_batch_moves_each_users_balance_by_the_sum_of_its_entries(pool: PgPool
         after_a.map(|x| (x.balance, x.up_to_seq)),
         Some((d("9.25"), 4))
     );
+    // The two credits, and one row for a's two calls.
+    let rows: Vec<(String, Decimal, Option<i32>)> = sqlx::query_as(
+        "SELECT kind, amount, calls FROM data.balance_ledger WHERE user_id = $1 ORDER BY id",
+    )
+    .bind(a)
+    .fetch_all(&pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        rows,
+        [
+            ("topup".into(), d("10"), None),
+            ("charge".into(), d("-0.75"), Some(2))
+        ]
+    );
     assert_eq!(
         count(&pool, "SELECT count(*) FROM data.balance_ledger").await,
-        4
+        3
     );
     assert_eq!(count(&pool, "SELECT count(*) FROM data.usage_log").await, 2);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn charges_written_twice_are_charged_once(pool: PgPool) {
+    let a = user(&pool, "a@x.io").await;
+    let (key_a, _) = key(&pool, a, Role::User).await;
+    let active = AccountStatus::Active;
+    let first = [
+        entry(1, a, "10", ("10", active)),
+        charge(2, a, key_a, "0.25", ("9.75", active)),
+        charge(3, a, key_a, "0.5", ("9.25", active)),
+    ];
+    write(&pool, &first).await;
+    // The batch again (its commit's answer was lost), with one more call.
+    let again = write(
+        &pool,
+        &[
+            first[1].clone(),
+            first[2].clone(),
+            charge(4, a, key_a, "1", ("8.25", active)),
+        ],
+    )
+    .await;
+    assert_eq!(again.inserted.into_iter().collect::<Vec<_>>(), vec![4]);
+    assert_eq!(again.usage_rows, 1);
+    assert_eq!(stored(&pool, a).await.0, d("8.25"));
+    let charges: Vec<(Decimal, Option<i32>)> = sqlx::query_as(
+        "SELECT amount, calls FROM data.balance_ledger WHERE kind = 'charge' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(charges, [(d("-0.75"), Some(2)), (d("-1"), Some(1))]);
+    let spent: Decimal =
+        sqlx::query_scalar("SELECT spent_total FROM data.virtual_key WHERE id = $1")
+            .bind(key_a)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(spent, d("1.75"), "each call's spend once");
 }
 
 #[sqlx::test(migrations = "./migrations")]

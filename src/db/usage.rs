@@ -233,6 +233,9 @@ pub struct LedgerEntry {
     pub amount: Decimal,
     pub status_after: String,
     pub note: Option<String>,
+    /// A `charge` row sums the calls of one flush: how many (their `usage_log` rows hold
+    /// each call). Absent for credits, and for charges written one per call before.
+    pub calls: Option<i32>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -244,7 +247,7 @@ pub async fn ledger_page(
     limit: i64,
 ) -> Result<Vec<LedgerEntry>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, request_id, kind, amount, status_after, note, created_at
+        "SELECT id, request_id, kind, amount, status_after, note, calls, created_at
          FROM data.balance_ledger
          WHERE user_id = $1 AND ($2::bigint IS NULL OR id < $2)
          ORDER BY id DESC LIMIT $3",
@@ -263,6 +266,7 @@ pub async fn ledger_page(
                 amount: r.try_get("amount")?,
                 status_after: r.try_get("status_after")?,
                 note: r.try_get("note")?,
+                calls: r.try_get("calls")?,
                 created_at: r.try_get("created_at")?,
             })
         })

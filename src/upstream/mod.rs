@@ -15,6 +15,7 @@
 //!   reaches the client.
 
 pub mod anthropic;
+mod h1;
 pub mod messages;
 mod messages_stream;
 pub mod mock;
@@ -26,6 +27,7 @@ mod send;
 pub mod sse;
 pub mod stream;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -69,6 +71,9 @@ pub struct Upstreams {
     /// For the operator's own Portkey gateway (`PORTKEY_GATEWAY_URL`), often on a private
     /// network.
     portkey_client: reqwest::Client,
+    /// `http://` upstreams: connections driven by the calling task ([`h1`]).
+    plain: Arc<h1::Pool>,
+    plain_portkey: Arc<h1::Pool>,
     allow_private: bool,
     openai_key: Option<Secret>,
     dashscope_key: Option<Secret>,
@@ -82,6 +87,10 @@ pub struct Upstreams {
     mock_pace: Duration,
 }
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle upstream connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 impl Upstreams {
     pub fn new(
         config: &Config,
@@ -90,9 +99,9 @@ impl Upstreams {
     ) -> Result<Self, String> {
         let builder = || {
             reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
+                .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
-                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_idle_timeout(IDLE_TIMEOUT)
                 // A redirect could lead a call (and its key) anywhere.
                 .redirect(reqwest::redirect::Policy::none())
         };
@@ -108,6 +117,12 @@ impl Upstreams {
         Ok(Self {
             client: built(providers)?,
             portkey_client: built(builder())?,
+            plain: Arc::new(h1::Pool::new(
+                config.allow_private_upstreams,
+                CONNECT_TIMEOUT,
+                IDLE_TIMEOUT,
+            )),
+            plain_portkey: Arc::new(h1::Pool::new(true, CONNECT_TIMEOUT, IDLE_TIMEOUT)),
             allow_private: config.allow_private_upstreams,
             openai_key: key(&config.openai_api_key),
             dashscope_key: key(&config.dashscope_api_key),

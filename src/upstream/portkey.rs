@@ -78,20 +78,18 @@ pub async fn execute(
         .request_timeout
         .map(Duration::from_millis)
         .unwrap_or(up.default_timeout);
-    let call = send::post(
-        &up.portkey_client,
-        &format!("{}/v1/{}", up.portkey_url, out.endpoint.openai_path()),
-        out.request_id,
-        encode(&req)?,
-    )
-    .header("x-portkey-config", config.to_string());
-    let response = send::send(call, out.stream, timeout).await?;
-    let index = target_index(
-        response
-            .headers()
-            .get("x-portkey-last-used-option-index")
-            .and_then(|v| v.to_str().ok()),
-    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    let response = up
+        .post(
+            send::Via::Portkey,
+            &format!("{}/v1/{}", up.portkey_url, out.endpoint.openai_path()),
+            out.request_id,
+            &[("x-portkey-config", &config.to_string())],
+            encode(&req)?,
+            deadline,
+        )
+        .await?;
+    let index = target_index(response.header("x-portkey-last-used-option-index"));
     let target = plan.targets.get(index).unwrap_or(&plan.targets[0]);
     let answered = Resolved {
         provider: target.provider.clone(),
@@ -101,7 +99,7 @@ pub async fn execute(
         key: None,
         model: target.model(out.model).to_owned(),
     };
-    send::answer(response, &answered, out, timeout).await
+    send::answer(response, &answered, out, (timeout, deadline)).await
 }
 
 #[cfg(test)]

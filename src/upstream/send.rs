@@ -1,69 +1,158 @@
 //! The one send path, shared by the direct router and the Portkey hand-off: a JSON POST
 //! sent within a timeout (a stream's headers within it, its body then paced by the idle
-//! timeout), a failed status mapped to its [`UpstreamError`], and the answer read whole
-//! (with the usage it reports) or handed on as a stream.
+//! timeout), over plain HTTP by [`h1`] (the call's own task drives the connection) or over
+//! HTTPS by reqwest, a failed status mapped to its [`UpstreamError`], and the answer read
+//! whole (with the usage it reports) or handed on as a stream.
 
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::http::StatusCode;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde_json::{Map, Value};
+use tokio::time::Instant;
 
 use super::providers::Resolved;
 use super::reply::{openai_usage, status_error, transport_error};
 use super::{
     Answer, Endpoint, Outbound, StreamReply, UpstreamError, UpstreamReply, Upstreams, Wire,
-    anthropic, messages,
+    anthropic, h1, messages,
 };
 use crate::billing::Usage;
 
-/// A JSON POST to an upstream, with the call's request id.
-pub(super) fn post(
-    client: &reqwest::Client,
-    url: &str,
-    request_id: &str,
-    payload: Vec<u8>,
-) -> reqwest::RequestBuilder {
-    client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-request-id", request_id)
-        .body(payload)
+/// Which client a POST goes through: the providers' (public addresses only unless private
+/// upstreams are allowed) or the one for the operator's Portkey gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    Provider,
+    Portkey,
 }
 
-/// Sends `call`; a successful response's body is still to be read. A whole answer must
-/// arrive within `timeout`; a stream's headers must.
-pub(super) async fn send(
-    mut call: reqwest::RequestBuilder,
-    stream: bool,
-    timeout: Duration,
-) -> Result<reqwest::Response, UpstreamError> {
-    if !stream {
-        call = call.timeout(timeout);
+/// An upstream's answer whose head has arrived: over plain HTTP from the client the call's
+/// task drives ([`h1`]), over HTTPS from reqwest.
+pub(super) enum Response {
+    Plain(h1::Response),
+    Tls(reqwest::Response),
+}
+
+impl Response {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Plain(r) => r.status,
+            Self::Tls(r) => r.status(),
+        }
     }
-    let response = tokio::time::timeout(timeout, call.send())
-        .await
-        .map_err(|_| UpstreamError::Timeout)?
-        .map_err(transport_error)?;
-    let status = response.status();
-    if !status.is_success() {
-        let body = tokio::time::timeout(timeout, response.bytes())
+
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
+        let headers = match self {
+            Self::Plain(r) => &r.headers,
+            Self::Tls(r) => r.headers(),
+        };
+        headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    async fn bytes(self) -> Result<Bytes, UpstreamError> {
+        match self {
+            Self::Plain(r) => r
+                .body
+                .bytes()
+                .await
+                .map_err(|_| UpstreamError::failed("the upstream connection failed")),
+            Self::Tls(r) => r.bytes().await.map_err(transport_error),
+        }
+    }
+
+    fn into_stream(self) -> BoxStream<'static, Result<Bytes, String>> {
+        match self {
+            Self::Plain(r) => r.body.boxed(),
+            Self::Tls(r) => r
+                .bytes_stream()
+                .map(|c| c.map_err(|e| e.to_string()))
+                .boxed(),
+        }
+    }
+}
+
+impl Upstreams {
+    /// POSTs a JSON `payload` with the call's request id and `headers`, within `deadline`
+    /// for the answer's head. A failed status is mapped to its [`UpstreamError`]; a
+    /// successful answer's body is still to be read.
+    pub(super) async fn post(
+        &self,
+        via: Via,
+        url: &str,
+        request_id: &str,
+        headers: &[(&'static str, &str)],
+        payload: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Response, UpstreamError> {
+        let sent = async {
+            if url.starts_with("http://") {
+                let pool = match via {
+                    Via::Provider => &self.plain,
+                    Via::Portkey => &self.plain_portkey,
+                };
+                let mut all = Vec::with_capacity(headers.len() + 2);
+                all.push(("content-type", "application/json"));
+                all.push(("x-request-id", request_id));
+                all.extend_from_slice(headers);
+                return pool
+                    .post(url, &all, payload)
+                    .await
+                    .map(Response::Plain)
+                    .map_err(|e| {
+                        tracing::debug!(error = %e, "upstream call failed");
+                        match e {
+                            h1::Error::Connect(_) => {
+                                UpstreamError::failed("could not connect to the upstream")
+                            }
+                            h1::Error::Transport(_) => {
+                                UpstreamError::failed("the upstream connection failed")
+                            }
+                        }
+                    });
+            }
+            let client = match via {
+                Via::Provider => &self.client,
+                Via::Portkey => &self.portkey_client,
+            };
+            let mut call = client
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-request-id", request_id)
+                .body(payload);
+            for (name, value) in headers {
+                call = call.header(*name, *value);
+            }
+            call.send()
+                .await
+                .map(Response::Tls)
+                .map_err(transport_error)
+        };
+        let response = tokio::time::timeout_at(deadline, sent)
             .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        return Err(status_error(status, &body));
+            .map_err(|_| UpstreamError::Timeout)??;
+        let status = response.status();
+        if !status.is_success() {
+            let body = tokio::time::timeout_at(deadline, response.bytes())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            return Err(status_error(status, &body));
+        }
+        Ok(response)
     }
-    Ok(response)
 }
 
 /// Reads a successful response: the stream to pump, or the whole answer (OpenAI-shaped,
 /// translated from Anthropic's format if need be) with the usage it reports.
 pub(super) async fn answer(
-    response: reqwest::Response,
+    response: Response,
     to: &Resolved,
     out: &Outbound<'_>,
-    timeout: Duration,
+    (timeout, deadline): (Duration, Instant),
 ) -> Result<Answer, UpstreamError> {
     if out.stream {
         return Ok(Answer::Stream(StreamReply {
@@ -71,14 +160,13 @@ pub(super) async fn answer(
             model: to.model.clone(),
             wire: to.wire,
             endpoint: out.endpoint,
-            body: response
-                .bytes_stream()
-                .map(|c| c.map_err(|e| e.to_string()))
-                .boxed(),
+            body: response.into_stream(),
             idle_timeout: timeout,
         }));
     }
-    let bytes = response.bytes().await.map_err(transport_error)?;
+    let bytes = tokio::time::timeout_at(deadline, response.bytes())
+        .await
+        .map_err(|_| UpstreamError::Timeout)??;
     let invalid = |_| UpstreamError::failed("the upstream answered with invalid JSON");
     let (body, usage) = match (to.wire, out.endpoint) {
         (Wire::OpenAi, Endpoint::Messages) => {
@@ -161,25 +249,40 @@ impl Upstreams {
                 encode(&payload)?
             }
         };
-        let mut call = post(&self.client, &to.url, out.request_id, payload);
+        let bearer;
+        let mut headers: Vec<(&'static str, &str)> = Vec::with_capacity(3);
         if let Some(key) = &to.key {
-            call = match to.wire {
-                Wire::OpenAi => call.bearer_auth(key.expose()),
+            match to.wire {
+                Wire::OpenAi => {
+                    bearer = format!("Bearer {}", key.expose());
+                    headers.push(("authorization", &bearer));
+                }
                 Wire::Anthropic => {
                     let asked = out.anthropic;
-                    let version = asked.version.as_deref().unwrap_or(anthropic::VERSION);
-                    let call = call
-                        .header("x-api-key", key.expose())
-                        .header("anthropic-version", version);
-                    match &asked.beta {
-                        Some(beta) => call.header("anthropic-beta", beta),
-                        None => call,
+                    headers.push(("x-api-key", key.expose()));
+                    headers.push((
+                        "anthropic-version",
+                        asked.version.as_deref().unwrap_or(anthropic::VERSION),
+                    ));
+                    if let Some(beta) = &asked.beta {
+                        headers.push(("anthropic-beta", beta));
                     }
                 }
-            };
+            }
         }
-        let response = send(call, stream, timeout).await?;
-        answer(response, to, out, timeout).await
+        // A stream's head must arrive within the timeout; a whole answer, all of it.
+        let deadline = Instant::now() + timeout;
+        let response = self
+            .post(
+                Via::Provider,
+                &to.url,
+                out.request_id,
+                &headers,
+                payload,
+                deadline,
+            )
+            .await?;
+        answer(response, to, out, (timeout, deadline)).await
     }
 }
 

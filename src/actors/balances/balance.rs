@@ -511,6 +511,7 @@ mod tests {
                 reasoning_output_rate: None,
                 platform_cost: Decimal::ZERO,
                 usage_source: "upstream",
+                budget_held: false,
             },
         }
     }
