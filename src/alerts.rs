@@ -41,13 +41,16 @@ fn backoff(attempts: i32) -> i32 {
     (1_i32 << (attempts - 1).clamp(0, 12)).min(3600)
 }
 
-/// Starts this instance's deliverer.
-pub fn start(pool: PgPool) {
-    let client = reqwest::Client::builder()
+/// Starts this instance's deliverer. Webhooks are called on public addresses only unless
+/// `allow_private` (a name saved as public may resolve to a private address later).
+pub fn start(pool: PgPool, allow_private: bool) {
+    let mut client = reqwest::Client::builder()
         .timeout(TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("an HTTP client");
+        .redirect(reqwest::redirect::Policy::none());
+    if !allow_private {
+        client = client.dns_resolver(std::sync::Arc::new(crate::address::PublicOnly));
+    }
+    let client = client.build().expect("an HTTP client");
     tokio::spawn(async move {
         // Until the gateway closes its pool (it stops).
         while !pool.is_closed() {

@@ -147,7 +147,7 @@ pub async fn build(config: Config) -> Result<AppState, String> {
 
     let timeout = config.actor_timeout();
     // Every instance delivers the alerts due (the outbox hands each to one of them).
-    crate::alerts::start(pool.clone());
+    crate::alerts::start(pool.clone(), config.allow_private_upstreams);
     let state = AppState::new(AppInner {
         instance,
         started: std::time::Instant::now(),
