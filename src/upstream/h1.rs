@@ -45,11 +45,17 @@ struct Idle {
 /// `host:port` of an upstream.
 type Origin = (Arc<str>, u16);
 
-/// Idle connections per origin.
-pub struct Pool {
+struct Idles {
     // Boxed so that a call moves a pointer, not the connection, in and out.
     #[allow(clippy::vec_box)]
-    idle: Mutex<HashMap<Origin, Vec<Box<Idle>>>>,
+    by_origin: HashMap<Origin, Vec<Box<Idle>>>,
+    /// When connections past the idle timeout were last closed, for every origin.
+    swept: Instant,
+}
+
+/// Idle connections per origin.
+pub struct Pool {
+    idle: Mutex<Idles>,
     /// Only public addresses are called unless private upstreams are allowed.
     allow_private: bool,
     connect_timeout: Duration,
@@ -83,7 +89,10 @@ pub struct Response {
 impl Pool {
     pub fn new(allow_private: bool, connect_timeout: Duration, idle_timeout: Duration) -> Self {
         Self {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Idles {
+                by_origin: HashMap::new(),
+                swept: Instant::now(),
+            }),
             allow_private,
             connect_timeout,
             idle_timeout,
@@ -103,7 +112,11 @@ impl Pool {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let origin: Origin = (Arc::from(host), uri.port_u16().unwrap_or(80));
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let authority = uri.authority().map_or(host, |a| a.as_str());
+        // `host[:port]`, without any `user:password@`.
+        let authority = uri
+            .authority()
+            .and_then(|a| a.as_str().rsplit('@').next())
+            .unwrap_or(host);
         let payload = Bytes::from(payload);
         let request = || {
             let mut b = Request::post(path).header("host", authority);
@@ -145,7 +158,7 @@ impl Pool {
     /// An idle connection to `origin` that is still open.
     fn take(&self, origin: &Origin) -> Option<Box<Idle>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(origin)?;
+        let list = idle.by_origin.get_mut(origin)?;
         while let Some(mut c) = list.pop() {
             if c.since.elapsed() > self.idle_timeout {
                 continue;
@@ -163,7 +176,17 @@ impl Pool {
 
     fn put(&self, origin: Origin, c: Box<Idle>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(origin).or_default();
+        // Origins no call goes to any more: their connections close once past the idle
+        // timeout (looked at once a second at most).
+        if idle.swept.elapsed() > Duration::from_secs(1) {
+            let timeout = self.idle_timeout;
+            idle.by_origin.retain(|_, list| {
+                list.retain(|c| c.since.elapsed() <= timeout);
+                !list.is_empty()
+            });
+            idle.swept = Instant::now();
+        }
+        let list = idle.by_origin.entry(origin).or_default();
         if list.len() < self.max_idle {
             list.push(c);
         }
@@ -249,23 +272,21 @@ pub struct Body {
 }
 
 impl Body {
-    /// The whole body.
+    /// The whole body (one piece is returned as it came, without a copy).
     pub async fn bytes(mut self) -> Result<Bytes, String> {
         use futures::StreamExt;
-        let mut out: Vec<u8> = Vec::new();
-        let mut first: Option<Bytes> = None;
+        let Some(first) = self.next().await.transpose()? else {
+            return Ok(Bytes::new());
+        };
+        let Some(second) = self.next().await.transpose()? else {
+            return Ok(first);
+        };
+        let mut out = Vec::from(first);
+        out.extend_from_slice(&second);
         while let Some(chunk) = self.next().await {
-            let chunk = chunk?;
-            match first.take() {
-                None if out.is_empty() => first = Some(chunk),
-                Some(f) => {
-                    out.extend_from_slice(&f);
-                    out.extend_from_slice(&chunk);
-                }
-                None => out.extend_from_slice(&chunk),
-            }
+            out.extend_from_slice(&chunk?);
         }
-        Ok(first.unwrap_or_else(|| Bytes::from(out)))
+        Ok(Bytes::from(out))
     }
 
     fn release(&mut self) {
@@ -331,52 +352,67 @@ mod tests {
     use super::*;
 
     /// A server answering each request on a connection with `answer`, closing the
-    /// connection after `per_conn` answers; counts the connections it accepted.
-    async fn server(answer: &'static [u8], per_conn: usize) -> (String, Arc<AtomicUsize>) {
+    /// connection after `per_conn` answers; counts the connections it accepted and those it
+    /// has closed.
+    async fn server(
+        answer: &'static [u8],
+        per_conn: usize,
+    ) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (count, count_closed) = (accepted.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok((mut tcp, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
+                let closed = count_closed.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 65536];
-                    for _ in 0..per_conn {
-                        // One request: its head, then its declared body.
-                        let mut got = Vec::new();
-                        let body_len = loop {
-                            let Ok(n) = tcp.read(&mut buf).await else {
-                                return;
-                            };
-                            if n == 0 {
-                                return;
-                            }
-                            got.extend_from_slice(&buf[..n]);
-                            let text = String::from_utf8_lossy(&got).to_string();
-                            if let Some(end) = text.find("\r\n\r\n") {
-                                let len: usize = text
-                                    .lines()
-                                    .find_map(|l| l.strip_prefix("content-length: "))
-                                    .and_then(|v| v.trim().parse().ok())
-                                    .unwrap_or(0);
-                                break end + 4 + len;
-                            }
-                        };
-                        while got.len() < body_len {
-                            let Ok(n) = tcp.read(&mut buf).await else {
-                                return;
-                            };
-                            got.extend_from_slice(&buf[..n]);
-                        }
-                        if tcp.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
+                    serve(&mut tcp, answer, per_conn).await;
+                    drop(tcp);
+                    closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
-        (format!("http://{addr}/v1/chat/completions"), accepted)
+        (
+            format!("http://{addr}/v1/chat/completions"),
+            accepted,
+            closed,
+        )
+    }
+
+    /// Answers up to `per_conn` requests (each read whole: head, then its declared body).
+    async fn serve(tcp: &mut TcpStream, answer: &[u8], per_conn: usize) {
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..per_conn {
+            let mut got = Vec::new();
+            let body_len = loop {
+                let Ok(n) = tcp.read(&mut buf).await else {
+                    return;
+                };
+                if n == 0 {
+                    return;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    break end + 4 + len;
+                }
+            };
+            while got.len() < body_len {
+                let Ok(n) = tcp.read(&mut buf).await else {
+                    return;
+                };
+                got.extend_from_slice(&buf[..n]);
+            }
+            if tcp.write_all(answer).await.is_err() {
+                return;
+            }
+        }
     }
 
     const WHOLE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
@@ -394,7 +430,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_reuse_one_connection_and_read_whole_and_chunked_bodies() {
-        let (url, accepted) = server(WHOLE, usize::MAX).await;
+        let (url, accepted, _) = server(WHOLE, usize::MAX).await;
         let pool = pool();
         for _ in 0..5 {
             let r = pool
@@ -410,7 +446,7 @@ mod tests {
             "one connection for five calls"
         );
 
-        let (url, accepted) = server(CHUNKED, usize::MAX).await;
+        let (url, accepted, _) = server(CHUNKED, usize::MAX).await;
         for _ in 0..3 {
             let r = pool.post(&url, &[], b"{}".to_vec()).await.expect("answer");
             let chunks: Vec<Bytes> = r.body.map(|c| c.expect("chunk")).collect().await;
@@ -422,20 +458,23 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_server_closed_is_not_reused() {
         // One answer per connection, then the server closes it.
-        let (url, accepted) = server(WHOLE, 1).await;
+        let (url, accepted, closed) = server(WHOLE, 1).await;
         let pool = pool();
-        for _ in 0..3 {
+        for i in 1..=3 {
             let r = pool.post(&url, &[], b"{}".to_vec()).await.expect("answer");
             assert_eq!(r.body.bytes().await.expect("body"), &b"{\"ok\":true}"[..]);
-            // Let the close reach the client.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Until the server has closed the connection (on loopback its end is then
+            // waiting at the client).
+            while closed.load(Ordering::SeqCst) < i {
+                tokio::task::yield_now().await;
+            }
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
     async fn a_body_left_unread_does_not_return_its_connection() {
-        let (url, accepted) = server(CHUNKED, usize::MAX).await;
+        let (url, accepted, _) = server(CHUNKED, usize::MAX).await;
         let pool = pool();
         let r = pool.post(&url, &[], b"{}".to_vec()).await.expect("answer");
         drop(r);
@@ -446,7 +485,7 @@ mod tests {
 
     #[tokio::test]
     async fn private_addresses_are_refused_unless_allowed() {
-        let (url, accepted) = server(WHOLE, usize::MAX).await;
+        let (url, accepted, _) = server(WHOLE, usize::MAX).await;
         let public_only = Arc::new(Pool::new(
             false,
             Duration::from_secs(1),

@@ -27,7 +27,6 @@ mod send;
 pub mod sse;
 pub mod stream;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -66,14 +65,11 @@ pub struct AnthropicHeaders {
 /// Everything needed to call upstreams: one pooled HTTP client, the platform keys, the
 /// circuit breakers.
 pub struct Upstreams {
-    /// For providers: with [`crate::address::PublicOnly`] unless private upstreams are allowed.
-    client: reqwest::Client,
+    /// For providers: public addresses only unless private upstreams are allowed.
+    providers: send::Client,
     /// For the operator's own Portkey gateway (`PORTKEY_GATEWAY_URL`), often on a private
     /// network.
-    portkey_client: reqwest::Client,
-    /// `http://` upstreams: connections driven by the calling task ([`h1`]).
-    plain: Arc<h1::Pool>,
-    plain_portkey: Arc<h1::Pool>,
+    portkey: send::Client,
     allow_private: bool,
     openai_key: Option<Secret>,
     dashscope_key: Option<Secret>,
@@ -87,42 +83,16 @@ pub struct Upstreams {
     mock_pace: Duration,
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an idle upstream connection is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
 impl Upstreams {
     pub fn new(
         config: &Config,
         breakers: BreakerDirectory,
         supervisor: Live<UpstreamsMsg>,
     ) -> Result<Self, String> {
-        let builder = || {
-            reqwest::Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .pool_idle_timeout(IDLE_TIMEOUT)
-                // A redirect could lead a call (and its key) anywhere.
-                .redirect(reqwest::redirect::Policy::none())
-        };
-        let mut providers = builder();
-        if !config.allow_private_upstreams {
-            providers = providers.dns_resolver(std::sync::Arc::new(crate::address::PublicOnly));
-        }
-        let built = |b: reqwest::ClientBuilder| {
-            b.build()
-                .map_err(|e| format!("building the HTTP client: {e}"))
-        };
         let key = |k: &Option<Secret>| k.clone().filter(|k| !k.is_empty());
         Ok(Self {
-            client: built(providers)?,
-            portkey_client: built(builder())?,
-            plain: Arc::new(h1::Pool::new(
-                config.allow_private_upstreams,
-                CONNECT_TIMEOUT,
-                IDLE_TIMEOUT,
-            )),
-            plain_portkey: Arc::new(h1::Pool::new(true, CONNECT_TIMEOUT, IDLE_TIMEOUT)),
+            providers: send::Client::new(config.allow_private_upstreams)?,
+            portkey: send::Client::new(true)?,
             allow_private: config.allow_private_upstreams,
             openai_key: key(&config.openai_api_key),
             dashscope_key: key(&config.dashscope_api_key),

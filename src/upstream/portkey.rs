@@ -80,8 +80,8 @@ pub async fn execute(
         .unwrap_or(up.default_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
     let response = up
+        .portkey
         .post(
-            send::Via::Portkey,
             &format!("{}/v1/{}", up.portkey_url, out.endpoint.openai_path()),
             out.request_id,
             &[("x-portkey-config", &config.to_string())],

@@ -4,6 +4,7 @@
 //! HTTPS by reqwest, a failed status mapped to its [`UpstreamError`], and the answer read
 //! whole (with the usage it reports) or handed on as a stream.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -21,12 +22,99 @@ use super::{
 };
 use crate::billing::Usage;
 
-/// Which client a POST goes through: the providers' (public addresses only unless private
-/// upstreams are allowed) or the one for the operator's Portkey gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Via {
-    Provider,
-    Portkey,
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle upstream connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One way to upstreams: `http://` through [`h1`] (the calling task drives the
+/// connection), `https://` through reqwest; the same address rule for both.
+pub(super) struct Client {
+    tls: reqwest::Client,
+    plain: Arc<h1::Pool>,
+}
+
+impl Client {
+    /// Only public addresses unless `allow_private`. Redirects are never followed (one
+    /// could lead a call, and its key, anywhere).
+    pub(super) fn new(allow_private: bool) -> Result<Self, String> {
+        let mut tls = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none());
+        if !allow_private {
+            tls = tls.dns_resolver(Arc::new(crate::address::PublicOnly));
+        }
+        Ok(Self {
+            tls: tls
+                .build()
+                .map_err(|e| format!("building the HTTP client: {e}"))?,
+            plain: Arc::new(h1::Pool::new(allow_private, CONNECT_TIMEOUT, IDLE_TIMEOUT)),
+        })
+    }
+
+    /// POSTs a JSON `payload` with the call's request id and `headers`, within `deadline`
+    /// for the answer's head. A failed status is mapped to its [`UpstreamError`]; a
+    /// successful answer's body is still to be read.
+    pub(super) async fn post(
+        &self,
+        url: &str,
+        request_id: &str,
+        headers: &[(&'static str, &str)],
+        payload: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Response, UpstreamError> {
+        let sent = async {
+            if url.starts_with("http://") {
+                let mut all = Vec::with_capacity(headers.len() + 2);
+                all.push(("content-type", "application/json"));
+                all.push(("x-request-id", request_id));
+                all.extend_from_slice(headers);
+                return self
+                    .plain
+                    .post(url, &all, payload)
+                    .await
+                    .map(Response::Plain)
+                    .map_err(|e| {
+                        tracing::debug!(error = %e, "upstream call failed");
+                        match e {
+                            h1::Error::Connect(_) => {
+                                UpstreamError::failed("could not connect to the upstream")
+                            }
+                            h1::Error::Transport(_) => {
+                                UpstreamError::failed("the upstream connection failed")
+                            }
+                        }
+                    });
+            }
+            let mut call = self
+                .tls
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-request-id", request_id)
+                .body(payload);
+            for (name, value) in headers {
+                call = call.header(*name, *value);
+            }
+            call.send()
+                .await
+                .map(Response::Tls)
+                .map_err(transport_error)
+        };
+        let response = tokio::time::timeout_at(deadline, sent)
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        let status = response.status();
+        if !status.is_success() {
+            let body = tokio::time::timeout_at(deadline, response.bytes())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            return Err(status_error(status, &body));
+        }
+        Ok(response)
+    }
 }
 
 /// An upstream's answer whose head has arrived: over plain HTTP from the client the call's
@@ -71,78 +159,6 @@ impl Response {
                 .map(|c| c.map_err(|e| e.to_string()))
                 .boxed(),
         }
-    }
-}
-
-impl Upstreams {
-    /// POSTs a JSON `payload` with the call's request id and `headers`, within `deadline`
-    /// for the answer's head. A failed status is mapped to its [`UpstreamError`]; a
-    /// successful answer's body is still to be read.
-    pub(super) async fn post(
-        &self,
-        via: Via,
-        url: &str,
-        request_id: &str,
-        headers: &[(&'static str, &str)],
-        payload: Vec<u8>,
-        deadline: Instant,
-    ) -> Result<Response, UpstreamError> {
-        let sent = async {
-            if url.starts_with("http://") {
-                let pool = match via {
-                    Via::Provider => &self.plain,
-                    Via::Portkey => &self.plain_portkey,
-                };
-                let mut all = Vec::with_capacity(headers.len() + 2);
-                all.push(("content-type", "application/json"));
-                all.push(("x-request-id", request_id));
-                all.extend_from_slice(headers);
-                return pool
-                    .post(url, &all, payload)
-                    .await
-                    .map(Response::Plain)
-                    .map_err(|e| {
-                        tracing::debug!(error = %e, "upstream call failed");
-                        match e {
-                            h1::Error::Connect(_) => {
-                                UpstreamError::failed("could not connect to the upstream")
-                            }
-                            h1::Error::Transport(_) => {
-                                UpstreamError::failed("the upstream connection failed")
-                            }
-                        }
-                    });
-            }
-            let client = match via {
-                Via::Provider => &self.client,
-                Via::Portkey => &self.portkey_client,
-            };
-            let mut call = client
-                .post(url)
-                .header("content-type", "application/json")
-                .header("x-request-id", request_id)
-                .body(payload);
-            for (name, value) in headers {
-                call = call.header(*name, *value);
-            }
-            call.send()
-                .await
-                .map(Response::Tls)
-                .map_err(transport_error)
-        };
-        let response = tokio::time::timeout_at(deadline, sent)
-            .await
-            .map_err(|_| UpstreamError::Timeout)??;
-        let status = response.status();
-        if !status.is_success() {
-            let body = tokio::time::timeout_at(deadline, response.bytes())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            return Err(status_error(status, &body));
-        }
-        Ok(response)
     }
 }
 
@@ -273,14 +289,8 @@ impl Upstreams {
         // A stream's head must arrive within the timeout; a whole answer, all of it.
         let deadline = Instant::now() + timeout;
         let response = self
-            .post(
-                Via::Provider,
-                &to.url,
-                out.request_id,
-                &headers,
-                payload,
-                deadline,
-            )
+            .providers
+            .post(&to.url, out.request_id, &headers, payload, deadline)
             .await?;
         answer(response, to, out, (timeout, deadline)).await
     }
