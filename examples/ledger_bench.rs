@@ -55,6 +55,7 @@ fn charge(user_id: Uuid, tenant_id: Uuid, key_id: Uuid) -> NewEntry {
             platform_cost: amount,
             usage_source: "upstream",
             budget_held: false,
+            trace: None,
         })),
         ack: None,
     }

@@ -34,6 +34,10 @@ pub async fn build(config: Config) -> Result<AppState, String> {
         .await
         .map_err(|e| format!("database: {e}"))?;
     crate::metrics::install();
+    if let Some(otel) = config.otel()? {
+        tracing::info!(service = %otel.service, "exporting OpenTelemetry traces over OTLP");
+        crate::trace::init(otel)?;
+    }
     let redis = connect_redis(&config).await;
     let instance = uuid::Uuid::new_v4();
     let limiter =

@@ -351,6 +351,32 @@ pub struct Config {
     /// is not keeping up and charges must not pile up in memory without bound).
     #[arg(long, env = "NEUROPIA_JOURNAL_MAX", default_value_t = 200_000)]
     pub journal_max: usize,
+
+    /// OpenTelemetry: the OTLP/HTTP collector's base address; spans are posted (as JSON)
+    /// to `<endpoint>/v1/traces`. Unset (and no traces endpoint): no tracing at all.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_endpoint: Option<String>,
+
+    /// OpenTelemetry: the full address spans are posted to (overrides the base endpoint).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otel_traces_endpoint: Option<String>,
+
+    /// OpenTelemetry: headers sent with every export, `name=value` pairs separated by
+    /// commas (a collector's token, say).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", hide_env_values = true)]
+    pub otel_headers: Option<Secret>,
+
+    /// OpenTelemetry: the export protocol; only `http/json` is spoken.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/json")]
+    pub otel_protocol: String,
+
+    /// OpenTelemetry: the `service.name` of the spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "neuropia")]
+    pub otel_service_name: String,
+
+    /// OpenTelemetry: the longest a finished span waits before it is exported, in ms.
+    #[arg(long, env = "OTEL_BSP_SCHEDULE_DELAY", default_value_t = 1_000)]
+    pub otel_delay_ms: u64,
 }
 
 impl Config {
@@ -425,7 +451,20 @@ impl Config {
         {
             return Err("JWT_SECRET must be at least 16 bytes".into());
         }
+        self.otel()?;
         Ok(())
+    }
+
+    /// Where traces are exported to; `None` when no OTLP endpoint is set.
+    pub fn otel(&self) -> Result<Option<crate::trace::ExportConfig>, String> {
+        crate::trace::ExportConfig::from_settings(crate::trace::Settings {
+            endpoint: self.otel_endpoint.as_deref(),
+            traces_endpoint: self.otel_traces_endpoint.as_deref(),
+            headers: self.otel_headers.as_ref().map(Secret::expose),
+            protocol: &self.otel_protocol,
+            service: &self.otel_service_name,
+            delay_ms: self.otel_delay_ms,
+        })
     }
 
     /// Treats settings given as empty strings (`NEUROPIA_ADMIN_EMAIL=` as in `.env.example`)

@@ -47,6 +47,8 @@ pub struct UsageRecord {
     pub usage_source: &'static str,
     /// The key's budget holds this call (`data.key_budget_hold`): the commit drops the hold.
     pub budget_held: bool,
+    /// The call's trace, for its `ledger.commit` span (`None`: not traced).
+    pub trace: Option<crate::trace::SpanContext>,
 }
 
 #[derive(Debug, Clone)]

@@ -78,4 +78,5 @@ pub mod snapshot;
 pub mod state;
 pub mod throttle;
 pub mod tokens;
+pub mod trace;
 pub mod upstream;

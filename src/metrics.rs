@@ -51,6 +51,12 @@ pub fn request(route: &str, status: u16, model: Option<&str>, total: Duration, o
         .record(overhead.as_secs_f64());
 }
 
+/// One OTLP export request of `spans` spans, and whether the collector took it.
+pub fn trace_export(spans: usize, ok: bool) {
+    let outcome = if ok { "ok" } else { "failed" };
+    counter!("neuropia_trace_spans_exported_total", "outcome" => outcome).increment(spans as u64);
+}
+
 /// A call refused before reaching an upstream (`rpm`, `tpm`, `insufficient_balance`, ...).
 pub fn refusal(reason: &'static str) {
     counter!("neuropia_refusals_total", "reason" => reason).increment(1);

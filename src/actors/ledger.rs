@@ -144,6 +144,7 @@ async fn write(
     batch: Vec<Arc<EntryData>>,
 ) -> Result<FlushReport, String> {
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let (tx, outcome) = db::ledger::prepare_batch(&args.pool, &batch, args.notify_as)
         .await
         .map_err(|e| e.to_string())?;
@@ -152,6 +153,9 @@ async fn write(
         let _commit = args.journal.commit_lock.write().await;
         tx.commit().await.map_err(|e| e.to_string())?;
         args.journal.complete(lane, up_to, &outcome.inserted);
+    }
+    if crate::trace::enabled() {
+        trace_commits(&batch, started_at);
     }
     if let Some(shared) = &args.shared {
         let versions: std::collections::HashMap<uuid::Uuid, i64> = outcome
@@ -180,6 +184,20 @@ async fn write(
         usage_rows: outcome.usage_rows,
         elapsed: started.elapsed(),
     })
+}
+
+/// One `ledger.commit` span per traced charge of a committed batch, over the batch's write.
+fn trace_commits(batch: &[Arc<EntryData>], started: std::time::SystemTime) {
+    use crate::trace::{Kind, Span};
+    for e in batch {
+        let crate::journal::EntryKind::Charge(usage) = &e.kind else {
+            continue;
+        };
+        let mut span = Span::child_since(usage.trace, "ledger.commit", Kind::Internal, started);
+        span.str("neuropia.request_id", &e.request_id);
+        span.display("neuropia.key_id", usage.virtual_key_id);
+        span.int("neuropia.batch_rows", batch.len() as i64);
+    }
 }
 
 impl LedgerState {

@@ -17,6 +17,7 @@ use crate::plan::Plan;
 use crate::snapshot::Snapshot;
 use crate::state::AppState;
 use crate::tokens;
+use crate::trace::{Kind, Span};
 
 /// A call admitted and reserved, ready to run.
 pub struct Admitted<O> {
@@ -45,6 +46,9 @@ pub(super) async fn admit<O: Operation>(
     seen: Arc<dyn Observe>,
 ) -> Result<Admitted<O>, CallError> {
     let model = op.model().to_owned();
+    let mut span = Span::child(seen.trace(), "admission", Kind::Internal);
+    span.display("neuropia.request_id", request_id);
+    span.str("gen_ai.request.model", &model);
     let snap = app.snapshot.load_full();
     let Some(route) = snap.model(&model) else {
         return Err(CallError::UnknownModel(model));
@@ -90,9 +94,15 @@ pub(super) async fn admit<O: Operation>(
         .keys
         .check(key, &model, worst.total(), client)
         .await
-        .map_err(CallError::Key)?;
+        .map_err(|e| {
+            span.error("refused");
+            CallError::Key(e)
+        })?;
     let a = &checked.admission;
     let (user_id, tenant_id, key_id) = (a.user_id, a.tenant_id, a.key_id);
+    seen.key(key_id);
+    span.display("neuropia.key_id", key_id);
+    span.int("gen_ai.usage.input_tokens", i64::from(prompt_tokens));
     // From here on, whatever the call holds is given back however it ends.
     let budgeted = checked.admission.budgeted;
     let mut hold = Hold::new(&app.balances, user_id, request_id, checked);
@@ -107,6 +117,12 @@ pub(super) async fn admit<O: Operation>(
         return Err(CallError::NotPriced(model));
     };
     let overdraft = snap.overdraft(tenant_id);
+    drop(span);
+    let mut span = Span::child(seen.trace(), "reservation", Kind::Internal);
+    span.display("neuropia.request_id", request_id);
+    span.display("neuropia.key_id", key_id);
+    span.str("gen_ai.request.model", &model);
+    span.display("neuropia.reserved", reserve);
 
     // The key's global limits (Redis, with several instances) and the balance are checked
     // side by side; whichever refuses, the hold undoes the other.
@@ -128,6 +144,10 @@ pub(super) async fn admit<O: Operation>(
             .reserve(user_id, request_id, reserve, overdraft),
         budget
     );
+    if confirmed.is_err() || budget.is_err() || reserved.is_err() {
+        span.error("refused");
+    }
+    drop(span);
     confirmed.map_err(CallError::Key)?;
     budget?;
     reserved.map_err(CallError::Balance)?;

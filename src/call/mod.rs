@@ -51,6 +51,7 @@ use crate::actors::keys::AdmitError;
 use crate::auth::KeyHash;
 use crate::db::key_controls::OverBudget;
 use crate::state::AppState;
+use crate::trace::SpanContext;
 use crate::upstream::{AnthropicHeaders, Endpoint, UpstreamError};
 
 /// An endpoint the gateway sells: what a call needs to know of its request and its answer.
@@ -101,6 +102,10 @@ pub trait Observe: Send + Sync {
     fn model(&self, model: &str);
     /// Time spent waiting for upstreams.
     fn upstream(&self, spent: Duration);
+    /// The call was admitted with this key.
+    fn key(&self, key_id: Uuid);
+    /// The span the call's stages are traced under (`None`: not traced).
+    fn trace(&self) -> Option<SpanContext>;
 }
 
 /// Why a call was refused or failed.

@@ -28,6 +28,7 @@ impl<O: Operation> Admitted<O> {
             request_id: &rid,
             stream: self.op.stream(),
             anthropic: self.op.anthropic_headers(),
+            trace: self.seen.trace(),
         };
         let answer = self.app.upstreams.execute(&self.plan, &out).await;
         self.seen.upstream(started.elapsed());

@@ -10,6 +10,7 @@ use crate::actors::balances::ChargeRequest;
 use crate::billing::{Charge, Price, Usage};
 use crate::config::Durability;
 use crate::journal::UsageRecord;
+use crate::trace::{Kind, Span};
 
 /// The longest a strict response waits for its charge's commit.
 const STRICT_WAIT: Duration = Duration::from_secs(30);
@@ -38,6 +39,17 @@ impl<O: Operation> Admitted<O> {
         let budget_held = self.hold.budget_held();
         self.hold.charged(usage.total());
         let (charge, price) = self.price(&provider, &model, usage);
+        let trace = self.seen.trace();
+        let mut span = Span::child(trace, "settle", Kind::Internal);
+        span.display("neuropia.request_id", self.request_id);
+        span.display("neuropia.key_id", self.key_id);
+        span.str("gen_ai.request.model", self.op.model());
+        span.str("gen_ai.system", &provider);
+        span.str("gen_ai.response.model", &model);
+        span.int("gen_ai.usage.input_tokens", i64::from(usage.input_tokens));
+        span.int("gen_ai.usage.output_tokens", i64::from(usage.output_tokens));
+        span.display("neuropia.charge", charge.amount);
+        span.str("neuropia.usage_source", source);
         let settled = self
             .app
             .balances
@@ -61,12 +73,14 @@ impl<O: Operation> Admitted<O> {
                         platform_cost: charge.platform_cost,
                         usage_source: source,
                         budget_held,
+                        trace,
                     },
                 },
             )
             .await;
         match settled {
             Err(e) => {
+                span.error("not settled");
                 tracing::error!(request_id = %self.request_id, user_id = %self.user_id, error = ?e,
                     "a served call may not have been charged: its settle was never answered");
                 if self.strict() {
@@ -76,7 +90,13 @@ impl<O: Operation> Admitted<O> {
                 }
                 Ok(())
             }
-            Ok(_) if self.strict() => self.durable().await,
+            Ok(_) if self.strict() => {
+                let durable = self.durable().await;
+                if durable.is_err() {
+                    span.error("not committed in time");
+                }
+                durable
+            }
             Ok(_) => Ok(()),
         }
     }

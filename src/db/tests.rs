@@ -89,6 +89,7 @@ fn charge(
         platform_cost: d(amount),
         usage_source: "upstream",
         budget_held: false,
+        trace: None,
     }));
     Arc::new(e)
 }

@@ -146,6 +146,14 @@ impl Observe for RequestCtx {
     fn upstream(&self, spent: Duration) {
         self.add_upstream(spent);
     }
+
+    fn key(&self, key_id: Uuid) {
+        self.set_key(key_id);
+    }
+
+    fn trace(&self) -> Option<crate::trace::SpanContext> {
+        self.trace
+    }
 }
 
 pub(crate) fn admit_error(e: AdmitError) -> ApiError {

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use crate::state::AppState;
+use crate::trace::{Span, SpanContext};
 
 /// Shared by the middleware and the handler of one request.
 #[derive(Debug)]
@@ -22,15 +23,29 @@ pub struct RequestCtx {
     upstream_ns: AtomicU64,
     /// The (known) model a chat call asked for, for metrics.
     model: OnceLock<String>,
+    /// The key a paid call was admitted with (an attribute of its trace).
+    key_id: OnceLock<Uuid>,
+    /// The request's server span, when it is traced.
+    pub trace: Option<SpanContext>,
 }
 
 impl RequestCtx {
     pub fn new() -> Arc<Self> {
+        Self::traced(None)
+    }
+
+    fn traced(trace: Option<SpanContext>) -> Arc<Self> {
         Arc::new(Self {
             id: Uuid::new_v4(),
             upstream_ns: AtomicU64::new(0),
             model: OnceLock::new(),
+            key_id: OnceLock::new(),
+            trace,
         })
+    }
+
+    pub fn set_key(&self, key_id: Uuid) {
+        let _ = self.key_id.set(key_id);
     }
 
     pub fn add_upstream(&self, spent: Duration) {
@@ -58,12 +73,19 @@ pub fn ctx(req: &Request) -> Arc<RequestCtx> {
 /// The middleware around every route.
 pub async fn layer(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let ctx = RequestCtx::new();
-    req.extensions_mut().insert(ctx.clone());
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let mut span = Span::server(
+        || format!("{} {route}", req.method()),
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let ctx = RequestCtx::traced(span.context());
+    req.extensions_mut().insert(ctx.clone());
+    let method = span.context().map(|_| req.method().clone());
     let mut response = next.run(req).await;
     let total = started.elapsed();
     if let Some(detail) = response
@@ -88,6 +110,25 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&timing) {
         headers.insert("server-timing", v);
     }
+    if let Some(method) = method {
+        span.str("http.request.method", method.as_str());
+        span.str("http.route", &route);
+        span.int(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        );
+        span.display("neuropia.request_id", ctx.id);
+        if let Some(model) = ctx.model.get() {
+            span.str("gen_ai.request.model", model);
+        }
+        if let Some(key) = ctx.key_id.get() {
+            span.display("neuropia.key_id", key);
+        }
+        if response.status().is_server_error() {
+            span.error(response.status());
+        }
+    }
+    drop(span);
     if route != "/metrics" {
         crate::metrics::request(
             &route,
@@ -162,6 +203,10 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         crate::metrics::breaker(b.key(), b.value().gauge());
     }
     crate::metrics::gauge_set("neuropia_journal_depth", app.journal.depth() as f64);
+    crate::metrics::gauge_set(
+        "neuropia_trace_spans_dropped",
+        crate::trace::dropped() as f64,
+    );
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -39,6 +39,7 @@ use crate::actors::breaker::{BreakerDirectory, UpstreamsMsg};
 use crate::config::{Config, UpstreamMode};
 use crate::plan::Plan;
 use crate::secret::Secret;
+use crate::trace::{Kind, Span, SpanContext};
 
 /// One call as the upstreams see it.
 pub struct Outbound<'a> {
@@ -52,6 +53,8 @@ pub struct Outbound<'a> {
     pub stream: bool,
     /// The client's `anthropic-version` and `anthropic-beta`, for Anthropic targets.
     pub anthropic: &'a AnthropicHeaders,
+    /// The call's trace: each attempt is a span under it.
+    pub trace: Option<SpanContext>,
 }
 
 /// What an Anthropic client asked for in its headers: passed on to Anthropic targets
@@ -112,9 +115,15 @@ impl Upstreams {
         if self.mode == UpstreamMode::Direct {
             return self.direct(plan, out).await;
         }
+        let mut span = Span::child(out.trace, "upstream.portkey", Kind::Client);
+        span.str("neuropia.request_id", out.request_id);
+        span.str("gen_ai.request.model", out.model);
         let started = std::time::Instant::now();
         let result = portkey::execute(self, plan, out).await;
         let outcome = result.as_ref().err().map_or("ok", UpstreamError::kind);
+        if result.is_err() {
+            span.error(outcome);
+        }
         crate::metrics::upstream("portkey", started.elapsed(), outcome);
         result
     }

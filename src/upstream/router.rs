@@ -13,6 +13,7 @@ use crate::actors::breaker::{Breaker, Permit, UpstreamsMsg};
 use crate::billing::Usage;
 use crate::plan::{self, Mode, Plan, Target};
 use crate::tokens;
+use crate::trace::{Kind, Span};
 
 /// How the built-in mock answers one endpoint.
 type MockAnswer = fn(&Map<String, Value>) -> Result<(Value, Usage), String>;
@@ -89,7 +90,12 @@ impl Upstreams {
         req.insert("model".into(), Value::String(model.clone()));
 
         if target.provider == "mock" && target.custom_host.is_none() {
-            return self.mock(&req, model, out).await;
+            let mut span = attempt_span(out, &target.provider, &model, 1);
+            let answer = self.mock(&req, model, out).await;
+            if let Err(e) = &answer {
+                span.error(e.kind());
+            }
+            return answer;
         }
         let resolved = self.resolve(target, out)?;
         let timeout = target
@@ -113,8 +119,13 @@ impl Upstreams {
                     wait.as_millis()
                 )));
             }
+            let mut span = attempt_span(out, &target.provider, &model, attempt + 1);
             let started = std::time::Instant::now();
             let result = self.attempt(&resolved, &req, out, timeout).await;
+            if let Err(e) = &result {
+                span.error(e.kind());
+            }
+            drop(span);
             crate::metrics::upstream(
                 resolved.breaker_id(),
                 started.elapsed(),
@@ -183,6 +194,16 @@ impl Upstreams {
             usage: Some(usage),
         }))
     }
+}
+
+/// An attempt's span: which target, which try.
+fn attempt_span(out: &Outbound<'_>, provider: &str, model: &str, attempt: u32) -> Span {
+    let mut span = Span::child(out.trace, "upstream.attempt", Kind::Client);
+    span.str("neuropia.request_id", out.request_id);
+    span.str("gen_ai.system", provider);
+    span.str("gen_ai.request.model", model);
+    span.int("neuropia.attempt", i64::from(attempt));
+    span
 }
 
 fn retryable(e: &UpstreamError, retry: Option<&plan::Retry>) -> bool {

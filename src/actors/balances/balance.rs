@@ -512,6 +512,7 @@ mod tests {
                 platform_cost: Decimal::ZERO,
                 usage_source: "upstream",
                 budget_held: false,
+                trace: None,
             },
         }
     }
