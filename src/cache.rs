@@ -297,7 +297,7 @@ async fn shard(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Op
 /// `since`: entries under a key's previous hash, and entries whose version differs from
 /// the database's (or whose key is no longer active). Entries that match stay.
 async fn sweep(conn: &mut RedisConn, pool: &PgPool, since: DateTime<Utc>) -> Result<(), String> {
-    let (changed, _) = crate::db::keys::changed_since(pool, since)
+    let (changed, _) = crate::db::keys::changed_since(pool, Some(since))
         .await
         .map_err(|e| e.to_string())?;
     let configs = crate::db::portkey::changed_since(pool, since)

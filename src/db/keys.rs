@@ -260,12 +260,15 @@ pub struct ChangedKey {
 }
 
 /// Keys changed at or after `since`, with the database's clock now (the `since` of the
-/// next call).
+/// next call). Without `since` (the first check), only the clock.
 pub async fn changed_since(
     pool: &PgPool,
-    since: DateTime<Utc>,
+    since: Option<DateTime<Utc>>,
 ) -> Result<(Vec<ChangedKey>, DateTime<Utc>), sqlx::Error> {
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    let Some(since) = since else {
+        return Ok((Vec::new(), now));
+    };
     let rows: Vec<(String, Option<String>, DateTime<Utc>, bool)> = sqlx::query_as(
         "SELECT virtual_key_hash, previous_hash, updated_at, is_active FROM data.virtual_key
          WHERE updated_at >= $1",

@@ -378,3 +378,23 @@ async fn keys_keep_what_a_higher_role_decided(pool: PgPool) {
         .flatten();
     assert_eq!(new.map(|k| k.id), Some(id));
 }
+
+#[sqlx::test(migrations = "./migrations")]
+async fn the_key_change_check_starts_from_the_database_clock(pool: PgPool) {
+    // The first check (no checkpoint yet) reads only the clock: it used to ask for keys
+    // changed since the year -262144, which PostgreSQL refuses, so no check ever succeeded.
+    let (changed, first) = keys::changed_since(&pool, None)
+        .await
+        .expect("the first check succeeds");
+    assert!(changed.is_empty());
+    let owner = user(&pool, "changes@example.com").await;
+    let (_, plaintext) = key(&pool, owner, Role::User).await;
+    let (changed, next) = keys::changed_since(&pool, Some(first))
+        .await
+        .expect("a later check succeeds");
+    assert_eq!(
+        changed.iter().map(|c| c.hash).collect::<Vec<_>>(),
+        [KeyHash::of(&plaintext)]
+    );
+    assert!(next >= first);
+}

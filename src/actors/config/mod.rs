@@ -352,7 +352,6 @@ impl ConfigState {
             .map(|t| t - chrono::Duration::seconds(2));
         let (myself, pool) = (myself.clone(), self.args.pool.clone());
         tokio::spawn(async move {
-            let since = since.unwrap_or(DateTime::<Utc>::MIN_UTC);
             match db::keys::changed_since(&pool, since).await {
                 Ok((changed, now)) => {
                     let _ = myself.cast(ConfigMsg::KeysChanged(changed, now));
