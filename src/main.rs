@@ -21,6 +21,7 @@ fn main() -> std::process::ExitCode {
     if let Some(n) = workers {
         runtime.worker_threads(n.max(1));
     }
+    runtime.on_thread_park(release_memory_after_passivation);
     match runtime.enable_all().build() {
         Ok(rt) => rt.block_on(run(command)),
         Err(e) => {
@@ -30,14 +31,51 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// ractor opens an `info` span around every actor's life (its id formatted, kept by the
+/// subscriber for as long as the actor lives, entered on each message): with 100k key actors
+/// that is memory and CPU for spans nothing reads. Off unless `RUST_LOG` names `ractor`.
+fn quiet_actor_spans(filter: EnvFilter) -> EnvFilter {
+    let named = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("ractor"));
+    match "ractor=warn".parse() {
+        Ok(directive) if !named => filter.add_directive(directive),
+        _ => filter,
+    }
+}
+
+unsafe extern "C" {
+    /// mimalloc's own: frees what this thread's heap no longer uses, other threads' frees
+    /// of its blocks included, and returns empty pages to the operating system.
+    fn mi_collect(force: bool);
+}
+
+/// Called each time a runtime thread runs out of work. After actors passivated (their
+/// memory freed, often by other threads than the one that allocated it), the thread's
+/// allocator heap is collected once, at most once a second: otherwise the process keeps the
+/// peak's memory (docs/benchmarks.md, "Memory: passivation").
+fn release_memory_after_passivation() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    thread_local! {
+        static SEEN: Cell<(u64, Option<Instant>)> = const { Cell::new((0, None)) };
+    }
+    let passivations = neuropia::actors::passivations();
+    let (seen, last) = SEEN.get();
+    if passivations == seen || last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        return;
+    }
+    SEEN.set((passivations, Some(Instant::now())));
+    // SAFETY: mi_collect takes no pointers and may be called on any thread at any time.
+    unsafe { mi_collect(true) };
+}
+
 async fn run(command: Command) -> std::process::ExitCode {
     use std::io::IsTerminal;
     // Colours only for a terminal, and never with NO_COLOR set.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
-        .with_env_filter(
+        .with_env_filter(quiet_actor_spans(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        ))
         .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();

@@ -44,6 +44,23 @@ use ractor::{ActorId, RpcReplyPort};
 /// The stop reason of a passivated child.
 pub const PASSIVATED: &str = "passivated";
 
+/// Children passivated in this process so far, every supervisor together: after a wave of
+/// passivations the binary hands the memory they freed back to the operating system.
+static PASSIVATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many children have been passivated in this process.
+pub fn passivations() -> u64 {
+    PASSIVATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Gives back the room of a map that shrank to a quarter of its capacity (after
+/// passivation: a directory sized for 100k live actors keeps their room otherwise).
+fn shrink_if_sparse<K: Eq + Hash, V>(map: &dashmap::DashMap<K, V>) {
+    if map.capacity() > 1_024 && map.len() * 4 < map.capacity() {
+        map.shrink_to_fit();
+    }
+}
+
 /// How often a supervisor looks for idle children to passivate.
 pub fn sweep_every(after: Duration) -> Duration {
     (after / 2).clamp(Duration::from_millis(200), Duration::from_secs(30))
@@ -65,6 +82,7 @@ pub fn passivate_idle<K, M: ractor::Message>(
             let _ = child.actor.cast(msg());
         }
     }
+    shrink_if_sparse(directory);
 }
 
 /// Why a supervisor could not hand out a child.
@@ -211,6 +229,7 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
                     && self.by_actor.contains_key(&cell.get_id())
                 {
                     self.passivated += 1;
+                    PASSIVATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 (cell.get_id(), None)
             }
@@ -253,6 +272,14 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
                     self.by_name.remove(&meta.name);
                 }
                 self.faults.remove(&k);
+                // After a wave of passivations, give back the room of 100k children.
+                if self.by_actor.capacity() > 1_024
+                    && self.by_actor.len() * 4 < self.by_actor.capacity()
+                {
+                    self.by_actor.shrink_to_fit();
+                    self.meta.shrink_to_fit();
+                    self.faults.shrink_to_fit();
+                }
             }
         }
         Some(k)
