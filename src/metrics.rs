@@ -4,10 +4,12 @@
 //! that describe the actor tree (backlogs, journal depth, breaker states, live actors) are
 //! set at scrape time from the tree itself, so they are never stale.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -39,16 +41,67 @@ pub fn render() -> String {
 
 /// One HTTP request answered.
 pub fn request(route: &str, status: u16, model: Option<&str>, total: Duration, overhead: Duration) {
-    let labels = [
-        ("route", route.to_owned()),
-        ("status", status.to_string()),
-        ("model", model.unwrap_or("").to_owned()),
-    ];
-    counter!("neuropia_http_requests_total", &labels).increment(1);
-    histogram!("neuropia_http_request_duration_seconds", "route" => route.to_owned())
-        .record(total.as_secs_f64());
-    histogram!("neuropia_gateway_overhead_seconds", "route" => route.to_owned())
-        .record(overhead.as_secs_f64());
+    let model = model.unwrap_or("");
+    let record = |h: &RequestHandles| {
+        h.count.increment(1);
+        h.duration.record(total.as_secs_f64());
+        h.overhead.record(overhead.as_secs_f64());
+    };
+    if !installed() {
+        return record(&RequestHandles::new(route, status, model));
+    }
+    // Handles resolved once per thread and label set: no label strings built, no registry
+    // lookup per request.
+    REQUESTS.with_borrow_mut(|(key, cache)| {
+        use std::fmt::Write;
+        key.clear();
+        let _ = write!(key, "{route}\0{status}\0{model}");
+        match cache.get(key.as_str()) {
+            Some(h) => record(h),
+            None => {
+                let h = RequestHandles::new(route, status, model);
+                record(&h);
+                if cache.len() < HANDLE_CACHE {
+                    cache.insert(key.as_str().into(), h);
+                }
+            }
+        }
+    });
+}
+
+/// Most label sets cached per thread (routes, statuses and known models are few).
+const HANDLE_CACHE: usize = 4_096;
+
+struct RequestHandles {
+    count: Counter,
+    duration: Histogram,
+    overhead: Histogram,
+}
+
+impl RequestHandles {
+    fn new(route: &str, status: u16, model: &str) -> Self {
+        let labels = [
+            ("route", route.to_owned()),
+            ("status", status.to_string()),
+            ("model", model.to_owned()),
+        ];
+        Self {
+            count: counter!("neuropia_http_requests_total", &labels),
+            duration: histogram!("neuropia_http_request_duration_seconds", "route" => route.to_owned()),
+            overhead: histogram!("neuropia_gateway_overhead_seconds", "route" => route.to_owned()),
+        }
+    }
+}
+
+type Cache<T> = RefCell<(String, HashMap<Box<str>, T>)>;
+
+thread_local! {
+    static REQUESTS: Cache<RequestHandles> = RefCell::default();
+    static UPSTREAMS: Cache<Histogram> = RefCell::default();
+}
+
+fn installed() -> bool {
+    HANDLE.get().is_some_and(Option::is_some)
 }
 
 /// One OTLP export request of `spans` spans, and whether the collector took it.
@@ -95,13 +148,26 @@ pub fn target_label(target: &str) -> String {
 
 /// One upstream attempt.
 pub fn upstream(target: &str, elapsed: Duration, outcome: &'static str) {
-    let target = target_label(target);
     if outcome != "ok" {
-        counter!("neuropia_upstream_errors_total", "target" => target.clone(), "kind" => outcome)
+        counter!("neuropia_upstream_errors_total", "target" => target_label(target), "kind" => outcome)
             .increment(1);
     }
-    histogram!("neuropia_upstream_duration_seconds", "target" => target)
-        .record(elapsed.as_secs_f64());
+    let duration =
+        || histogram!("neuropia_upstream_duration_seconds", "target" => target_label(target));
+    if !installed() {
+        return duration().record(elapsed.as_secs_f64());
+    }
+    // The label's hash is computed once per thread and target, not per attempt.
+    UPSTREAMS.with_borrow_mut(|(_, cache)| match cache.get(target) {
+        Some(h) => h.record(elapsed.as_secs_f64()),
+        None => {
+            let h = duration();
+            h.record(elapsed.as_secs_f64());
+            if cache.len() < HANDLE_CACHE {
+                cache.insert(target.into(), h);
+            }
+        }
+    });
 }
 
 /// A call the target's open circuit refused without trying.
