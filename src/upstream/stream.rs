@@ -88,6 +88,75 @@ fn openai_usage(v: &Value) -> Option<Usage> {
     super::reply::openai_usage(u, super::Endpoint::Chat)
 }
 
+/// What the pump needs of one OpenAI chunk.
+#[derive(Debug, Default, PartialEq)]
+struct Chunk {
+    error: Option<Value>,
+    usage: Option<Usage>,
+    text: String,
+    /// `choices` is an empty array: the usage chunk.
+    usage_only: bool,
+}
+
+/// The fields of a chunk the pump reads, borrowed from the event: most chunks are one
+/// delta, read without building a JSON tree.
+#[derive(serde::Deserialize)]
+struct ChunkView<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<ChoiceView<'a>>>,
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(default, borrow)]
+    delta: Option<DeltaView<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct DeltaView<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Chunk {
+    fn read(data: &str) -> Self {
+        let Ok(view) = serde_json::from_str::<ChunkView<'_>>(data) else {
+            // Not the usual shape (or not JSON): read it as a tree.
+            let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+            let mut text = String::new();
+            delta_text(&v, &mut text);
+            return Self {
+                error: v.get("error").filter(|e| !e.is_null()).cloned(),
+                usage: openai_usage(&v),
+                text,
+                usage_only: v
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .is_some_and(|c| c.is_empty()),
+            };
+        };
+        let mut text = String::new();
+        for c in view.choices.iter().flatten() {
+            if let Some(t) = c.delta.as_ref().and_then(|d| d.content.as_deref()) {
+                text.push_str(t);
+            }
+        }
+        Self {
+            error: view.error.filter(|e| !e.is_null()),
+            usage: view
+                .usage
+                .filter(|u| !u.is_null())
+                .and_then(|u| super::reply::openai_usage(&u, super::Endpoint::Chat)),
+            text,
+            usage_only: view.choices.is_some_and(|c| c.is_empty()),
+        }
+    }
+}
+
 fn delta_text(v: &Value, into: &mut String) {
     for c in v
         .get("choices")
@@ -202,8 +271,8 @@ pub async fn pump(
                         }
                         continue;
                     }
-                    let v: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
-                    if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
+                    let chunk = Chunk::read(&event.data);
+                    if let Some(e) = chunk.error {
                         out.broke = true;
                         let m = e
                             .get("message")
@@ -212,15 +281,11 @@ pub async fn pump(
                         client.send(error_event(m)).await;
                         continue;
                     }
-                    if let Some(u) = openai_usage(&v) {
+                    if let Some(u) = chunk.usage {
                         out.usage = Some(u);
                     }
-                    delta_text(&v, &mut out.text);
-                    let usage_only = v
-                        .get("choices")
-                        .and_then(Value::as_array)
-                        .is_some_and(|c| c.is_empty());
-                    if usage_only && !client_wants_usage {
+                    out.text.push_str(&chunk.text);
+                    if chunk.usage_only && !client_wants_usage {
                         continue;
                     }
                     client.send(sse::data(&event.data)).await;
@@ -355,6 +420,46 @@ pub fn mock_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the tree reading makes of a chunk: the reference the borrowed reading must match.
+    fn as_tree(data: &str) -> Chunk {
+        let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+        let mut text = String::new();
+        delta_text(&v, &mut text);
+        Chunk {
+            error: v.get("error").filter(|e| !e.is_null()).cloned(),
+            usage: openai_usage(&v),
+            text,
+            usage_only: v
+                .get("choices")
+                .and_then(Value::as_array)
+                .is_some_and(|c| c.is_empty()),
+        }
+    }
+
+    #[test]
+    fn chunks_read_borrowed_as_their_tree_says() {
+        for data in [
+            r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"a\n\"b\u00e9"}},{"delta":{"content":"c"}}]}"#,
+            r#"{"choices":[{"delta":{"role":"assistant","content":null}}],"usage":null}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+            r#"{"choices":null}"#,
+            r#"{"error":{"message":"overloaded"}}"#,
+            r#"{"error":null,"choices":[{"delta":{}}]}"#,
+            r#"{"choices":[{"delta":{"content":5}}]}"#,
+            r#"{"choices":[1]}"#,
+            r#"{"choices":[{"delta":{"content":"x"}}],"choices":[]}"#,
+            "not json",
+            "",
+        ] {
+            assert_eq!(Chunk::read(data), as_tree(data), "{data}");
+        }
+        assert_eq!(
+            Chunk::read(r#"{"choices":[{"delta":{"content":"a\"b"}}]}"#).text,
+            "a\"b"
+        );
+    }
 
     fn reply(wire: Wire, chunks: Vec<Result<&'static str, &'static str>>) -> StreamReply {
         StreamReply {
