@@ -125,19 +125,8 @@ struct DeltaView<'a> {
 impl Chunk {
     fn read(data: &str) -> Self {
         let Ok(view) = serde_json::from_str::<ChunkView<'_>>(data) else {
-            // Not the usual shape (or not JSON): read it as a tree.
-            let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-            let mut text = String::new();
-            delta_text(&v, &mut text);
-            return Self {
-                error: v.get("error").filter(|e| !e.is_null()).cloned(),
-                usage: openai_usage(&v),
-                text,
-                usage_only: v
-                    .get("choices")
-                    .and_then(Value::as_array)
-                    .is_some_and(|c| c.is_empty()),
-            };
+            // Not the usual shape (or not JSON).
+            return Self::from_tree(data);
         };
         let mut text = String::new();
         for c in view.choices.iter().flatten() {
@@ -153,6 +142,24 @@ impl Chunk {
                 .and_then(|u| super::reply::openai_usage(&u, super::Endpoint::Chat)),
             text,
             usage_only: view.choices.is_some_and(|c| c.is_empty()),
+        }
+    }
+}
+
+impl Chunk {
+    /// The chunk read as a JSON tree: for shapes the borrowed reading does not take.
+    fn from_tree(data: &str) -> Self {
+        let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+        let mut text = String::new();
+        delta_text(&v, &mut text);
+        Self {
+            error: v.get("error").filter(|e| !e.is_null()).cloned(),
+            usage: openai_usage(&v),
+            text,
+            usage_only: v
+                .get("choices")
+                .and_then(Value::as_array)
+                .is_some_and(|c| c.is_empty()),
         }
     }
 }
@@ -421,22 +428,6 @@ pub fn mock_chunks(
 mod tests {
     use super::*;
 
-    /// What the tree reading makes of a chunk: the reference the borrowed reading must match.
-    fn as_tree(data: &str) -> Chunk {
-        let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-        let mut text = String::new();
-        delta_text(&v, &mut text);
-        Chunk {
-            error: v.get("error").filter(|e| !e.is_null()).cloned(),
-            usage: openai_usage(&v),
-            text,
-            usage_only: v
-                .get("choices")
-                .and_then(Value::as_array)
-                .is_some_and(|c| c.is_empty()),
-        }
-    }
-
     #[test]
     fn chunks_read_borrowed_as_their_tree_says() {
         for data in [
@@ -453,7 +444,7 @@ mod tests {
             "not json",
             "",
         ] {
-            assert_eq!(Chunk::read(data), as_tree(data), "{data}");
+            assert_eq!(Chunk::read(data), Chunk::from_tree(data), "{data}");
         }
         assert_eq!(
             Chunk::read(r#"{"choices":[{"delta":{"content":"a\"b"}}]}"#).text,
