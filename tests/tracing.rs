@@ -227,6 +227,12 @@ async fn a_paid_call_is_one_trace_with_a_span_per_stage() {
         Some("qwen-turbo")
     );
     assert!(nanos(attempts[0], "endTimeUnixNano") <= nanos(attempts[1], "startTimeUnixNano"));
+    // Each attempt told the upstream its own span as the W3C trace context.
+    let sent: Vec<String> = attempts
+        .iter()
+        .map(|a| format!("00-{client_trace}-{}-01", a["spanId"].as_str().unwrap()))
+        .collect();
+    assert_eq!(*mock.state.traceparents.lock().unwrap(), sent);
 
     // The settle span holds what was billed: the mock's usage at the rates.
     let settle = by_name("settle")[0];

@@ -119,7 +119,7 @@ impl Upstreams {
         span.str("neuropia.request_id", out.request_id);
         span.str("gen_ai.request.model", out.model);
         let started = std::time::Instant::now();
-        let result = portkey::execute(self, plan, out).await;
+        let result = portkey::execute(self, plan, out, span.context()).await;
         let outcome = result.as_ref().err().map_or("ok", UpstreamError::kind);
         if result.is_err() {
             span.error(outcome);

@@ -11,6 +11,7 @@ use super::providers::Resolved;
 use super::send::{self, encode, streaming_with_usage};
 use super::{Answer, DASHSCOPE_BASE, Endpoint, Outbound, UpstreamError, Upstreams, Wire};
 use crate::plan::Plan;
+use crate::trace::SpanContext;
 
 /// The target index named by `x-portkey-last-used-option-index` (`config` alone: 0).
 pub fn target_index(header: Option<&str>) -> usize {
@@ -58,6 +59,7 @@ pub async fn execute(
     up: &Upstreams,
     plan: &Plan,
     out: &Outbound<'_>,
+    trace: Option<SpanContext>,
 ) -> Result<Answer, UpstreamError> {
     let config = config(up, plan)?;
     // Portkey speaks OpenAI's format for every provider: Messages go as chat, translated.
@@ -79,12 +81,18 @@ pub async fn execute(
         .map(Duration::from_millis)
         .unwrap_or(up.default_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
+    let config = config.to_string();
+    let traceparent = trace.map(|t| t.traceparent());
+    let mut headers = vec![("x-portkey-config", config.as_str())];
+    if let Some(t) = &traceparent {
+        headers.push(("traceparent", t));
+    }
     let response = up
         .portkey
         .post(
             &format!("{}/v1/{}", up.portkey_url, out.endpoint.openai_path()),
             out.request_id,
-            &[("x-portkey-config", &config.to_string())],
+            &headers,
             encode(&req)?,
             deadline,
         )

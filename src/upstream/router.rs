@@ -121,7 +121,9 @@ impl Upstreams {
             }
             let mut span = attempt_span(out, &target.provider, &model, attempt + 1);
             let started = std::time::Instant::now();
-            let result = self.attempt(&resolved, &req, out, timeout).await;
+            let result = self
+                .attempt(&resolved, &req, out, timeout, span.context())
+                .await;
             if let Err(e) = &result {
                 span.error(e.kind());
             }

@@ -21,6 +21,7 @@ use super::{
     anthropic, h1, messages,
 };
 use crate::billing::Usage;
+use crate::trace::SpanContext;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle upstream connection is kept.
@@ -227,6 +228,7 @@ impl Upstreams {
         req: &Map<String, Value>,
         out: &Outbound<'_>,
         timeout: Duration,
+        trace: Option<SpanContext>,
     ) -> Result<Answer, UpstreamError> {
         let stream = out.stream;
         let client_error = |message| UpstreamError::Client {
@@ -266,7 +268,12 @@ impl Upstreams {
             }
         };
         let bearer;
-        let mut headers: Vec<(&'static str, &str)> = Vec::with_capacity(3);
+        let mut headers: Vec<(&'static str, &str)> = Vec::with_capacity(4);
+        // A traced attempt tells the upstream its span (W3C trace context).
+        let traceparent = trace.map(|t| t.traceparent());
+        if let Some(t) = &traceparent {
+            headers.push(("traceparent", t));
+        }
         if let Some(key) = &to.key {
             match to.wire {
                 Wire::OpenAi => {

@@ -212,6 +212,8 @@ pub struct MockState {
     pub bodies: Mutex<Vec<Value>>,
     /// The `x-request-id` of each chat call received.
     pub request_ids: Mutex<Vec<String>>,
+    /// The `traceparent` of each chat call received that had one.
+    pub traceparents: Mutex<Vec<String>>,
     /// Headers of Anthropic calls: (x-api-key, anthropic-version).
     pub anthropic_headers: Mutex<Vec<(String, String)>>,
     /// `anthropic-beta` of Anthropic calls ("" when absent).
@@ -373,6 +375,9 @@ async fn mock_chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: By
     }
     if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
         s.request_ids.lock().unwrap().push(id.to_owned());
+    }
+    if let Some(t) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        s.traceparents.lock().unwrap().push(t.to_owned());
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     s.bodies.lock().unwrap().push(req.clone());
