@@ -93,11 +93,11 @@ impl RequestHandles {
     }
 }
 
-type Cache<T> = RefCell<(String, HashMap<Box<str>, T>)>;
-
 thread_local! {
-    static REQUESTS: Cache<RequestHandles> = RefCell::default();
-    static UPSTREAMS: Cache<Histogram> = RefCell::default();
+    /// Request handles by `route\0status\0model`, with the buffer that key is built in.
+    static REQUESTS: RefCell<(String, HashMap<Box<str>, RequestHandles>)> = RefCell::default();
+    /// Upstream attempt histograms by target.
+    static UPSTREAMS: RefCell<HashMap<Box<str>, Histogram>> = RefCell::default();
 }
 
 fn installed() -> bool {
@@ -158,7 +158,7 @@ pub fn upstream(target: &str, elapsed: Duration, outcome: &'static str) {
         return duration().record(elapsed.as_secs_f64());
     }
     // The label's hash is computed once per thread and target, not per attempt.
-    UPSTREAMS.with_borrow_mut(|(_, cache)| match cache.get(target) {
+    UPSTREAMS.with_borrow_mut(|cache| match cache.get(target) {
         Some(h) => h.record(elapsed.as_secs_f64()),
         None => {
             let h = duration();

@@ -144,9 +144,7 @@ impl Chunk {
             usage_only: view.choices.is_some_and(|c| c.is_empty()),
         }
     }
-}
 
-impl Chunk {
     /// The chunk read as a JSON tree: for shapes the borrowed reading does not take.
     fn from_tree(data: &str) -> Self {
         let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
