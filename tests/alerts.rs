@@ -183,15 +183,27 @@ async fn each_crossing_is_announced_once_signed_retried_and_kept_across_a_restar
     })
     .await;
     assert_eq!(recv.bad_signatures.load(Ordering::SeqCst), 0);
+    // The receiver has every event as soon as it answered; the dispatcher records each
+    // delivery in the outbox just after.
+    let delivered = |alerts: &Value| {
+        alerts["data"].as_array().is_some_and(|rows| {
+            rows.iter()
+                .all(|a| a["delivered_at"].is_string() && a["last_status"] == 200)
+        })
+    };
+    eventually(10, "every delivery recorded", || async {
+        let (_, alerts) = app
+            .get(&format!("/api/tenants/{tenant}/alerts"), &app.admin_token)
+            .await;
+        delivered(&alerts)
+    })
+    .await;
     let (_, alerts) = app
         .get(&format!("/api/tenants/{tenant}/alerts"), &app.admin_token)
         .await;
     let rows = alerts["data"].as_array().unwrap();
     assert_eq!(rows.len(), 6, "{alerts}");
-    assert!(
-        rows.iter()
-            .all(|a| a["delivered_at"].is_string() && a["last_status"] == 200)
-    );
+    assert!(delivered(&alerts), "{alerts}");
     assert_eq!(
         rows.iter().filter(|a| a["attempts"] == 2).count(),
         1,
