@@ -191,7 +191,7 @@ async fn spend_keys(
                      WHERE key_id IS NOT NULL GROUP BY key_id),
               -- Rows locked in id order: every instance's ledger takes them in the same
               -- order, so two commits touching the same keys never deadlock. NO KEY: the
-              -- usage rows' foreign keys hold KEY SHARE locks on them.
+              -- budget holds' foreign keys hold KEY SHARE locks on them.
               locked AS (SELECT k.id FROM data.virtual_key k JOIN c ON c.key_id = k.id
                           ORDER BY k.id FOR NO KEY UPDATE OF k),
               upd AS (UPDATE data.virtual_key k SET

@@ -11,6 +11,7 @@ pub mod failures;
 pub mod key_controls;
 pub mod keys;
 pub mod ledger;
+pub mod notices;
 pub mod portkey;
 pub mod tenants;
 pub mod usage;

@@ -398,3 +398,26 @@ async fn the_key_change_check_starts_from_the_database_clock(pool: PgPool) {
     );
     assert!(next >= first);
 }
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_batch_charging_a_missing_user_fails_whole(pool: PgPool) {
+    // `usage_log` has no foreign key (migration 0017): the per-user charge row's does.
+    let a = user(&pool, "a@x.io").await;
+    let (key_a, _) = key(&pool, a, Role::User).await;
+    let active = AccountStatus::Active;
+    write(&pool, &[entry(1, a, "10", ("10", active))]).await;
+    let ghost = Uuid::new_v4();
+    let batch = [
+        charge(2, a, key_a, "0.25", ("9.75", active)),
+        charge(3, ghost, key_a, "0.5", ("-0.5", active)),
+    ];
+    let failed = ledger::prepare_batch(&pool, &batch, None).await;
+    assert!(failed.is_err(), "a charge for a user that does not exist");
+    drop(failed);
+    assert_eq!(count(&pool, "SELECT count(*) FROM data.usage_log").await, 0);
+    assert_eq!(stored(&pool, a).await.0, d("10"));
+    // Without the missing user the same batch goes through.
+    write(&pool, &batch[..1]).await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM data.usage_log").await, 1);
+    assert_eq!(stored(&pool, a).await.0, d("9.75"));
+}

@@ -317,7 +317,7 @@ impl ConfigState {
                     reply: None,
                 });
             }),
-            "balance_update" => db::ledger::parse_notice(payload).map(|(from, balances)| {
+            "balance_update" => db::notices::parse(payload).map(|(from, balances)| {
                 if Some(from) != self.args.instance {
                     for after in balances {
                         if let Some(actor) = self.args.balances.get(&after.user_id) {
