@@ -1,18 +1,19 @@
 //! Streaming: the upstream's SSE goes to the client event by event, never buffered whole.
 //!
-//! The pump runs in its own task. It forwards each event as it arrives (translating
-//! Anthropic events into OpenAI chunks), watches for the final usage, and keeps what was
-//! delivered so an answer without usage can be counted. When the client goes away it keeps
-//! reading the upstream to its end, so what the upstream produced is billed; when the
-//! upstream breaks mid-stream it sends the client an SSE error event and stops. Either way
-//! it returns what to bill.
+//! The pump runs in its own task. It forwards the events of each upstream read as they
+//! arrive, in one message to the connection's task (translating Anthropic events into
+//! OpenAI chunks), watches for the final usage, and keeps what was delivered so an answer
+//! without usage can be counted. When the client goes away it keeps reading the upstream to
+//! its end, so what the upstream produced is billed; when the upstream breaks mid-stream it
+//! sends the client an SSE error event and stops. Either way it returns what to bill.
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 
 use super::anthropic::{StreamTranslator, Translated};
 use super::messages_stream::{MessagesStream, Step};
@@ -62,16 +63,74 @@ fn responses_event(event: &sse::Event, out: &mut StreamOutcome) -> Option<Bytes>
     Some(bytes)
 }
 
-/// Sends to the client; after the first failure (client gone) sends nothing more.
+/// Sends to the client what one upstream read produced, in one message (one wake-up of the
+/// connection's task, one write); after the first failure (client gone) sends nothing more.
 struct Client {
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    pending: BytesMut,
     gone: bool,
 }
 
 impl Client {
-    async fn send(&mut self, bytes: Bytes) {
-        if !self.gone && self.tx.send(Ok(bytes)).await.is_err() {
+    fn send(&mut self, bytes: &[u8]) {
+        if !self.gone {
+            self.pending.extend_from_slice(bytes);
+        }
+    }
+
+    /// An SSE `data:` event, written straight into what goes out.
+    fn data(&mut self, payload: &str) {
+        self.send(b"data: ");
+        self.send(payload.as_bytes());
+        self.send(b"\n\n");
+    }
+
+    async fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let bytes = self.pending.split().freeze();
+        if self.tx.send(Ok(bytes)).await.is_err() {
             self.gone = true;
+        }
+    }
+}
+
+/// The upstream's idle deadline at the cost of a clock read per chunk: the timer is armed
+/// once and moved only when it fires before the deadline (a timer per chunk was a
+/// registration and a cancellation in the runtime's timer wheel each).
+struct Stall {
+    sleep: std::pin::Pin<Box<Sleep>>,
+    idle: Duration,
+    last: Instant,
+}
+
+impl Stall {
+    fn new(idle: Duration) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            idle,
+            last: Instant::now(),
+        }
+    }
+
+    /// The body's next item, or `None` when nothing came for the idle timeout.
+    async fn next<S: futures::Stream + Unpin>(&mut self, body: &mut S) -> Option<Option<S::Item>> {
+        loop {
+            tokio::select! {
+                biased;
+                item = body.next() => {
+                    self.last = Instant::now();
+                    return Some(item);
+                }
+                () = &mut self.sleep => {
+                    let due = self.last + self.idle;
+                    if Instant::now() >= due {
+                        return None;
+                    }
+                    self.sleep.as_mut().reset(due);
+                }
+            }
         }
     }
 }
@@ -186,7 +245,12 @@ pub async fn pump(
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> StreamOutcome {
     let mut out = StreamOutcome::default();
-    let mut client = Client { tx, gone: false };
+    let mut client = Client {
+        tx,
+        pending: BytesMut::new(),
+        gone: false,
+    };
+    let mut stall = Stall::new(reply.idle_timeout);
     let mut parser = Parser::default();
     let mut anthropic = StreamTranslator::default();
     let mut messages = MessagesStream::new(&reply.model);
@@ -200,7 +264,7 @@ pub async fn pump(
     };
     let mut done = false;
     loop {
-        let next = tokio::time::timeout(reply.idle_timeout, reply.body.next()).await;
+        let next = stall.next(&mut reply.body).await.ok_or(());
         let events = match next {
             Ok(Some(Ok(bytes))) => parser.push(&bytes),
             Ok(None) => {
@@ -214,14 +278,12 @@ pub async fn pump(
             Ok(Some(Err(e))) => {
                 tracing::warn!(provider = %reply.provider, error = %e, "upstream stream broke");
                 out.broke = true;
-                client.send(error_event("the upstream stream broke")).await;
+                client.send(&error_event("the upstream stream broke"));
                 break;
             }
             Err(_) => {
                 out.broke = true;
-                client
-                    .send(error_event("the upstream stream stalled"))
-                    .await;
+                client.send(&error_event("the upstream stream stalled"));
                 break;
             }
         };
@@ -230,22 +292,22 @@ pub async fn pump(
                 match messages.event(reply.wire, &event) {
                     Step::Send(list) => {
                         for b in list {
-                            client.send(b).await;
+                            client.send(&b);
                         }
                     }
                     Step::Last(list, last) => {
                         for b in list {
-                            client.send(b).await;
+                            client.send(&b);
                         }
                         if hold_done {
                             out.held = Some(last);
                         } else {
-                            client.send(last).await;
+                            client.send(&last);
                         }
                     }
                     Step::Error(m) => {
                         out.broke = true;
-                        client.send(error_event(&m)).await;
+                        client.send(&error_event(&m));
                     }
                 }
                 continue;
@@ -253,14 +315,14 @@ pub async fn pump(
             if reply.endpoint == super::Endpoint::Responses {
                 // The final event carries the usage: held back under strict durability.
                 match responses_event(&event, &mut out) {
-                    Some(bytes) => client.send(bytes).await,
+                    Some(bytes) => client.send(&bytes),
                     None => {
                         let name = event.event.as_deref().unwrap_or("response.completed");
                         let last = Bytes::from(format!("event: {name}\ndata: {}\n\n", event.data));
                         if hold_done {
                             out.held = Some(last);
                         } else {
-                            client.send(last).await;
+                            client.send(&last);
                         }
                     }
                 }
@@ -272,7 +334,7 @@ pub async fn pump(
                         if hold_done {
                             out.held = Some(sse::data("[DONE]"));
                         } else {
-                            client.send(sse::data("[DONE]")).await;
+                            client.data("[DONE]");
                         }
                         continue;
                     }
@@ -283,7 +345,7 @@ pub async fn pump(
                             .get("message")
                             .and_then(Value::as_str)
                             .unwrap_or("upstream error");
-                        client.send(error_event(m)).await;
+                        client.send(&error_event(m));
                         continue;
                     }
                     if let Some(u) = chunk.usage {
@@ -293,7 +355,7 @@ pub async fn pump(
                     if chunk.usage_only && !client_wants_usage {
                         continue;
                     }
-                    client.send(sse::data(&event.data)).await;
+                    client.data(&event.data);
                 }
                 Wire::Anthropic => match anthropic.event(&event.data) {
                     Translated::Chunks(chunks) => {
@@ -301,31 +363,33 @@ pub async fn pump(
                             if let Ok(v) = serde_json::from_str::<Value>(&c) {
                                 delta_text(&v, &mut out.text);
                             }
-                            client.send(sse::data(&c)).await;
+                            client.data(&c);
                         }
                         out.usage = anthropic.usage();
                         if anthropic.done {
                             if client_wants_usage && let Some(c) = anthropic.usage_chunk() {
-                                client.send(sse::data(&c)).await;
+                                client.data(&c);
                             }
                             if hold_done {
                                 out.held = Some(sse::data("[DONE]"));
                             } else {
-                                client.send(sse::data("[DONE]")).await;
+                                client.data("[DONE]");
                             }
                         }
                     }
                     Translated::Error(m) => {
                         out.broke = true;
-                        client.send(error_event(&m)).await;
+                        client.send(&error_event(&m));
                     }
                 },
             }
         }
+        client.flush().await;
         if done {
             break;
         }
     }
+    client.flush().await;
     if is_messages {
         out.usage = messages.final_usage(reply.wire);
         out.text = std::mem::take(&mut messages.text);
@@ -542,5 +606,49 @@ mod tests {
         .await;
         assert!(out.client_gone);
         assert_eq!(out.usage, Some(Usage::new(5, 2)), "read to the end");
+    }
+
+    /// A reply whose chunks come `gap` apart, and which then goes quiet for good.
+    fn paced(chunks: Vec<&'static str>, gap: Duration, idle: Duration) -> StreamReply {
+        let mut r = reply(Wire::OpenAi, vec![]);
+        let body = futures::stream::iter(chunks)
+            .then(move |c| async move {
+                tokio::time::sleep(gap).await;
+                Ok::<_, String>(Bytes::from_static(c.as_bytes()))
+            })
+            .chain(futures::stream::pending());
+        r.body = body.boxed();
+        r.idle_timeout = idle;
+        r
+    }
+
+    #[tokio::test]
+    async fn the_idle_timeout_counts_from_the_last_chunk_not_the_first() {
+        // 30 chunks 10 ms apart: 300 ms in all, more than the idle timeout, never idle.
+        let words: Vec<&'static str> = (0..30)
+            .map(|_| "data: {\"choices\":[{\"delta\":{\"content\":\"w\"}}]}\n\n")
+            .chain(["data: [DONE]\n\n"])
+            .collect();
+        let (tx, rx) = mpsc::channel(64);
+        let started = tokio::time::Instant::now();
+        let out = pump(
+            paced(words, Duration::from_millis(10), Duration::from_millis(250)),
+            false,
+            false,
+            tx,
+        )
+        .await;
+        let sent = collect(rx).await;
+        assert_eq!(out.text, "w".repeat(30));
+        assert!(out.broke, "then it went quiet");
+        assert!(
+            sent.contains("[DONE]") && sent.contains("stalled"),
+            "{sent}"
+        );
+        // 31 items 10 ms apart, then 250 ms of quiet.
+        assert!(
+            started.elapsed() >= Duration::from_millis(560),
+            "cut only when idle"
+        );
     }
 }
