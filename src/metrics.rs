@@ -56,17 +56,31 @@ pub fn request(route: &str, status: u16, model: Option<&str>, total: Duration, o
         use std::fmt::Write;
         key.clear();
         let _ = write!(key, "{route}\0{status}\0{model}");
-        match cache.get(key.as_str()) {
-            Some(h) => record(h),
-            None => {
-                let h = RequestHandles::new(route, status, model);
-                record(&h);
-                if cache.len() < HANDLE_CACHE {
-                    cache.insert(key.as_str().into(), h);
-                }
-            }
-        }
+        cached(
+            cache,
+            key,
+            || RequestHandles::new(route, status, model),
+            record,
+        );
     });
+}
+
+/// Uses the handles cached under `key`, made (and kept while the cache has room) on first
+/// use.
+fn cached<H>(
+    cache: &mut HashMap<Box<str>, H>,
+    key: &str,
+    make: impl FnOnce() -> H,
+    with: impl FnOnce(&H),
+) {
+    if let Some(h) = cache.get(key) {
+        return with(h);
+    }
+    let h = make();
+    with(&h);
+    if cache.len() < HANDLE_CACHE {
+        cache.insert(key.into(), h);
+    }
 }
 
 /// Most label sets cached per thread (routes, statuses and known models are few).
@@ -158,15 +172,8 @@ pub fn upstream(target: &str, elapsed: Duration, outcome: &'static str) {
         return duration().record(elapsed.as_secs_f64());
     }
     // The label's hash is computed once per thread and target, not per attempt.
-    UPSTREAMS.with_borrow_mut(|cache| match cache.get(target) {
-        Some(h) => h.record(elapsed.as_secs_f64()),
-        None => {
-            let h = duration();
-            h.record(elapsed.as_secs_f64());
-            if cache.len() < HANDLE_CACHE {
-                cache.insert(target.into(), h);
-            }
-        }
+    UPSTREAMS.with_borrow_mut(|cache| {
+        cached(cache, target, duration, |h| h.record(elapsed.as_secs_f64()));
     });
 }
 

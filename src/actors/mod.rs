@@ -53,10 +53,15 @@ pub fn passivations() -> u64 {
     PASSIVATIONS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Gives back the room of a map that shrank to a quarter of its capacity (after
-/// passivation: a directory sized for 100k live actors keeps their room otherwise).
+/// A map that shrank to a quarter of its (large) capacity: after passivation, a map sized
+/// for 100k live actors keeps their room until it is shrunk.
+fn sparse(len: usize, capacity: usize) -> bool {
+    capacity > 1_024 && len * 4 < capacity
+}
+
+/// Gives back the room of a directory that became [`sparse`].
 fn shrink_if_sparse<K: Eq + Hash, V>(map: &dashmap::DashMap<K, V>) {
-    if map.capacity() > 1_024 && map.len() * 4 < map.capacity() {
+    if sparse(map.len(), map.capacity()) {
         map.shrink_to_fit();
     }
 }
@@ -273,9 +278,7 @@ impl<K: Eq + Hash + Clone, R: Clone> ChildBook<K, R> {
                 }
                 self.faults.remove(&k);
                 // After a wave of passivations, give back the room of 100k children.
-                if self.by_actor.capacity() > 1_024
-                    && self.by_actor.len() * 4 < self.by_actor.capacity()
-                {
+                if sparse(self.by_actor.len(), self.by_actor.capacity()) {
                     self.by_actor.shrink_to_fit();
                     self.meta.shrink_to_fit();
                     self.faults.shrink_to_fit();

@@ -78,7 +78,16 @@ fn parse_block(block: &[u8]) -> Option<Event> {
 
 /// Formats one `data:` event.
 pub fn data(payload: &str) -> bytes::Bytes {
-    bytes::Bytes::from(format!("data: {payload}\n\n"))
+    let mut out = bytes::BytesMut::with_capacity(payload.len() + 8);
+    put_data(&mut out, payload);
+    out.freeze()
+}
+
+/// Appends one `data:` event to `out`.
+pub fn put_data(out: &mut bytes::BytesMut, payload: &str) {
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(payload.as_bytes());
+    out.extend_from_slice(b"\n\n");
 }
 
 #[cfg(test)]

@@ -80,9 +80,9 @@ impl Client {
 
     /// An SSE `data:` event, written straight into what goes out.
     fn data(&mut self, payload: &str) {
-        self.send(b"data: ");
-        self.send(payload.as_bytes());
-        self.send(b"\n\n");
+        if !self.gone {
+            sse::put_data(&mut self.pending, payload);
+        }
     }
 
     async fn flush(&mut self) {
@@ -264,10 +264,9 @@ pub async fn pump(
     };
     let mut done = false;
     loop {
-        let next = stall.next(&mut reply.body).await.ok_or(());
-        let events = match next {
-            Ok(Some(Ok(bytes))) => parser.push(&bytes),
-            Ok(None) => {
+        let events = match stall.next(&mut reply.body).await {
+            Some(Some(Ok(bytes))) => parser.push(&bytes),
+            Some(None) => {
                 let rest = parser.finish().into_iter().collect::<Vec<_>>();
                 if rest.is_empty() {
                     break;
@@ -275,13 +274,13 @@ pub async fn pump(
                 done = true;
                 rest
             }
-            Ok(Some(Err(e))) => {
+            Some(Some(Err(e))) => {
                 tracing::warn!(provider = %reply.provider, error = %e, "upstream stream broke");
                 out.broke = true;
                 client.send(&error_event("the upstream stream broke"));
                 break;
             }
-            Err(_) => {
+            None => {
                 out.broke = true;
                 client.send(&error_event("the upstream stream stalled"));
                 break;
