@@ -1,9 +1,10 @@
 //! Writing a journal batch: usage rows, ledger rows and balance deltas in one transaction.
 //!
-//! Every call's `usage_log` row and every credit's `balance_ledger` row is keyed by
-//! `request_id` with `ON CONFLICT DO NOTHING`, and balances move by the sum of the rows
-//! actually inserted, so writing a batch twice (after a crash between commit and
-//! acknowledgement) changes nothing the second time. The calls a batch charges one user are
+//! Every call's `usage_log` row and every credit's `balance_ledger` row is unique by
+//! `request_id`, a row already written is skipped (for usage rows, by writing the batch
+//! again when its `COPY` met one), and balances move by the sum of the rows actually
+//! inserted, so writing a batch twice (after a crash between commit and acknowledgement)
+//! changes nothing the second time. The calls a batch charges one user are
 //! summed in one `charge` ledger row (`calls` of them): the ledger explains every movement
 //! of the balance, the usage log every call.
 
@@ -15,7 +16,7 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::billing::{AccountStatus, Decimal};
-use crate::journal::{EntryData, EntryKind};
+use crate::journal::{EntryData, EntryKind, UsageRecord};
 
 /// A user's committed balance after a batch.
 #[derive(Debug, Clone)]
@@ -36,10 +37,6 @@ pub struct BatchOutcome {
     pub usage_rows: usize,
 }
 
-fn tokens(v: u32) -> i32 {
-    i32::try_from(v).unwrap_or(i32::MAX)
-}
-
 /// Writes `batch` inside a new transaction and returns it uncommitted: the caller commits
 /// it under the journal's commit lock.
 ///
@@ -52,6 +49,32 @@ pub async fn prepare_batch(
     pool: &PgPool,
     batch: &[Arc<EntryData>],
     notify_as: Option<Uuid>,
+) -> Result<(Transaction<'static, Postgres>, BatchOutcome), sqlx::Error> {
+    // Usage rows are new but for a batch written again after its commit's answer was lost:
+    // they go in with `COPY`, and a row already there fails the batch, which is then
+    // written again skipping such rows ([`super::usage_rows`]).
+    match write(pool, batch, notify_as, Usage::New).await {
+        Err(e) if super::is_unique_violation(&e) => {
+            write(pool, batch, notify_as, Usage::SkipWritten).await
+        }
+        written => written,
+    }
+}
+
+/// How a batch inserts its usage rows.
+#[derive(Clone, Copy)]
+enum Usage {
+    /// All at once (`COPY`): a row already written is a unique violation.
+    New,
+    /// Rows already written are skipped.
+    SkipWritten,
+}
+
+async fn write(
+    pool: &PgPool,
+    batch: &[Arc<EntryData>],
+    notify_as: Option<Uuid>,
+    usage: Usage,
 ) -> Result<(Transaction<'static, Postgres>, BatchOutcome), sqlx::Error> {
     // Every statement of a batch takes arrays, so a generic plan fits any batch: planned
     // once per connection instead of at every execution (with PostgreSQL's `auto`, the
@@ -66,7 +89,7 @@ pub async fn prepare_batch(
     let (charges, credits): (Vec<&Arc<EntryData>>, Vec<&Arc<EntryData>>) = batch
         .iter()
         .partition(|e| matches!(e.kind, EntryKind::Charge(_)));
-    let mut inserted_ids = insert_usage(&mut tx, &charges, &mut outcome).await?;
+    let mut inserted_ids = insert_usage(&mut tx, &charges, usage, &mut outcome).await?;
     let charged: Vec<&Arc<EntryData>> = charges
         .into_iter()
         .filter(|e| inserted_ids.contains(e.request_id.as_str()))
@@ -200,105 +223,27 @@ fn balance_after(
 async fn insert_usage(
     tx: &mut Transaction<'static, Postgres>,
     charges: &[&Arc<EntryData>],
+    usage: Usage,
     outcome: &mut BatchOutcome,
 ) -> Result<HashSet<String>, sqlx::Error> {
-    let charges: Vec<(&Arc<EntryData>, &crate::journal::UsageRecord)> = charges
+    let charges: Vec<(&EntryData, &UsageRecord)> = charges
         .iter()
         .filter_map(|e| match &e.kind {
-            EntryKind::Charge(u) => Some((*e, u.as_ref())),
+            EntryKind::Charge(u) => Some((e.as_ref(), u.as_ref())),
             EntryKind::TopUp { .. } | EntryKind::Redemption { .. } => None,
         })
         .collect();
     if charges.is_empty() {
         return Ok(HashSet::new());
     }
-    let n = charges.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut users = Vec::with_capacity(n);
-    let mut tenants = Vec::with_capacity(n);
-    let mut keys = Vec::with_capacity(n);
-    let mut providers = Vec::with_capacity(n);
-    let mut models = Vec::with_capacity(n);
-    let mut ins = Vec::with_capacity(n);
-    let mut outs = Vec::with_capacity(n);
-    let mut totals = Vec::with_capacity(n);
-    let mut in_rates = Vec::with_capacity(n);
-    let mut out_rates = Vec::with_capacity(n);
-    let mut markups = Vec::with_capacity(n);
-    let mut platform = Vec::with_capacity(n);
-    let mut costs = Vec::with_capacity(n);
-    let mut sources = Vec::with_capacity(n);
-    let mut times = Vec::with_capacity(n);
-    let mut cached = Vec::with_capacity(n);
-    let mut written = Vec::with_capacity(n);
-    let mut reasoning = Vec::with_capacity(n);
-    let mut cached_rates = Vec::with_capacity(n);
-    let mut write_rates = Vec::with_capacity(n);
-    let mut reasoning_rates = Vec::with_capacity(n);
-    for (e, u) in &charges {
-        ids.push(e.request_id.as_str());
-        users.push(e.user_id);
-        tenants.push(u.tenant_id);
-        keys.push(u.virtual_key_id);
-        providers.push(u.provider.as_str());
-        models.push(u.model.as_str());
-        ins.push(tokens(u.usage.input_tokens));
-        outs.push(tokens(u.usage.output_tokens));
-        totals.push(i32::try_from(u.usage.total()).unwrap_or(i32::MAX));
-        in_rates.push(u.input_rate);
-        out_rates.push(u.output_rate);
-        markups.push(u.markup_percent);
-        platform.push(u.platform_cost);
-        costs.push(-e.delta);
-        sources.push(u.usage_source);
-        times.push(e.created_at);
-        cached.push(tokens(u.usage.cached_input_tokens));
-        written.push(tokens(u.usage.cache_write_tokens));
-        reasoning.push(tokens(u.usage.reasoning_tokens));
-        cached_rates.push(u.cached_input_rate);
-        write_rates.push(u.cache_write_rate);
-        reasoning_rates.push(u.reasoning_output_rate);
-    }
-    let inserted: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO data.usage_log
-             (request_id, user_id, tenant_id, virtual_key_id, provider, model, input_tokens,
-              output_tokens, tokens, input_rate, output_rate, markup_percent, platform_cost, cost,
-              usage_source, created_at, cached_input_tokens, cache_write_tokens,
-              reasoning_tokens, cached_input_rate, cache_write_rate, reasoning_output_rate)
-         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                              $6::text[], $7::int4[], $8::int4[], $9::int4[], $10::numeric[],
-                              $11::numeric[], $12::numeric[], $13::numeric[], $14::numeric[],
-                              $15::text[], $16::timestamptz[], $17::int4[], $18::int4[],
-                              $19::int4[], $20::numeric[], $21::numeric[], $22::numeric[])
-         ON CONFLICT (request_id) DO NOTHING
-         RETURNING request_id",
-    )
-    .bind(&ids)
-    .bind(&users)
-    .bind(&tenants)
-    .bind(&keys)
-    .bind(&providers)
-    .bind(&models)
-    .bind(&ins)
-    .bind(&outs)
-    .bind(&totals)
-    .bind(&in_rates)
-    .bind(&out_rates)
-    .bind(&markups)
-    .bind(&platform)
-    .bind(&costs)
-    .bind(&sources)
-    .bind(&times)
-    .bind(&cached)
-    .bind(&written)
-    .bind(&reasoning)
-    .bind(&cached_rates)
-    .bind(&write_rates)
-    .bind(&reasoning_rates)
-    .fetch_all(&mut **tx)
-    .await?;
+    let inserted = match usage {
+        Usage::New => {
+            super::usage_rows::copy(tx, &charges).await?;
+            charges.iter().map(|(e, _)| e.request_id.clone()).collect()
+        }
+        Usage::SkipWritten => super::usage_rows::insert_skipping_written(tx, &charges).await?,
+    };
     outcome.usage_rows = inserted.len();
-    let inserted: HashSet<String> = inserted.into_iter().collect();
     // Only what was inserted now moves the keys' spend; holds go whatever happened (a
     // duplicate's charge was committed before).
     let (mut spent_keys, mut spent) = (Vec::new(), Vec::new());

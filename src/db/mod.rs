@@ -15,6 +15,7 @@ pub mod notices;
 pub mod portkey;
 pub mod tenants;
 pub mod usage;
+mod usage_rows;
 pub mod users;
 
 use std::str::FromStr;

@@ -421,3 +421,68 @@ async fn a_batch_charging_a_missing_user_fails_whole(pool: PgPool) {
     assert_eq!(count(&pool, "SELECT count(*) FROM data.usage_log").await, 1);
     assert_eq!(stored(&pool, a).await.0, d("9.75"));
 }
+
+#[sqlx::test(migrations = "./migrations")]
+async fn copied_usage_rows_hold_what_the_calls_were(pool: PgPool) {
+    let a = user(&pool, "a@x.io").await;
+    let (key_a, _) = key(&pool, a, Role::User).await;
+    let active = AccountStatus::Active;
+    let plain = charge(1, a, key_a, "0.25", ("9.75", active));
+    let mut odd = (*charge(2, a, key_a, "0.5", ("9.25", active))).clone();
+    if let EntryKind::Charge(u) = &mut odd.kind {
+        // Every character `COPY`'s text format gives a meaning to.
+        u.model = "tab\there \\ new\nline\r\\N".into();
+        u.usage = Usage {
+            input_tokens: 7,
+            output_tokens: 3,
+            cached_input_tokens: 2,
+            cache_write_tokens: 1,
+            reasoning_tokens: 2,
+        };
+        u.cached_input_rate = Some(d("0.0005"));
+        u.reasoning_output_rate = Some(d("0.004"));
+        u.markup_percent = d("12.5");
+        u.usage_source = "estimated";
+    }
+    let odd = Arc::new(odd);
+    let outcome = write(&pool, &[plain, odd.clone()]).await;
+    assert_eq!(outcome.usage_rows, 2);
+    type Row = (
+        String,
+        i32,
+        i32,
+        i32,
+        i32,
+        i32,
+        i32,
+        Decimal,
+        Decimal,
+        Option<Decimal>,
+        Option<Decimal>,
+        Option<Decimal>,
+        String,
+        chrono::DateTime<Utc>,
+    );
+    let row: Row = sqlx::query_as(
+        "SELECT model, input_tokens, output_tokens, tokens, cached_input_tokens,
+                cache_write_tokens, reasoning_tokens, markup_percent, cost, cached_input_rate,
+                cache_write_rate, reasoning_output_rate, usage_source, created_at
+         FROM data.usage_log WHERE request_id = $1",
+    )
+    .bind(&odd.request_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(row.0, "tab\there \\ new\nline\r\\N");
+    assert_eq!(
+        (row.1, row.2, row.3, row.4, row.5, row.6),
+        (7, 3, 10, 2, 1, 2)
+    );
+    assert_eq!((row.7, row.8), (d("12.5"), d("0.5")));
+    assert_eq!(
+        (row.9, row.10, row.11),
+        (Some(d("0.0005")), None, Some(d("0.004")))
+    );
+    assert_eq!(row.12, "estimated");
+    assert_eq!(row.13.timestamp_micros(), odd.created_at.timestamp_micros());
+}

@@ -29,6 +29,22 @@ pub struct RequestCtx {
     pub trace: Option<SpanContext>,
 }
 
+/// A new request id: a version 7 UUID (RFC 9562), whose first 48 bits are the time in
+/// milliseconds, so that the ids `usage_log`'s unique index takes arrive in nearly ascending
+/// order and each insert lands on the index's rightmost pages, not on a random one (with
+/// random ids PostgreSQL spent about a quarter more per inserted row: docs/benchmarks.md,
+/// "fourth round"). The other 74 bits are random, from the thread's own generator (no system
+/// call): an id must be unique, it is not a secret.
+fn new_request_id() -> Uuid {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+    random[8..].copy_from_slice(&fastrand::u16(..).to_le_bytes());
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+}
+
 impl RequestCtx {
     pub fn new() -> Arc<Self> {
         Self::traced(None)
@@ -36,7 +52,7 @@ impl RequestCtx {
 
     fn traced(trace: Option<SpanContext>) -> Arc<Self> {
         Arc::new(Self {
-            id: Uuid::new_v4(),
+            id: new_request_id(),
             upstream_ns: AtomicU64::new(0),
             model: OnceLock::new(),
             key_id: OnceLock::new(),
@@ -215,4 +231,22 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         crate::metrics::render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_request_id;
+
+    #[test]
+    fn request_ids_are_unique_and_ascend_with_time() {
+        let first = new_request_id();
+        assert_eq!(first.get_version_num(), 7);
+        let many: std::collections::HashSet<_> = (0..10_000).map(|_| new_request_id()).collect();
+        assert_eq!(many.len(), 10_000);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = new_request_id();
+        // As text too: `usage_log.request_id` is text.
+        assert!(first.to_string() < later.to_string());
+        assert!(many.iter().all(|id| id.to_string() < later.to_string()));
+    }
 }
