@@ -32,8 +32,8 @@ pub struct RequestCtx {
 /// A new request id: a version 7 UUID (RFC 9562), whose first 48 bits are the time in
 /// milliseconds, so that the ids `usage_log`'s unique index takes arrive in nearly ascending
 /// order and each insert lands on the index's rightmost pages, not on a random one (with
-/// random ids PostgreSQL spent about a quarter more per inserted row: docs/benchmarks.md,
-/// "fourth round"). The other 74 bits are random, from the thread's own generator (no system
+/// random ids PostgreSQL spent about a fifth more per batch: docs/benchmarks.md, "fourth
+/// round"). The other 74 bits are random, from the thread's own generator (no system
 /// call): an id must be unique, it is not a secret.
 fn new_request_id() -> Uuid {
     let millis = std::time::SystemTime::now()
