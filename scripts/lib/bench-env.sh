@@ -1,6 +1,7 @@
 # Sourced by the benchmark scripts: builds the release binary, starts the loopback mock
 # upstream and a gateway on a fresh database, and prepares a funded user with a key.
-# Leaves: BIN, GW (URL), GW_PID, MOCK_PID, GWS (every instance's URL), PGURL, DB, MOCK_PORT, ADMIN, USER_ID, TOKEN, KEY, work (temp dir).
+# Leaves: BIN, GW (URL), GW_PID, MOCK_PID, GWS (every instance's URL), PGURL, DB, MOCK_PORT, ADMIN, USER_ID, TOKEN, KEY, work (temp dir),
+# and the helpers ticks, TICK_US and paid_lua.
 set -euo pipefail
 MOCK_PORT="${MOCK_PORT:-19001}"
 GW_PORT="${GW_PORT:-13001}"
@@ -58,3 +59,26 @@ USER_ID=$(api POST /api/auth/register "" '{"email":"load@bench.local","password"
 api POST "/api/users/$USER_ID/topups" "$ADMIN" '{"amount":"1000000"}' >/dev/null
 TOKEN=$(api POST /api/auth/login "" '{"email":"load@bench.local","password":"bench-password-1"}' | jq -r .token)
 KEY=$(api POST "/api/users/$USER_ID/virtual-keys" "$TOKEN" '{"name":"bench"}' | jq -r .virtual_key)
+
+# CPU accounting. ticks PID... -> utime + stime of these processes, in clock ticks of
+# TICK_US microseconds.
+TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
+ticks() {
+  local p t=0 f
+  for p in "$@"; do
+    f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+    f=${f##*) }   # fields after the command name (which may hold spaces)
+    read -r -a a <<<"$f" || true
+    t=$(( t + a[11] + a[12] ))
+  done
+  echo "$t"
+}
+# paid_lua FILE -> a wrk script posting one paid chat call with $KEY.
+paid_lua() {
+  cat >"$1" <<LUA
+wrk.method = "POST"
+wrk.body = '{"model":"bench","max_tokens":16,"messages":[{"role":"user","content":"Say hello to the benchmark"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["x-virtual-key"] = "$KEY"
+LUA
+}

@@ -53,19 +53,19 @@ pub async fn prepare_batch(
     // Usage rows are new but for a batch written again after its commit's answer was lost:
     // they go in with `COPY`, and a row already there fails the batch, which is then
     // written again skipping such rows ([`super::usage_rows`]).
-    match write(pool, batch, notify_as, Usage::New).await {
+    match write(pool, batch, notify_as, UsageRows::AllNew).await {
         Err(e) if super::is_unique_violation(&e) => {
-            write(pool, batch, notify_as, Usage::SkipWritten).await
+            write(pool, batch, notify_as, UsageRows::SkipWritten).await
         }
         written => written,
     }
 }
 
-/// How a batch inserts its usage rows.
+/// How a batch writes its usage rows.
 #[derive(Clone, Copy)]
-enum Usage {
+enum UsageRows {
     /// All at once (`COPY`): a row already written is a unique violation.
-    New,
+    AllNew,
     /// Rows already written are skipped.
     SkipWritten,
 }
@@ -74,7 +74,7 @@ async fn write(
     pool: &PgPool,
     batch: &[Arc<EntryData>],
     notify_as: Option<Uuid>,
-    usage: Usage,
+    usage: UsageRows,
 ) -> Result<(Transaction<'static, Postgres>, BatchOutcome), sqlx::Error> {
     // Every statement of a batch takes arrays, so a generic plan fits any batch: planned
     // once per connection instead of at every execution (with PostgreSQL's `auto`, the
@@ -223,7 +223,7 @@ fn balance_after(
 async fn insert_usage(
     tx: &mut Transaction<'static, Postgres>,
     charges: &[&Arc<EntryData>],
-    usage: Usage,
+    usage: UsageRows,
     outcome: &mut BatchOutcome,
 ) -> Result<HashSet<String>, sqlx::Error> {
     let charges: Vec<(&EntryData, &UsageRecord)> = charges
@@ -237,11 +237,11 @@ async fn insert_usage(
         return Ok(HashSet::new());
     }
     let inserted = match usage {
-        Usage::New => {
+        UsageRows::AllNew => {
             super::usage_rows::copy(tx, &charges).await?;
             charges.iter().map(|(e, _)| e.request_id.clone()).collect()
         }
-        Usage::SkipWritten => super::usage_rows::insert_skipping_written(tx, &charges).await?,
+        UsageRows::SkipWritten => super::usage_rows::insert_skipping_written(tx, &charges).await?,
     };
     outcome.usage_rows = inserted.len();
     // Only what was inserted now moves the keys' spend; holds go whatever happened (a

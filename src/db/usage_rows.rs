@@ -10,6 +10,7 @@ use std::fmt::Write;
 
 use sqlx::{Postgres, Transaction};
 
+use crate::billing::Decimal;
 use crate::journal::{EntryData, UsageRecord};
 
 const COPY: &str = "COPY data.usage_log (request_id, user_id, tenant_id, virtual_key_id, provider, model, \
@@ -68,25 +69,22 @@ fn row(out: &mut String, e: &EntryData, u: &UsageRecord) {
         tokens(usage.cache_write_tokens),
         tokens(usage.reasoning_tokens),
     );
-    for (i, rate) in [
-        u.cached_input_rate,
-        u.cache_write_rate,
-        u.reasoning_output_rate,
-    ]
-    .iter()
-    .enumerate()
-    {
-        if i > 0 {
-            out.push('\t');
-        }
-        match rate {
-            Some(r) => {
-                let _ = write!(out, "{r}");
-            }
-            None => out.push_str("\\N"),
-        }
-    }
+    null_or(out, u.cached_input_rate);
+    out.push('\t');
+    null_or(out, u.cache_write_rate);
+    out.push('\t');
+    null_or(out, u.reasoning_output_rate);
     out.push('\n');
+}
+
+/// An optional rate: `\N` for none.
+fn null_or(out: &mut String, rate: Option<Decimal>) {
+    match rate {
+        Some(r) => {
+            let _ = write!(out, "{r}");
+        }
+        None => out.push_str("\\N"),
+    }
 }
 
 /// A text field, with the characters `COPY` gives a meaning escaped.
