@@ -27,6 +27,7 @@ pub mod messages;
 pub mod responses;
 mod run;
 mod settle;
+mod streamed;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -37,7 +38,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 pub use admit::Admitted;
@@ -45,6 +45,7 @@ pub use chat::Chat;
 pub use embeddings::Embeddings;
 pub use messages::Messages;
 pub use responses::Responses;
+pub use streamed::Streamed;
 
 use crate::actors::balances::BalanceError;
 use crate::actors::keys::AdmitError;
@@ -135,8 +136,8 @@ pub enum Reply {
     /// A whole OpenAI-shaped answer.
     Whole(Bytes),
     /// Server-sent events, ending with `[DONE]` (with strict durability, only once the
-    /// charge is committed).
-    Stream(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+    /// charge is committed), pumped from the upstream as the client reads them.
+    Stream(Streamed),
 }
 
 /// Admits, runs and settles one call of `op` with the key whose hash is `key` (already

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::admit::Admitted;
+use super::streamed::Streamed;
 use super::{CallError, Operation, Reply};
 use crate::tokens;
 use crate::upstream::sse;
@@ -49,8 +50,7 @@ impl<O: Operation> Admitted<O> {
             }
             Answer::Stream(reply) => {
                 let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-                tokio::spawn(self.stream(reply, tx));
-                Ok(Reply::Stream(rx))
+                Ok(Reply::Stream(Streamed::new(self.stream(reply, tx), rx)))
             }
         }
     }

@@ -120,21 +120,14 @@ async fn record_failure(
 pub fn response(reply: Reply) -> Response {
     match reply {
         Reply::Whole(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Reply::Stream(rx) => {
-            let chunks =
-                futures::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
-                );
-            (
-                [
-                    (header::CONTENT_TYPE, "text/event-stream"),
-                    (header::CACHE_CONTROL, "no-cache"),
-                ],
-                Body::from_stream(chunks),
-            )
-                .into_response()
-        }
+        Reply::Stream(events) => (
+            [
+                (header::CONTENT_TYPE, "text/event-stream"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            Body::from_stream(events),
+        )
+            .into_response(),
     }
 }
 

@@ -1,11 +1,13 @@
 //! Streaming: the upstream's SSE goes to the client event by event, never buffered whole.
 //!
-//! The pump runs in its own task. It forwards the events of each upstream read as they
-//! arrive, in one message to the connection's task (translating Anthropic events into
-//! OpenAI chunks), watches for the final usage, and keeps what was delivered so an answer
-//! without usage can be counted. When the client goes away it keeps reading the upstream to
-//! its end, so what the upstream produced is billed; when the upstream breaks mid-stream it
-//! sends the client an SSE error event and stops. Either way it returns what to bill.
+//! The pump runs inside the response body, on the connection's task, while the client is
+//! there (`call::Streamed`), and on a task of its own once the client has gone. It forwards
+//! the events of each upstream read as they arrive, in one message (translating Anthropic
+//! events into OpenAI chunks), watches for the final usage, and keeps what was delivered so
+//! an answer without usage can be counted. When the client goes away it keeps reading the
+//! upstream to its end, so what the upstream produced is billed; when the upstream breaks
+//! mid-stream it sends the client an SSE error event and stops. Either way it returns what
+//! to bill.
 
 use std::time::Duration;
 
