@@ -1,9 +1,11 @@
 """An OpenAI-format upstream in Python (aiohttp), for benchmarks: a slower, more typical
 upstream than the Rust mock. POST /v1/chat/completions answers a whole completion, or with
 "stream": true, CHUNKS chunks of one token each, a usage chunk when asked for, and [DONE].
+PACE_MS apart (default 0: as fast as it can write them; a real model takes 10-50 ms a token).
 
-    python aiomock.py PORT [CHUNKS]
+    python aiomock.py PORT [CHUNKS [PACE_MS]]
 """
+import asyncio
 import json
 import sys
 import time
@@ -11,6 +13,7 @@ import time
 from aiohttp import web
 
 CHUNKS = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+PACE = float(sys.argv[3]) / 1000 if len(sys.argv) > 3 else 0.0
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -40,6 +43,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
     await resp.write(event({"role": "assistant", "content": "tok"}))
     for _ in range(CHUNKS - 1):
+        if PACE:
+            await asyncio.sleep(PACE)
         await resp.write(event({"content": " tok"}))
     await resp.write(event({}, "stop"))
     if (body.get("stream_options") or {}).get("include_usage"):
