@@ -50,7 +50,7 @@ async function signIn(page, email, password) {
   out.balance_before = await page.locator("#balance").textContent();
   await shot(page, "overview");
   await page.getByRole("link", { name: "Keys" }).click();
-  await page.getByLabel("Name").fill("from the console");
+  await page.getByLabel("Name", { exact: true }).fill("from the console");
   await page.getByLabel("Budget in all").fill("50");
   await page.getByRole("button", { name: "Create key" }).click();
   const first = (await page.locator("#plaintext").textContent()).trim();
@@ -126,7 +126,7 @@ async function signIn(page, email, password) {
 
   // Tenants, codes, a model's plan (an invalid one refused inline).
   await page.getByRole("link", { name: "Tenants" }).click();
-  await page.getByLabel("Name").fill("from-the-console");
+  await page.getByLabel("Name", { exact: true }).fill("from-the-console");
   await page.getByLabel("Markup (percent)").fill("12.5");
   await page.getByRole("button", { name: "Create tenant" }).click();
   await page.locator("#tenants td", { hasText: "from-the-console" }).waitFor();
@@ -179,7 +179,9 @@ async function signIn(page, email, password) {
   out.raw_model = await page.locator("#models tr", { hasText: "raw-model" }).textContent();
   await shot(page, "models");
   await page.getByRole("link", { name: "Portkey" }).click();
-  await page.getByLabel("Name").fill("console-portkey");
+  // The models page's "Public model name" also matches a loose "Name": wait for this page.
+  await page.locator("#new-portkey").waitFor();
+  await page.getByLabel("Name", { exact: true }).fill("console-portkey");
   await page.getByLabel("Tenant id").fill(process.env.TENANT_ID);
   await page.getByRole("button", { name: "Create config" }).click();
   await page.locator("#portkey-configs td", { hasText: "console-portkey" }).waitFor();
