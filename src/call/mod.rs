@@ -153,18 +153,24 @@ pub async fn call<O: Operation>(
     let admitted = admit::admit(app, (key, client), op, request_id, seen).await?;
     // Polled here while the client waits (no task hop); moved to a task of its own if the
     // client hangs up.
-    Detached(Some(Box::pin(admitted.run()))).await
+    Detached::new(admitted.run()).await
 }
 
-type CallFuture = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send>>;
+/// A future that finishes on its own task if it is dropped before it is done (a call whose
+/// client hung up, a stream's pump: either is still billed).
+struct Detached<T: Send + 'static>(Option<Pin<Box<dyn Future<Output = T> + Send>>>);
 
-/// A future that finishes on its own task if it is dropped before it is done.
-struct Detached(Option<CallFuture>);
+impl<T: Send + 'static> Detached<T> {
+    fn new(future: impl Future<Output = T> + Send + 'static) -> Self {
+        Self(Some(Box::pin(future)))
+    }
+}
 
-impl Future for Detached {
-    type Output = Result<Reply, CallError>;
+impl<T: Send + 'static> Future for Detached<T> {
+    type Output = T;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    /// Once done, `Pending` for ever (and the future is dropped at once).
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let Some(call) = self.0.as_mut() else {
             return Poll::Pending;
         };
@@ -176,10 +182,10 @@ impl Future for Detached {
     }
 }
 
-impl Drop for Detached {
+impl<T: Send + 'static> Drop for Detached<T> {
     fn drop(&mut self) {
         if let Some(call) = self.0.take() {
-            // The client left mid-call: finish (and bill) it without anyone waiting.
+            // Its client left: finish (and bill) it without anyone waiting.
             tokio::spawn(async move {
                 let _ = call.await;
             });

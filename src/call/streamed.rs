@@ -2,7 +2,7 @@
 //! response body, on the connection's own task, while the client reads: each upstream read
 //! wakes that one task, which parses it and writes it out, with no task between the
 //! upstream and the client. If the client hangs up first, the rest moves to a task of its
-//! own (like [`super::Detached`]) and the stream is still read to its end and billed.
+//! own (the call's `Detached`) and the stream is still read to its end and billed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,12 +11,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-type Pump = Pin<Box<dyn Future<Output = ()> + Send>>;
+use super::Detached;
 
 /// The events of a streamed answer, produced as the body is polled.
 pub struct Streamed {
-    /// The pump and the charge after it, until they are done.
-    pump: Option<Pump>,
+    /// The pump and the charge after it; moved to a task of its own if dropped unfinished.
+    pump: Detached<()>,
     /// What the pump has produced and the client not yet taken.
     rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
 }
@@ -28,7 +28,7 @@ impl Streamed {
         rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
     ) -> Self {
         Self {
-            pump: Some(Box::pin(pump)),
+            pump: Detached::new(pump),
             rx,
         }
     }
@@ -40,11 +40,7 @@ impl futures::Stream for Streamed {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         // The pump runs until it has nothing to read or its buffer is full; what it sent is
         // then taken from the buffer (which wakes it again when it was full).
-        if let Some(pump) = self.pump.as_mut()
-            && pump.as_mut().poll(cx).is_ready()
-        {
-            self.pump = None;
-        }
+        let _ = Pin::new(&mut self.pump).poll(cx);
         // With the pump done its sender is gone: the buffer ends once emptied.
         self.rx.poll_recv(cx)
     }
@@ -52,12 +48,10 @@ impl futures::Stream for Streamed {
 
 impl Drop for Streamed {
     fn drop(&mut self) {
-        if let Some(pump) = self.pump.take() {
-            // The client left mid-stream: the pump sees it at its next send, reads the
-            // upstream to its end and bills it, on its own task.
-            self.rx.close();
-            tokio::spawn(pump);
-        }
+        // Before the pump is dropped (and, unfinished, moved to a task of its own): it then
+        // sees at its next send that the client left, reads the upstream to its end and
+        // bills it.
+        self.rx.close();
     }
 }
 
