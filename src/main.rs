@@ -15,6 +15,7 @@ fn main() -> std::process::ExitCode {
         .unwrap_or_else(|| Command::Serve(Box::new(Config::defaults())));
     let workers = match &command {
         Command::Serve(config) => config.worker_threads,
+        Command::PlainProxy { worker_threads, .. } => *worker_threads,
         _ => None,
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -92,6 +93,12 @@ async fn run(command: Command) -> std::process::ExitCode {
         Command::Actors(args) => neuropia::cli::actors(args).await,
         Command::MockUpstream { bind } => match http::server::listen(bind) {
             Ok(listener) => upstream::mock::serve(listener)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("binding {bind}: {e}")),
+        },
+        Command::PlainProxy { bind, upstream, .. } => match http::server::listen(bind) {
+            Ok(listener) => http::plain_proxy::serve(listener, &upstream)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(format!("binding {bind}: {e}")),

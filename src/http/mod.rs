@@ -24,6 +24,7 @@ pub mod model_markups;
 pub mod money;
 pub mod observe;
 pub mod ops;
+pub mod plain_proxy;
 pub mod portkey;
 pub mod selfservice;
 pub mod server;

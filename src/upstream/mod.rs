@@ -15,7 +15,7 @@
 //!   reaches the client.
 
 pub mod anthropic;
-mod h1;
+pub mod h1;
 pub mod messages;
 mod messages_stream;
 pub mod mock;
