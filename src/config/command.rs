@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use super::{Config, DEFAULT_DATABASE_URL, Secret};
 
-/// `neuropia`: serve (the default), migrate, or run the loopback mock upstream.
+/// `neuropia`: serve (the default), or one of the other commands below.
 #[derive(Debug, Parser)]
 #[command(
     name = "neuropia",

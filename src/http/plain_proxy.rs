@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::server::{self, Limits};
 use crate::upstream::h1::Pool;
+use crate::upstream::{CONNECT_TIMEOUT, IDLE_TIMEOUT};
 
 #[derive(Clone)]
 struct Upstream {
@@ -26,11 +27,7 @@ struct Upstream {
 /// Serves on `listener` until the process ends, forwarding to `base` (`http://host:port`).
 pub async fn serve(listener: tokio::net::TcpListener, base: &str) -> std::io::Result<()> {
     let upstream = Upstream {
-        pool: Arc::new(Pool::new(
-            true,
-            Duration::from_secs(5),
-            Duration::from_secs(90),
-        )),
+        pool: Arc::new(Pool::new(true, CONNECT_TIMEOUT, IDLE_TIMEOUT)),
         base: Arc::from(base.trim_end_matches('/')),
     };
     tracing::info!(addr = %listener.local_addr()?, upstream = %upstream.base, "plain proxy listening");

@@ -41,6 +41,11 @@ use crate::plan::Plan;
 use crate::secret::Secret;
 use crate::trace::{Kind, Span, SpanContext};
 
+/// How long connecting to an upstream may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle upstream connection is kept.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// One call as the upstreams see it.
 pub struct Outbound<'a> {
     pub endpoint: Endpoint,

@@ -17,15 +17,11 @@ use tokio::time::Instant;
 use super::providers::Resolved;
 use super::reply::{openai_usage, status_error, transport_error};
 use super::{
-    Answer, Endpoint, Outbound, StreamReply, UpstreamError, UpstreamReply, Upstreams, Wire,
-    anthropic, h1, messages,
+    Answer, CONNECT_TIMEOUT, Endpoint, IDLE_TIMEOUT, Outbound, StreamReply, UpstreamError,
+    UpstreamReply, Upstreams, Wire, anthropic, h1, messages,
 };
 use crate::billing::Usage;
 use crate::trace::SpanContext;
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an idle upstream connection is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// One way to upstreams: `http://` through [`h1`] (the calling task drives the
 /// connection), `https://` through reqwest; the same address rule for both.
